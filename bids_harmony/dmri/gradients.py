@@ -1,0 +1,171 @@
+"""Gradient tables: validation and shell grouping.
+
+Real scanners write b0 volumes as b=0 (GE, Philips) or b=5 (Siemens), jitter
+nominal b-values by a few s/mm² and store zero vectors for b0 volumes.  Volumes
+with ``b < b0_threshold`` are treated as b0; the remaining volumes are grouped
+into shells whose b-values lie within ``b_tolerance`` of each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bids_harmony.errors import BadGradientsError
+
+B0_THRESHOLD = 50.0
+B_TOLERANCE = 50.0
+UNIT_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class Shell:
+    """One diffusion-weighted shell of a run.
+
+    Attributes
+    ----------
+    bval : float
+        Nominal b-value (s/mm²): the mean of the member b-values rounded to 10.
+    indices : ndarray of int, shape (n,)
+        Volume indices of the shell in the run.
+    """
+
+    bval: float
+    indices: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """BIDS-safe label, e.g. ``b1000``."""
+        return f"b{int(round(self.bval))}"
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+
+def b0_mask(bvals: np.ndarray, *, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
+    """Boolean mask of the b0 volumes (``b < b0_threshold``).
+
+    >>> b0_mask(np.array([0, 5, 1000, 995])).tolist()
+    [True, True, False, False]
+    """
+    return np.asarray(bvals, dtype=float) < b0_threshold
+
+
+def group_shells(
+    bvals: np.ndarray,
+    *,
+    b_tolerance: float = B_TOLERANCE,
+    b0_threshold: float = B0_THRESHOLD,
+) -> list[Shell]:
+    """Group the diffusion-weighted volumes into shells.
+
+    Sorted b-values are split wherever two neighbours differ by more than
+    ``b_tolerance``; each group is one shell.
+
+    Parameters
+    ----------
+    bvals : ndarray, shape (n_volumes,)
+    b_tolerance : float
+        Largest b-value gap (s/mm²) inside one shell.
+    b0_threshold : float
+        Volumes below this b-value are b0 and belong to no shell.
+
+    Returns
+    -------
+    list of Shell
+        Sorted by increasing b-value.
+
+    >>> [s.label for s in group_shells(np.array([0, 995, 1005, 2000, 5, 1990]))]
+    ['b1000', 'b2000']
+    """
+    bvals = np.asarray(bvals, dtype=float)
+    dwi = np.flatnonzero(~b0_mask(bvals, b0_threshold=b0_threshold))
+    if dwi.size == 0:
+        return []
+    order = dwi[np.argsort(bvals[dwi], kind="stable")]
+    breaks = np.flatnonzero(np.diff(bvals[order]) > b_tolerance) + 1
+    shells = []
+    for members in np.split(order, breaks):
+        members = np.sort(members)
+        nominal = float(np.round(bvals[members].mean() / 10.0) * 10.0)
+        shells.append(Shell(bval=nominal, indices=members))
+    return shells
+
+
+def validate_gradients(
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    n_volumes: int,
+    *,
+    name: str = "gradient table",
+    b0_threshold: float = B0_THRESHOLD,
+    unit_tolerance: float = UNIT_TOLERANCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a gradient table against its image and return it cleaned.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n,)
+    bvecs : array_like, shape (n, 3) or (3, n)
+        ``(3, 3)`` is read as one vector per row.
+    n_volumes : int
+        Number of volumes of the image the table belongs to.
+    name : str
+        What to call the table in error messages (usually the file name).
+    b0_threshold : float
+    unit_tolerance : float
+        Largest allowed deviation of a DWI b-vector norm from 1.
+
+    Returns
+    -------
+    bvals : ndarray, shape (n_volumes,)
+    bvecs : ndarray, shape (n_volumes, 3)
+        Unit vectors on DWI volumes, zeros on b0 volumes.
+
+    Raises
+    ------
+    BadGradientsError
+        On a shape mismatch, non-finite or negative values, a count that differs
+        from ``n_volumes``, zero or non-unit vectors on DWI volumes, or no b0.
+    """
+    bvals = np.asarray(bvals, dtype=float).ravel()
+    bvecs = np.asarray(bvecs, dtype=float)
+    if bvecs.ndim != 2 or 3 not in bvecs.shape:
+        raise BadGradientsError(
+            f"{name}: b-vectors must have 3 rows (or 3 columns), got shape {bvecs.shape}."
+        )
+    if bvecs.shape[1] != 3:
+        bvecs = bvecs.T  # FSL/BIDS files store one vector per column
+    if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))):
+        raise BadGradientsError(f"{name}: b-values or b-vectors contain NaN or Inf.")
+    if bvals.size != bvecs.shape[0]:
+        raise BadGradientsError(
+            f"{name}: {bvals.size} b-values but {bvecs.shape[0]} b-vectors."
+        )
+    if bvals.size != n_volumes:
+        raise BadGradientsError(
+            f"{name}: the gradient table has {bvals.size} entries but the image has "
+            f"{n_volumes} volumes; each volume needs exactly one b-value and b-vector."
+        )
+    if np.any(bvals < 0):
+        raise BadGradientsError(f"{name}: negative b-values {sorted(set(bvals[bvals < 0]))}.")
+    is_b0 = b0_mask(bvals, b0_threshold=b0_threshold)
+    if not is_b0.any():
+        raise BadGradientsError(
+            f"{name}: no b0 volume (b < {b0_threshold:g} s/mm²); the signal cannot be "
+            "normalized. Add the run's b0 volumes or raise --b0-threshold if b0s were "
+            "acquired with a small b-value."
+        )
+    norms = np.linalg.norm(bvecs, axis=1)
+    bad = np.flatnonzero(~is_b0 & (np.abs(norms - 1.0) > unit_tolerance))
+    if bad.size:
+        shown = ", ".join(f"{i} (|g|={norms[i]:.3g})" for i in bad[:5])
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise BadGradientsError(
+            f"{name}: diffusion-weighted volumes need unit b-vectors; volumes {shown}{more} "
+            "have zero or non-unit vectors."
+        )
+    clean = np.zeros_like(bvecs)
+    clean[~is_b0] = bvecs[~is_b0] / norms[~is_b0, None]
+    return bvals, clean

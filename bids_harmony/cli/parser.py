@@ -1,0 +1,183 @@
+"""Command-line parser of ``bids-harmony`` (BIDS-Apps convention).
+
+Imports nothing heavy so ``--help`` and ``--version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from bids_harmony import __version__
+
+LEVELS = ("participant", "train", "group")
+
+
+def _label(prefix: str):
+    def strip(value: str) -> str:
+        value = value.strip()
+        if value.startswith(prefix):
+            value = value[len(prefix) :]
+        if not value or not value.isalnum():
+            raise argparse.ArgumentTypeError(
+                f"'{value}' is not a BIDS label (letters and digits only, optionally "
+                f"prefixed with '{prefix}')"
+            )
+        return value
+
+    return strip
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _sh_order(value: str) -> int:
+    order = int(value)
+    if order not in (2, 4, 6, 8):
+        raise argparse.ArgumentTypeError("SH order must be one of 2, 4, 6, 8")
+    return order
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {value}")
+    return path.absolute()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; see ``bids-harmony --help``."""
+    parser = argparse.ArgumentParser(
+        prog="bids-harmony",
+        description=(
+            "Harmonize multi-site diffusion MRI with HARP, a network trained on phantom "
+            "scans only. Levels: 'participant' preprocesses each dMRI run, fits "
+            "spherical harmonics per shell and computes FA/MD/GFA; 'train' learns a HARP "
+            "model per site pair from phantom sessions; 'group' evaluates scanner "
+            "variability."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="root of the output derivatives dataset")
+    parser.add_argument("analysis_level", choices=LEVELS, help="processing stage to run")
+    parser.add_argument("--version", action="version", version=f"bids-harmony {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+
+    sel = parser.add_argument_group("Selecting data")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        type=_label("sub-"),
+        default=[],
+        metavar="LABEL",
+        help="participants to process ('01' or 'sub-01'); default: all",
+    )
+    sel.add_argument(
+        "--session-label",
+        nargs="+",
+        type=_label("ses-"),
+        default=[],
+        metavar="LABEL",
+        help="sessions to process ('GE1' or 'ses-GE1'); default: all",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        type=_existing_file,
+        metavar="FILE",
+        help='JSON of pybids filters for the dMRI query, e.g. {"dwi": {"acquisition": "b1000"}}',
+    )
+    sel.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        action="store_true",
+        help="index the dataset without pybids' BIDS validation",
+    )
+    sel.add_argument(
+        "--site-map",
+        type=_existing_file,
+        metavar="TSV",
+        help="TSV with participant_id, session_id, site; overrides sidecar scanner identity",
+    )
+    sel.add_argument(
+        "--phantom-label",
+        nargs="+",
+        type=_label("sub-"),
+        default=[],
+        metavar="LABEL",
+        help="participants that are phantoms (default: participants.tsv columns 'phantom' "
+        "or 'species', else labels starting with 'phantom')",
+    )
+
+    proc = parser.add_argument_group("Processing")
+    proc.add_argument(
+        "--preproc",
+        choices=("auto", "fsl", "python", "none"),
+        default="auto",
+        help="preprocessing backend: FSL (container), Python (dipy), or none for data "
+        "that is already preprocessed; 'auto' picks FSL when available",
+    )
+    proc.add_argument(
+        "--denoise",
+        choices=("none", "mppca", "patch2self"),
+        default="none",
+        help="denoising of the python backend",
+    )
+    proc.add_argument(
+        "--remove-gibbs", action="store_true", help="Gibbs-ringing removal (python backend)"
+    )
+    proc.add_argument(
+        "--motion-correction",
+        action="store_true",
+        help="rigid motion correction with b-vector rotation (python backend)",
+    )
+    proc.add_argument(
+        "--sh-order", type=_sh_order, default=8, help="maximum spherical-harmonic order"
+    )
+    proc.add_argument(
+        "--b-tolerance",
+        type=float,
+        default=50.0,
+        help="b-values within this distance (s/mm²) form one shell",
+    )
+    proc.add_argument(
+        "--b0-threshold",
+        type=float,
+        default=50.0,
+        help="volumes with a b-value below this (s/mm²) are b0",
+    )
+    proc.add_argument(
+        "--no-gfa", dest="gfa", action="store_false", help="skip the CSD fit and GFA maps"
+    )
+
+    harm = parser.add_argument_group("Harmonization")
+    harm.add_argument("--target-site", metavar="SITE", help="site the data are harmonized to")
+    harm.add_argument("--seed", type=int, default=0, help="random seed of every stochastic step")
+
+    perf = parser.add_argument_group("Performance")
+    perf.add_argument(
+        "--nprocs",
+        "--nthreads",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="parallel Nipype processes",
+    )
+    perf.add_argument(
+        "--omp-nthreads", type=_positive_int, default=1, help="threads per process (BLAS, torch)"
+    )
+    perf.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        default=Path("work"),
+        help="Nipype working directory; reuse it to resume an interrupted run",
+    )
+    return parser

@@ -1,0 +1,116 @@
+"""``bids-harmony`` entry point: parse, check, discover, build, run.
+
+Exit codes: 0 success, 1 a processing step failed, 2 bad input or
+configuration (the message names the file and the problem), 3 an analysis level
+this version does not provide yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from bids_harmony.cli.parser import build_parser
+from bids_harmony.errors import BidsHarmonyError, NotImplementedLevelError, OutputDirectoryError
+
+LOGGER = logging.getLogger("bids_harmony.cli")
+
+
+def configure_logging(verbosity: int) -> None:
+    """Our messages at INFO (DEBUG with -vv); Nipype's only when asked for."""
+    level = logging.DEBUG if verbosity >= 2 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s",
+                        datefmt="%H:%M:%S", force=True)  # fmt: skip
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+
+
+def check_output_dir(bids_dir: Path, output_dir: Path) -> None:
+    """Refuse an output inside the raw dataset (except ``derivatives/``) or unwritable."""
+    bids_dir, output_dir = bids_dir.resolve(), output_dir.resolve()
+    if output_dir == bids_dir or (
+        output_dir.is_relative_to(bids_dir)
+        and not output_dir.is_relative_to(bids_dir / "derivatives")
+    ):
+        raise OutputDirectoryError(
+            f"output directory {output_dir} is inside the input dataset {bids_dir}; outputs "
+            "would be mixed with raw data. Use a directory outside it, or "
+            f"{bids_dir / 'derivatives' / 'bids_harmony'}."
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirectoryError(f"output path {output_dir} exists and is not a directory.")
+    existing = output_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirectoryError(
+            f"cannot create output directory {output_dir}: {existing} is not a directory."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise OutputDirectoryError(
+            f"output directory {output_dir} is not writable ({err.strerror}). Choose a "
+            "writable location, fix its permissions, or in a container run as your own "
+            "user (docker run -u $(id -u):$(id -g) ...)."
+        ) from err
+
+
+def config_from_args(args) -> object:
+    """Build the frozen run configuration from parsed arguments."""
+    from bids_harmony.config import Config
+
+    return Config(
+        bids_dir=args.bids_dir.absolute(),
+        output_dir=args.output_dir.absolute(),
+        analysis_level=args.analysis_level,
+        work_dir=args.work_dir.absolute(),
+        participant_label=tuple(args.participant_label),
+        session_label=tuple(args.session_label),
+        bids_filter_file=args.bids_filter_file,
+        skip_bids_validation=args.skip_bids_validation,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads,
+        preproc=args.preproc,
+        denoise=args.denoise,
+        remove_gibbs=args.remove_gibbs,
+        motion_correction=args.motion_correction,
+        sh_order=args.sh_order,
+        b_tolerance=args.b_tolerance,
+        b0_threshold=args.b0_threshold,
+        gfa=args.gfa,
+        site_map=args.site_map,
+        phantom_label=tuple(args.phantom_label),
+        target_site=args.target_site,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``bids-harmony``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        config = config_from_args(args)
+        if config.analysis_level != "participant":
+            raise NotImplementedLevelError(
+                f"the '{config.analysis_level}' level is not implemented in this version yet; "
+                "run the 'participant' level."
+            )
+        check_output_dir(config.bids_dir, config.output_dir)
+        from bids_harmony.workflows.run import run_participant
+
+        return run_participant(config)
+    except BidsHarmonyError as err:
+        LOGGER.error("%s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted; rerun with the same --work-dir to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

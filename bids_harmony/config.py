@@ -1,0 +1,56 @@
+"""Run settings as one frozen dataclass, built by the CLI and passed down.
+
+Nothing here acts on import; the top-level workflow builder is the only code
+that reads the whole configuration, everything below it gets plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one ``bids-harmony`` invocation."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    bids_filter_file: Path | None = None
+    skip_bids_validation: bool = False
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    preproc: str = "auto"
+    denoise: str = "none"
+    remove_gibbs: bool = False
+    motion_correction: bool = False
+    sh_order: int = 8
+    b_tolerance: float = 50.0
+    b0_threshold: float = 50.0
+    gfa: bool = True
+    site_map: Path | None = None
+    phantom_label: tuple[str, ...] = ()
+    target_site: str | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def recorded(self) -> dict[str, Any]:
+        """Settings that shape the outputs, for sidecars (no machine paths)."""
+        keys = (
+            "preproc", "denoise", "remove_gibbs", "motion_correction", "sh_order",
+            "b_tolerance", "b0_threshold", "seed",
+        )  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, JSON-friendly."""
+        return {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in dataclasses.asdict(self).items()
+        }

@@ -1,0 +1,268 @@
+"""Nipype interfaces around the numerical modules in :mod:`bids_harmony.dmri`.
+
+Each interface only loads its inputs, calls plain functions and saves the
+results in the node directory (QSIPrep ``interfaces/dipy.py`` style).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+def load_image(path: str) -> tuple[Any, np.ndarray]:
+    """Load a NIfTI as float32, naming the file in any error."""
+    import nibabel as nb
+
+    from bids_harmony.errors import BadImageError
+
+    try:
+        img = nb.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise BadImageError(f"{path}: cannot read the image ({err}).") from err
+    return img, data
+
+
+def save_like(data: np.ndarray, reference: Any, path: Path, dtype: Any = np.float32) -> str:
+    """Save ``data`` with the geometry of ``reference``."""
+    import nibabel as nb
+
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nb.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    img.header.set_xyzt_units("mm", "sec")
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        img.header.set_slope_inter(1.0, 0.0)
+    nb.save(img, str(path))
+    return str(path.resolve())
+
+
+def read_table(bval: str, bvec: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read an FSL-style gradient table as (n,), (n, 3)."""
+    bvals = np.loadtxt(bval, ndmin=1, dtype=float).ravel()
+    bvecs = np.loadtxt(bvec, ndmin=2, dtype=float)
+    if bvecs.shape[0] == 3 and bvecs.shape[1] != 3:
+        bvecs = bvecs.T
+    elif bvecs.shape == (3, 3):
+        bvecs = bvecs.T
+    return bvals, bvecs
+
+
+def write_table(bvals: np.ndarray, bvecs: np.ndarray, stem: Path) -> tuple[str, str]:
+    """Write an FSL-style gradient table (bvecs as 3 rows)."""
+    bval_path, bvec_path = stem.with_suffix(".bval"), stem.with_suffix(".bvec")
+    bval_path.write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    rows = [" ".join(f"{v:.8f}" for v in bvecs[:, k]) for k in range(3)]
+    bvec_path.write_text("\n".join(rows) + "\n")
+    return str(bval_path.resolve()), str(bvec_path.resolve())
+
+
+class _PreprocessInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="raw DWI series")
+    in_bval = File(exists=True, mandatory=True)
+    in_bvec = File(exists=True, mandatory=True)
+    denoise = traits.Enum("none", "mppca", "patch2self", usedefault=True)
+    remove_gibbs = traits.Bool(False, usedefault=True)
+    motion_correction = traits.Bool(False, usedefault=True)
+    b0_threshold = traits.Float(50.0, usedefault=True)
+
+
+class _PreprocessOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="preprocessed DWI series")
+    out_bval = File(exists=True)
+    out_bvec = File(exists=True, desc="b-vectors, rotated when motion was corrected")
+    out_mask = File(exists=True, desc="brain (or phantom) mask")
+    out_report = File(exists=True, desc="JSON: steps applied, their parameters and timings")
+
+
+class PythonPreprocess(SimpleInterface):
+    """Python-backend preprocessing: checks, optional denoising/Gibbs/motion, mask."""
+
+    input_spec = _PreprocessInputSpec
+    output_spec = _PreprocessOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.dmri import preprocess
+
+        img, data = load_image(self.inputs.in_file)
+        preprocess.check_finite(data, name=self.inputs.in_file)
+        bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
+        steps: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
+
+        def timed(step: str, func, *args, **kwargs):
+            start = time.perf_counter()
+            result = func(*args, **kwargs)
+            timings[step] = round(time.perf_counter() - start, 3)
+            return result
+
+        if self.inputs.denoise != "none":
+            data = timed("denoise", preprocess.denoise, data, method=self.inputs.denoise)
+            steps.append({"Step": "denoise", "Method": self.inputs.denoise})
+        if self.inputs.remove_gibbs:
+            data = timed("gibbs", preprocess.remove_gibbs, data)
+            steps.append({"Step": "gibbs-removal", "Method": "dipy gibbs_removal"})
+        if self.inputs.motion_correction:
+            data, bvecs, _ = timed(
+                "motion",
+                preprocess.motion_correct,
+                data,
+                bvals,
+                bvecs,
+                b0_threshold=self.inputs.b0_threshold,
+            )
+            steps.append({"Step": "motion-correction", "Method": "dipy rigid, b-vectors rotated"})
+        mask = timed(
+            "mask", preprocess.brain_mask, data, bvals, b0_threshold=self.inputs.b0_threshold
+        )
+
+        cwd = Path(runtime.cwd)
+        if steps:
+            self._results["out_file"] = save_like(data, img, cwd / "preproc_dwi.nii.gz")
+        else:
+            # Nothing changed the voxels: keep the original file and its data type.
+            self._results["out_file"] = str(Path(self.inputs.in_file).resolve())
+        self._results["out_bval"], self._results["out_bvec"] = write_table(
+            bvals, bvecs, cwd / "preproc_dwi"
+        )
+        self._results["out_mask"] = save_like(mask, img, cwd / "mask.nii.gz", dtype=np.uint8)
+        report = {
+            "Steps": steps,
+            "MaskMethod": "dipy median_otsu on the mean b0",
+            "Timings": timings,
+        }
+        report_path = cwd / "preproc_report.json"
+        report_path.write_text(json.dumps(report, indent=2))
+        self._results["out_report"] = str(report_path)
+        return runtime
+
+
+class _FitSHInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    in_bval = File(exists=True, mandatory=True)
+    in_bvec = File(exists=True, mandatory=True)
+    in_mask = File(exists=True, mandatory=True)
+    sh_order = traits.Int(8, usedefault=True)
+    b_tolerance = traits.Float(50.0, usedefault=True)
+    b0_threshold = traits.Float(50.0, usedefault=True)
+
+
+class _ShellOutputSpec(TraitedSpec):
+    out_json = File(exists=True, desc="JSON list: one entry per shell with its files")
+
+
+class FitSH(SimpleInterface):
+    """Per-shell SH coefficients in the HARP convention (:mod:`bids_harmony.dmri.sh`)."""
+
+    input_spec = _FitSHInputSpec
+    output_spec = _ShellOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.dmri import sh
+
+        img, data = load_image(self.inputs.in_file)
+        _, mask = load_image(self.inputs.in_mask)
+        bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
+        start = time.perf_counter()
+        fits = sh.fit_shells(
+            data,
+            bvals,
+            bvecs,
+            mask=mask > 0,
+            sh_order=self.inputs.sh_order,
+            b_tolerance=self.inputs.b_tolerance,
+            b0_threshold=self.inputs.b0_threshold,
+        )
+        elapsed = time.perf_counter() - start
+        del data
+        cwd = Path(runtime.cwd)
+        shells = []
+        for fit in fits:
+            label = f"b{int(round(fit.bval))}"
+            shells.append(
+                {
+                    "bval": fit.bval,
+                    "label": label,
+                    "order": fit.order,
+                    "n_directions": int(len(fit.indices)),
+                    "lowered": bool(fit.lowered),
+                    "file": save_like(fit.coeffs, img, cwd / f"sh_{label}.nii.gz"),
+                    "seconds": round(elapsed / max(len(fits), 1), 3),
+                }
+            )
+        out = cwd / "shells.json"
+        out.write_text(json.dumps(shells, indent=2))
+        self._results["out_json"] = str(out)
+        return runtime
+
+
+class _MetricsInputSpec(_FitSHInputSpec):
+    gfa = traits.Bool(True, usedefault=True, desc="compute GFA of CSD fODFs")
+
+
+class DiffusionMetrics(SimpleInterface):
+    """DTI FA/MD and CSD GFA for every shell of a run."""
+
+    input_spec = _MetricsInputSpec
+    output_spec = _ShellOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.dmri import metrics
+        from bids_harmony.dmri.gradients import group_shells
+
+        img, data = load_image(self.inputs.in_file)
+        _, mask = load_image(self.inputs.in_mask)
+        mask = mask > 0
+        bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
+        shells = group_shells(
+            bvals, b_tolerance=self.inputs.b_tolerance, b0_threshold=self.inputs.b0_threshold
+        )
+        common = {
+            "mask": mask,
+            "b_tolerance": self.inputs.b_tolerance,
+            "b0_threshold": self.inputs.b0_threshold,
+        }
+        cwd = Path(runtime.cwd)
+        results = []
+        for shell in shells:
+            label = shell.label
+            start = time.perf_counter()
+            tensor = metrics.tensor_metrics(data, bvals, bvecs, shell=shell.bval, **common)
+            t_dti = time.perf_counter() - start
+            entry: dict[str, Any] = {
+                "bval": shell.bval,
+                "label": label,
+                "fa": save_like(tensor["fa"], img, cwd / f"fa_{label}.nii.gz"),
+                "md": save_like(tensor["md"], img, cwd / f"md_{label}.nii.gz"),
+                "seconds": {"dti": round(t_dti, 3)},
+            }
+            if self.inputs.gfa:
+                start = time.perf_counter()
+                gfa = metrics.gfa_csd(
+                    data, bvals, bvecs, shell=shell.bval, sh_order=self.inputs.sh_order, **common
+                )
+                entry["seconds"]["csd_gfa"] = round(time.perf_counter() - start, 3)
+                entry["gfa"] = save_like(gfa, img, cwd / f"gfa_{label}.nii.gz")
+            results.append(entry)
+        out = cwd / "metrics.json"
+        out.write_text(json.dumps(results, indent=2))
+        self._results["out_json"] = str(out)
+        return runtime
+
+
+def optional(value: Any) -> Any:
+    """``None`` for an undefined trait value."""
+    return value if isdefined(value) else None

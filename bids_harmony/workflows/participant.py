@@ -1,0 +1,171 @@
+"""Participant level: preprocess every dMRI run, fit SH per shell, compute metrics.
+
+Builders only wire nodes (fMRIPrep ``workflows/`` style); the numbers are
+computed by :mod:`bids_harmony.dmri` through thin interfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_harmony.config import Config
+
+LOGGER = logging.getLogger(__name__)
+
+
+def estimate_mem_gb(shape: tuple[int, ...]) -> float:
+    """Memory of a node holding a few float32 copies of one run."""
+    voxels = 1
+    for size in shape:
+        voxels *= int(size)
+    return max(0.25, 3 * 4 * voxels / 1024**3)
+
+
+def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workflow:
+    """Top-level participant workflow: one sub-workflow per dMRI run.
+
+    Parameters
+    ----------
+    study : bids_harmony.bids.discovery.Study
+        Runs to process.
+    config : Config
+        Settings of this invocation.
+    backend : {"python", "none"}
+        Resolved preprocessing backend.
+    """
+    workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(config.work_dir))
+    params = {**config.recorded(), "preproc": backend}
+    for run in study.runs:
+        run_info = {
+            "entities": run_short_entities(run),
+            "source": str(run.dwi.relative_to(study.bids_dir)),
+            "bval": _relative(run.bval, study.bids_dir),
+            "bvec": _relative(run.bvec, study.bids_dir),
+            "site": run.site,
+            "is_phantom": run.is_phantom,
+        }
+        workflow.add_nodes(
+            [
+                init_dwi_run_wf(
+                    dwi=str(run.dwi),
+                    bval=str(run.bval),
+                    bvec=str(run.bvec),
+                    run_info=run_info,
+                    params=params,
+                    output_dir=str(config.output_dir),
+                    backend=backend,
+                    denoise=config.denoise if backend == "python" else "none",
+                    remove_gibbs=config.remove_gibbs and backend == "python",
+                    motion_correction=config.motion_correction and backend == "python",
+                    sh_order=config.sh_order,
+                    b_tolerance=config.b_tolerance,
+                    b0_threshold=config.b0_threshold,
+                    gfa=config.gfa,
+                    mem_gb=estimate_mem_gb(run.shape),
+                    name=_wf_name(run.prefix),
+                )
+            ]
+        )
+    return workflow
+
+
+def init_dwi_run_wf(
+    *,
+    dwi: str,
+    bval: str,
+    bvec: str,
+    run_info: dict[str, Any],
+    params: dict[str, Any],
+    output_dir: str,
+    backend: str,
+    denoise: str,
+    remove_gibbs: bool,
+    motion_correction: bool,
+    sh_order: int,
+    b_tolerance: float,
+    b0_threshold: float,
+    gfa: bool,
+    mem_gb: float,
+    name: str,
+) -> pe.Workflow:
+    """Process one dMRI run.
+
+    Inputs
+    ------
+    dwi, bval, bvec
+        The raw run (set at build time on ``inputnode``).
+
+    Outputs
+    -------
+    out_files
+        Paths written into the derivatives dataset.
+    """
+    from bids_harmony.interfaces.derivatives import ParticipantSink
+    from bids_harmony.interfaces.dmri import DiffusionMetrics, FitSH, PythonPreprocess
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
+    inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+
+    preprocess = pe.Node(
+        PythonPreprocess(
+            denoise=denoise,
+            remove_gibbs=remove_gibbs,
+            motion_correction=motion_correction,
+            b0_threshold=b0_threshold,
+        ),
+        name=f"preprocess_{backend}",
+        mem_gb=mem_gb,
+    )
+    shell_settings = {
+        "sh_order": sh_order,
+        "b_tolerance": b_tolerance,
+        "b0_threshold": b0_threshold,
+    }
+    fit_sh = pe.Node(FitSH(**shell_settings), name="fit_sh", mem_gb=mem_gb)
+    metrics = pe.Node(DiffusionMetrics(gfa=gfa, **shell_settings), name="metrics", mem_gb=mem_gb)
+    sink = pe.Node(
+        ParticipantSink(output_dir=output_dir, run_info=run_info, params=params),
+        name="ds_participant",
+        run_without_submitting=True,
+    )
+
+    gradients = [("out_file", "in_file"), ("out_bval", "in_bval"), ("out_bvec", "in_bvec"),
+                 ("out_mask", "in_mask")]  # fmt: skip
+    workflow.connect([
+        (inputnode, preprocess, [("dwi", "in_file"), ("bval", "in_bval"), ("bvec", "in_bvec")]),
+        (preprocess, fit_sh, gradients),
+        (preprocess, metrics, gradients),
+        (preprocess, sink, [("out_file", "dwi_file"), ("out_bval", "bval_file"),
+                            ("out_bvec", "bvec_file"), ("out_mask", "mask_file"),
+                            ("out_report", "preproc_report")]),
+        (fit_sh, sink, [("out_json", "shells_json")]),
+        (metrics, sink, [("out_json", "metrics_json")]),
+        (sink, outputnode, [("out_files", "out_files")]),
+    ])  # fmt: skip
+    return workflow
+
+
+def run_short_entities(run: Any) -> dict[str, str]:
+    """Short-key BIDS entities of a discovered run."""
+    from bids_harmony.bids.derivatives import raw_entities
+
+    return raw_entities(run.entities)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _wf_name(prefix: str) -> str:
+    """Nipype node names allow only identifier characters."""
+    return "run_" + "".join(ch if ch.isalnum() else "_" for ch in prefix)

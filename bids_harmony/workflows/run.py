@@ -1,0 +1,133 @@
+"""Execute an analysis level: discovery, workflow construction, Nipype run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bids_harmony.config import Config
+from bids_harmony.errors import BidsHarmonyError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ProcessingError(BidsHarmonyError, RuntimeError):
+    """A workflow node failed; the message summarizes the crash files."""
+
+    exit_code = 1
+
+
+def fsl_available() -> bool:
+    """FSL is usable when ``FSLDIR`` is set and its tools are on PATH."""
+    return bool(os.environ.get("FSLDIR")) and all(shutil.which(tool) for tool in ("bet", "flirt"))
+
+
+def resolve_backend(requested: str) -> str:
+    """Pick the preprocessing backend, refusing one that cannot run here."""
+    if requested == "fsl" or (requested == "auto" and fsl_available()):
+        if requested == "auto":
+            LOGGER.warning("FSL found, but the FSL backend is not in this version; using python")
+            return "python"
+        raise BidsHarmonyError(
+            "--preproc fsl: the FSL backend is not available in this version. Use "
+            "--preproc python (dipy), or --preproc none for data already preprocessed."
+        )
+    backend = "python" if requested == "auto" else requested
+    LOGGER.info("Preprocessing backend: %s", backend)
+    return backend
+
+
+def discover_study(config: Config):
+    """Index the input dataset with the run's selection settings."""
+    from bids_harmony.bids import discovery
+
+    return discovery.discover(
+        config.bids_dir,
+        participant_label=list(config.participant_label) or None,
+        session_label=list(config.session_label) or None,
+        site_map=discovery.load_site_map(config.site_map) if config.site_map else None,
+        phantom_label=list(config.phantom_label) or None,
+        b_tolerance=config.b_tolerance,
+        b0_threshold=config.b0_threshold,
+        bids_filters=(
+            discovery.load_bids_filters(config.bids_filter_file)
+            if config.bids_filter_file
+            else None
+        ),
+        validate=not config.skip_bids_validation,
+    )
+
+
+def nipype_settings(config: Config) -> dict[str, dict[str, object]]:
+    """Execution settings of the Nipype engine for this run."""
+    return {
+        "execution": {
+            "crashdump_dir": str(config.work_dir / "crash"),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+            "hash_method": "content",
+            "create_report": False,
+            "parameterize_dirs": False,
+        },
+        "monitoring": {"enabled": False},
+    }
+
+
+def crash_summary(crash_dir: Path, since: float) -> str:
+    """The last line of every crash file written after ``since``."""
+    lines = []
+    for path in sorted(crash_dir.glob("crash-*.txt")):
+        if path.stat().st_mtime < since:
+            continue
+        text = path.read_text(errors="replace").strip().splitlines()
+        node = next((ln.split(":", 1)[1].strip() for ln in text if ln.startswith("Node:")), "?")
+        errors = [ln.strip() for ln in text if "Error:" in ln and not ln.startswith(" ")]
+        message = errors[-1] if errors else (text[-1] if text else "unknown error")
+        lines.append(f"  {node}: {message}\n    (details: {path})")
+    return "\n".join(lines)
+
+
+def run_participant(config: Config) -> int:
+    """Run the participant level; returns the exit code."""
+    from nipype import config as nipype_config
+
+    from bids_harmony.bids.derivatives import write_dataset_description
+    from bids_harmony.workflows.participant import init_participant_wf
+
+    study = discover_study(config)
+    LOGGER.info("Discovered:\n%s", study.summary())
+    backend = resolve_backend(config.preproc)
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(config.omp_nthreads)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    nipype_config.update_config(nipype_settings(config))
+    workflow = init_participant_wf(study, config, backend=backend)
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(config.output_dir, config.bids_dir)
+
+    plugin, plugin_args = "Linear", {}
+    if config.nprocs > 1 and len(study.runs) > 1:
+        plugin, plugin_args = "MultiProc", {"n_procs": config.nprocs, "raise_insufficient": False}
+    start = time.time()
+    LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:
+        summary = crash_summary(config.work_dir / "crash", start - 1)
+        raise ProcessingError(
+            f"processing failed for some runs:\n{summary or err}\n"
+            "Outputs of runs that finished are complete; rerun with the same --work-dir "
+            "to resume after fixing the problem."
+        ) from err
+    LOGGER.info(
+        "Participant level finished in %.1f s; outputs in %s",
+        time.time() - start,
+        config.output_dir,
+    )
+    return 0

@@ -115,12 +115,21 @@ def test_no_dwi_runs(small_bids, tmp_path, caplog):
     [
         (lambda d: d.with_suffix("").with_suffix(".bval").unlink(), "bval"),
         (lambda d: d.with_suffix("").with_suffix(".bvec").write_text("a b c\n"), ".bvec"),
-        (lambda d: d.with_suffix("").with_suffix(".bval").write_text("0 1000\n"), "volumes"),
+        (lambda d: _truncate_table(d, 20), "volumes"),
+        (lambda d: d.with_suffix("").with_suffix(".bval").write_text("0 1000\n"), "b-vectors"),
         (lambda d: _edit_bvec(d, 5, [0.0, 0.0, 0.0]), "unit"),
         (lambda d: _edit_bvec(d, 5, [0.5, 0.5, 0.0]), "unit"),
         (lambda d: _no_b0(d), "b0"),
     ],
-    ids=["missing-bval", "malformed-bvec", "count-mismatch", "zero-bvec", "non-unit", "no-b0"],
+    ids=[
+        "missing-bval",
+        "malformed-bvec",
+        "count-mismatch",
+        "bval-bvec-mismatch",
+        "zero-bvec",
+        "non-unit",
+        "no-b0",
+    ],
 )
 def test_bad_gradients(small_bids, tmp_path, caplog, corrupt, expected):
     dwi = next(small_bids.rglob("*_dwi.nii.gz"))
@@ -137,6 +146,14 @@ def _edit_bvec(dwi: Path, index: int, vector: list[float]) -> None:
     bvecs = np.loadtxt(path)
     bvecs[:, index] = vector
     np.savetxt(path, bvecs, fmt="%.6f")
+
+
+def _truncate_table(dwi: Path, n: int) -> None:
+    stem = dwi.with_suffix("").with_suffix("")
+    bvals = np.loadtxt(f"{stem}.bval")[:n]
+    bvecs = np.loadtxt(f"{stem}.bvec")[:, :n]
+    np.savetxt(f"{stem}.bval", bvals[None], fmt="%g")
+    np.savetxt(f"{stem}.bvec", bvecs, fmt="%.6f")
 
 
 def _no_b0(dwi: Path) -> None:

@@ -33,12 +33,17 @@ LOGGER = logging.getLogger(__name__)
 SessionKey = tuple[str, str | None]
 """``(subject, session)`` labels without prefixes; ``session`` is None without sessions."""
 
-SITE_SOURCES = ("site-map", "sidecar", "session")
+SITE_SOURCES: Mapping[str, str] = {
+    "site-map": "from the site map",
+    "sidecar": "from the sidecar scanner identity",
+    "session": "from the session labels",
+}
+"""The rules that can decide sites (``Study.site_source``), with how to say them."""
 UNKNOWN_SITE = "unknown"
 """Site of session-less runs when no site map and no scanner fields are available."""
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
-_MISSING = {"", "n/a", "na", "none"}
+_MISSING = {"", "n/a"}
 _SERIAL_TAIL = 4
 
 
@@ -225,20 +230,26 @@ def assign_sites(
     sessions: Mapping[SessionKey, Sequence[tuple[Path, Mapping[str, Any]]]],
     *,
     site_map: Mapping[SessionKey, str] | None = None,
+    others: Mapping[SessionKey, Sequence[tuple[Path, Mapping[str, Any]]]] | None = None,
 ) -> tuple[dict[SessionKey, str], str]:
     """Decide the site of every session.
 
     Parameters
     ----------
     sessions : mapping
-        ``{(subject, session): [(dwi path, merged metadata), ...]}``.
+        ``{(subject, session): [(dwi path, merged metadata), ...]}`` of the
+        selected runs.
     site_map : mapping, optional
         From :func:`load_site_map`; overrides the sidecars.
+    others : mapping, optional
+        The same for the dataset's sessions outside the selection.  They take part
+        in choosing the rule and the labels (so a participant-level run labels its
+        sites as a run on the whole dataset does), but their errors are ignored.
 
     Returns
     -------
     sites : dict
-        ``{(subject, session): site label}``.
+        ``{(subject, session): site label}`` of ``sessions``.
     source : str
         The rule used: ``"site-map"``, ``"sidecar"`` or ``"session"``.
 
@@ -250,23 +261,28 @@ def assign_sites(
     """
     if site_map is not None:
         return _sites_from_map(sessions, site_map), "site-map"
+    others = {k: v for k, v in (others or {}).items() if k not in sessions}
     identities = {
         key: [(path, ScannerIdentity.from_metadata(meta)) for path, meta in runs]
-        for key, runs in sessions.items()
+        for key, runs in (*sessions.items(), *others.items())
     }
     if not any(ident.model for runs in identities.values() for _, ident in runs):
         sites = {key: key[1] if key[1] is not None else UNKNOWN_SITE for key in sessions}
-        if UNKNOWN_SITE in sites.values() and len(sites) > 1:
+        if UNKNOWN_SITE in sites.values():
             LOGGER.warning(
-                "No site map, no scanner fields in the sidecars and no sessions: "
+                "No site map, no scanner fields in the sidecars and no session labels: "
                 "runs without a session get the site %r. Pass --site-map to name sites.",
                 UNKNOWN_SITE,
             )
-        return {k: sanitize_label(v, context=format_session(k)) for k, v in sites.items()}, (
-            "session"
-        )
-    per_session = {key: _session_identity(key, runs) for key, runs in identities.items()}
-    return _label_identities(per_session), "sidecar"
+        return sites, "session"
+    per_session = {key: _session_identity(key, identities[key]) for key in sessions}
+    for key in others:
+        try:
+            per_session[key] = _session_identity(key, identities[key])
+        except InputDatasetError as err:
+            LOGGER.debug("Ignoring unselected session for site labels: %s", err)
+    labels = _label_identities(per_session)
+    return {key: labels[key] for key in sessions}, "sidecar"
 
 
 def _sites_from_map(
@@ -305,9 +321,9 @@ def _session_identity(
         if combined is None:
             raise InputDatasetError(
                 f"The runs of {format_session(key)} come from different scanners: "
-                f"{known[0][0]} says {merged.describe()}, {path} says {ident.describe()}. One session must be "
-                "scanned at one site; fix the sidecars, split the session, or pass "
-                "--site-map sites.tsv."
+                f"{known[0][0]} says {merged.describe()}, {path} says {ident.describe()}. "
+                "One session must be scanned at one site; fix the sidecars, split the "
+                "session, or pass --site-map sites.tsv."
             )
         merged = combined
     return merged

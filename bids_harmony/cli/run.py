@@ -19,10 +19,20 @@ LOGGER = logging.getLogger("bids_harmony.cli")
 
 
 def configure_logging(verbosity: int) -> None:
-    """Our messages at INFO (DEBUG with -vv); Nipype's only when asked for."""
-    level = logging.DEBUG if verbosity >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)  # fmt: skip
+    """Our messages at INFO (DEBUG with -vv); Nipype's only when asked for.
+
+    A handler goes on the package logger, not the root, so embedding
+    applications (and pytest's log capture) keep their own configuration.
+    """
+    logger = logging.getLogger("bids_harmony")
+    logger.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    if not any(getattr(h, "_bids_harmony", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S")
+        )
+        handler._bids_harmony = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
 

@@ -1,0 +1,589 @@
+r"""Spherical-harmonic (SH) representation of one shell: the HARP convention.
+
+Every choice that fixes what a HARP coefficient *means* lives in this module, so
+that phantoms, humans, training and inference agree.  The convention was
+reverse-engineered from the authors' code (github.com/Hwihuni/HARP, ``test.py``),
+which rebuilds harmonized images as::
+
+    qb_model = QballModel(gtab, sh_order=8)
+    recon = (coeffs @ qb_model.B.T) ** (bvals.max() / 1000.0) * mean(b0)
+
+and whose coefficient files are named ``*_sphhar_norm1000``.
+
+Convention
+----------
+Normalization
+    :math:`E = S / \bar S_0`, with :math:`\bar S_0` the mean of the run's b0
+    volumes; clipped to :math:`[0, 1]`; :math:`E = 0` where
+    :math:`\bar S_0 \le 0`.
+Reference b-value
+    :math:`E' = E^{b_\mathrm{ref}/b}` with ``B_REF = 1000`` s/mm² ("norm1000"),
+    exact for a mono-exponential decay, so shells of different b-values share one
+    scale.  The nominal shell b-value (:attr:`~bids_harmony.dmri.gradients.Shell.bval`)
+    is used for every volume of the shell.
+Basis
+    Real, symmetric (even-order) SH of ``SH_BASIS = "descoteaux07"`` in dipy's
+    **legacy** form (``SH_LEGACY = True``): ``QballModel.B`` is built by
+    ``real_sh_descoteaux(sh_order, theta, phi)`` whose ``legacy`` default is
+    ``True`` in every dipy release the authors could have used (and in 1.12), so
+    their coefficients are in the legacy basis.  Both forms are orthonormal and
+    differ only in the functions used for :math:`m < 0`; band energies (RISH) are
+    identical.  Ordering is dipy's ``sph_harm_ind_list``: by order :math:`l`,
+    then degree :math:`m = -l..l`.
+Order
+    :math:`L = 8` (45 coefficients) when a shell has at least 45 directions,
+    otherwise the largest even order with no more coefficients than directions
+    (30 directions: 6; 15: 4; 6: 2); fewer than 6 directions cannot be fitted.
+Fit
+    Least squares with a Laplace–Beltrami penalty (Descoteaux 2007),
+
+    .. math:: \hat c = \arg\min_c \|E' - B c\|^2 + \lambda \|\mathrm{diag}(l(l+1))\, c\|^2
+              = (B^T B + \lambda L^2)^{-1} B^T E',
+
+    ``LB_LAMBDA = 1e-5``.  The authors' fitting script is not published; the
+    value is the lead's and is small enough that a 60-direction fit is
+    essentially unregularized (dipy ``sf_to_sh(smooth=λ)`` computes the same).
+Reconstruction
+    :math:`S = \mathrm{clip}(B c, 0, 1)^{b/b_\mathrm{ref}} \, \bar S_0`.  The
+    authors take ``abs`` of the result and do not clip; clipping keeps the power
+    real for fractional exponents and bounds harmonized signals by the b0.
+Order bands
+    :math:`l = 0, 2, 4, 6, 8` occupy ``[0:1], [1:6], [6:15], [15:28], [28:45]``;
+    the RISH feature of a band is the sum of its squared coefficients.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from dipy.core.geometry import cart2sphere
+from dipy.reconst.shm import real_sh_descoteaux, smooth_pinv
+
+from bids_harmony.dmri import _voxels
+from bids_harmony.dmri.gradients import (
+    B0_THRESHOLD,
+    B_TOLERANCE,
+    b0_mask,
+    group_shells,
+    validate_gradients,
+)
+from bids_harmony.errors import BadGradientsError, BadImageError
+
+logger = logging.getLogger(__name__)
+
+B_REF = 1000.0
+LB_LAMBDA = 1e-5
+SH_BASIS = "descoteaux07"
+SH_LEGACY = True
+MAX_ORDER = 8
+MIN_DIRECTIONS = 6
+
+
+
+def n_coeffs(order: int) -> int:
+    """Number of even SH coefficients up to ``order``: :math:`(L+1)(L+2)/2`.
+
+    >>> n_coeffs(8)
+    45
+    """
+    _check_order(order)
+    return (order + 1) * (order + 2) // 2
+
+
+def order_from_n_coeffs(n: int) -> int:
+    """Inverse of :func:`n_coeffs`.
+
+    >>> order_from_n_coeffs(28)
+    6
+    """
+    for order in range(0, 64, 2):
+        if n_coeffs(order) == n:
+            return order
+        if n_coeffs(order) > n:
+            break
+    raise ValueError(f"{n} is not the number of coefficients of an even SH order.")
+
+
+def sh_order_for_directions(n_directions: int, max_order: int = MAX_ORDER) -> int:
+    """Largest even order ``L <= max_order`` with ``n_coeffs(L) <= n_directions``.
+
+    >>> sh_order_for_directions(60), sh_order_for_directions(30), sh_order_for_directions(15)
+    (8, 6, 4)
+    """
+    _check_order(max_order)
+    if n_directions < MIN_DIRECTIONS:
+        raise BadGradientsError(
+            f"a shell with {n_directions} directions cannot be represented with spherical "
+            f"harmonics; at least {MIN_DIRECTIONS} are needed (order 2)."
+        )
+    order = max_order
+    while order > 2 and n_coeffs(order) > n_directions:
+        order -= 2
+    return order
+
+
+def band_orders(order: int = MAX_ORDER) -> list[int]:
+    """Orders of the bands: ``[0, 2, ..., order]``."""
+    _check_order(order)
+    return list(range(0, order + 1, 2))
+
+
+def band_slices(order: int = MAX_ORDER) -> list[slice]:
+    """Coefficient slice of each band.
+
+    >>> band_slices(4)
+    [slice(0, 1, None), slice(1, 6, None), slice(6, 15, None)]
+    """
+    return [slice(n_coeffs(l) - (2 * l + 1), n_coeffs(l)) for l in band_orders(order)]  # noqa: E741
+
+
+def rish_features(coeffs: np.ndarray, order: int | None = None) -> np.ndarray:
+    r"""Rotation-invariant SH features: energy of each order band.
+
+    .. math:: \mathrm{RISH}_l = \sum_{m=-l}^{l} c_{lm}^2
+
+    Parameters
+    ----------
+    coeffs : ndarray, shape (..., n_coeffs)
+    order : int, optional
+        Inferred from the last dimension when omitted.
+
+    Returns
+    -------
+    ndarray, shape (..., order / 2 + 1)
+    """
+    coeffs = np.asarray(coeffs)
+    if order is None:
+        order = order_from_n_coeffs(coeffs.shape[-1])
+    if coeffs.shape[-1] != n_coeffs(order):
+        raise ValueError(f"order {order} needs {n_coeffs(order)} coefficients, got {coeffs.shape}")
+    dtype = np.result_type(coeffs.dtype, np.float32)
+    squared = np.square(coeffs, dtype=dtype)
+    return np.stack([squared[..., s].sum(axis=-1) for s in band_slices(order)], axis=-1)
+
+
+def pad_coeffs(coeffs: np.ndarray, order: int = MAX_ORDER) -> np.ndarray:
+    """Zero-pad lower-order coefficients to ``n_coeffs(order)`` (e.g. for the network)."""
+    coeffs = np.asarray(coeffs)
+    n = n_coeffs(order)
+    if coeffs.shape[-1] > n:
+        raise ValueError(f"cannot pad {coeffs.shape[-1]} coefficients to {n}.")
+    order_from_n_coeffs(coeffs.shape[-1])
+    pad = [(0, 0)] * (coeffs.ndim - 1) + [(0, n - coeffs.shape[-1])]
+    return np.pad(coeffs, pad)
+
+
+def normalize_shell(shell_data: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
+    r"""Attenuation :math:`E = \mathrm{clip}(S / \bar S_0, 0, 1)`, 0 where :math:`\bar S_0 \le 0`.
+
+    Parameters
+    ----------
+    shell_data : ndarray, shape (..., n)
+    mean_b0 : ndarray, shape (...)
+
+    Returns
+    -------
+    ndarray, shape (..., n), float32
+    """
+    signal = np.asarray(shell_data, dtype=np.float32)
+    b0 = np.asarray(mean_b0, dtype=np.float32)[..., None]
+    out = np.zeros(np.broadcast_shapes(signal.shape, b0.shape), dtype=np.float32)
+    np.divide(signal, b0, out=out, where=b0 > 0)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def power_map(attenuation: np.ndarray, bval: float, b_ref: float = B_REF) -> np.ndarray:
+    r"""Map an attenuation to the reference b-value: :math:`E^{b_\mathrm{ref}/b}`.
+
+    Exact for mono-exponential decay: :math:`e^{-bD}` becomes :math:`e^{-b_\mathrm{ref}D}`.
+    """
+    return _power(np.asarray(attenuation), _exponent(b_ref, bval))
+
+
+def sh_basis(bvecs: np.ndarray, order: int = MAX_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """HARP SH basis sampled at unit vectors.
+
+    Returns
+    -------
+    basis : ndarray, shape (n, n_coeffs(order)), float64
+    l_values : ndarray of int, shape (n_coeffs(order),)
+    """
+    bvecs = np.asarray(bvecs, dtype=float)
+    _check_order(order)
+    if bvecs.ndim != 2 or bvecs.shape[1] != 3:
+        raise BadGradientsError(f"b-vectors must have shape (n, 3), got {bvecs.shape}.")
+    if np.any(np.linalg.norm(bvecs, axis=1) < 1e-6):
+        raise BadGradientsError("a diffusion-weighted volume has a zero b-vector.")
+    _, theta, phi = cart2sphere(bvecs[:, 0], bvecs[:, 1], bvecs[:, 2])
+    with warnings.catch_warnings():  # the legacy basis is chosen on purpose (module docstring)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        basis, _, l_values = real_sh_descoteaux(
+            order, theta[:, None], phi[:, None], full_basis=False, legacy=SH_LEGACY
+        )
+    return basis, np.asarray(l_values, dtype=int)
+
+
+class ShellSHModel:
+    r"""SH model of one shell in the HARP convention (see the module docstring).
+
+    Parameters
+    ----------
+    bvecs : ndarray, shape (n, 3)
+        Unit gradient directions of the shell's volumes.
+    bval : float
+        Nominal b-value of the shell (s/mm²).
+    sh_order : int
+        Even SH order; needs ``n_coeffs(sh_order) <= n``.
+    b_ref : float
+        Reference b-value of the power map.
+    lambda_lb : float
+        Laplace–Beltrami weight :math:`\lambda`.
+    """
+
+    def __init__(
+        self,
+        bvecs: np.ndarray,
+        bval: float,
+        *,
+        sh_order: int = MAX_ORDER,
+        b_ref: float = B_REF,
+        lambda_lb: float = LB_LAMBDA,
+    ) -> None:
+        self.bval = float(bval)
+        self.b_ref = float(b_ref)
+        self.sh_order = int(sh_order)
+        self.lambda_lb = float(lambda_lb)
+        self._fit_exponent = _exponent(self.b_ref, self.bval)
+        basis, l_values = sh_basis(bvecs, self.sh_order)
+        if basis.shape[1] > basis.shape[0]:
+            raise BadGradientsError(
+                f"order {sh_order} needs {basis.shape[1]} directions, the shell has "
+                f"{basis.shape[0]}; use sh_order_for_directions()."
+            )
+        if self.lambda_lb < 0:
+            raise ValueError("lambda_lb must be >= 0.")
+        self._basis = basis
+        self._basis.flags.writeable = False
+        penalty = np.sqrt(self.lambda_lb) * -(l_values * (l_values + 1.0))
+        self._fit_matrix = smooth_pinv(basis, penalty).T.astype(np.float32)  # (n, K)
+        self._basis_t32 = basis.T.astype(np.float32)  # (K, n)
+
+    @property
+    def basis_matrix(self) -> np.ndarray:
+        """Read-only SH basis at the shell directions, shape (n, n_coeffs), float64."""
+        return self._basis
+
+    @property
+    def n_coeffs(self) -> int:
+        return self._basis.shape[1]
+
+    def fit_voxels(self, signal: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
+        """Fit a block of voxels without chunking.
+
+        Parameters
+        ----------
+        signal : ndarray, shape (V, n)
+        mean_b0 : ndarray, shape (V,)
+
+        Returns
+        -------
+        ndarray, shape (V, n_coeffs), float32
+        """
+        attenuation = _power(normalize_shell(signal, mean_b0), self._fit_exponent)
+        return attenuation @ self._fit_matrix
+
+    def fit(
+        self,
+        shell_data: np.ndarray,
+        mean_b0: np.ndarray,
+        mask: np.ndarray | None = None,
+        *,
+        chunk_size: int = _voxels.CHUNK_VOXELS,
+    ) -> np.ndarray:
+        """SH coefficients of every voxel (zeros outside ``mask``).
+
+        Parameters
+        ----------
+        shell_data : ndarray, shape (..., n)
+        mean_b0 : ndarray, shape (...)
+        mask : ndarray of bool, shape (...), optional
+
+        Returns
+        -------
+        ndarray, shape (..., n_coeffs), float32
+        """
+        shell_data = np.asarray(shell_data)
+        spatial = shell_data.shape[:-1]
+        self._check_n(shell_data.shape[-1])
+        flat = shell_data.reshape(-1, shell_data.shape[-1])
+        b0 = np.broadcast_to(np.asarray(mean_b0), spatial).reshape(-1)
+        index = _voxels.mask_indices(mask, spatial, "C")
+        out = np.zeros((flat.shape[0], self.n_coeffs), dtype=np.float32)
+        for idx in _voxels.chunks(index, chunk_size):
+            out[idx] = self.fit_voxels(flat[idx], b0[idx])
+        return out.reshape(spatial + (self.n_coeffs,))
+
+    def predict_voxels(self, coeffs: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
+        """Signal of a block of voxels, shape (V, n), float32 (no chunking)."""
+        attenuation = np.asarray(coeffs, dtype=np.float32) @ self._basis_t32
+        np.clip(attenuation, 0.0, 1.0, out=attenuation)
+        signal = _power(attenuation, 1.0 / self._fit_exponent)
+        return signal * np.asarray(mean_b0, dtype=np.float32)[..., None]
+
+    def predict(
+        self, coeffs: np.ndarray, mean_b0: np.ndarray, *, chunk_size: int = _voxels.CHUNK_VOXELS
+    ) -> np.ndarray:
+        r"""Signal at the shell directions.
+
+        .. math:: S = \mathrm{clip}(B c, 0, 1)^{b/b_\mathrm{ref}} \, \bar S_0
+
+        Parameters
+        ----------
+        coeffs : ndarray, shape (..., n_coeffs)
+        mean_b0 : ndarray, shape (...)
+
+        Returns
+        -------
+        ndarray, shape (..., n), float32
+        """
+        coeffs = np.asarray(coeffs)
+        if coeffs.shape[-1] != self.n_coeffs:
+            raise ValueError(f"expected {self.n_coeffs} coefficients, got {coeffs.shape[-1]}.")
+        spatial = coeffs.shape[:-1]
+        flat = coeffs.reshape(-1, self.n_coeffs)
+        b0 = np.broadcast_to(np.asarray(mean_b0), spatial).reshape(-1)
+        out = np.empty((flat.shape[0], self._basis.shape[0]), dtype=np.float32)
+        for start in range(0, flat.shape[0], chunk_size):
+            block = slice(start, start + chunk_size)
+            out[block] = self.predict_voxels(flat[block], b0[block])
+        return out.reshape(spatial + (self._basis.shape[0],))
+
+    def _check_n(self, n: int) -> None:
+        if n != self._basis.shape[0]:
+            raise BadImageError(
+                f"the shell has {self._basis.shape[0]} directions but the data {n} volumes."
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class ShellFit:
+    """SH coefficients of one shell of a run.
+
+    Attributes
+    ----------
+    bval : float
+        Nominal b-value (s/mm²).
+    order : int
+        SH order used (8 unless lowered).
+    coeffs : ndarray, shape (X, Y, Z, n_coeffs(order)), float32
+    indices : ndarray of int, shape (n,)
+        Volumes of the run that belong to the shell.
+    lowered : bool
+        True when ``order`` is below the requested one because of few directions.
+    """
+
+    bval: float
+    order: int
+    coeffs: np.ndarray
+    indices: np.ndarray
+    lowered: bool = False
+
+    @property
+    def label(self) -> str:
+        """BIDS-safe label, e.g. ``b1000``."""
+        return f"b{int(round(self.bval))}"
+
+
+def fit_shells(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    sh_order: int = MAX_ORDER,
+    b_tolerance: float = B_TOLERANCE,
+    b0_threshold: float = B0_THRESHOLD,
+    b_ref: float = B_REF,
+    lambda_lb: float = LB_LAMBDA,
+    chunk_size: int = _voxels.CHUNK_VOXELS,
+) -> list[ShellFit]:
+    """Fit every shell of a run in the HARP convention.
+
+    Shells with fewer than 6 directions are skipped with a warning; shells with
+    fewer than ``n_coeffs(sh_order)`` directions get a lower order (warning,
+    ``lowered=True``).
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+    bvals : ndarray, shape (N,)
+    bvecs : ndarray, shape (N, 3) or (3, N)
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels to fit; coefficients are 0 elsewhere.
+
+    Returns
+    -------
+    list of ShellFit
+        One per fitted shell, by increasing b-value.
+
+    Raises
+    ------
+    BadGradientsError
+        No b0 volume, no shell with at least 6 directions, or a malformed table.
+    BadImageError
+        ``data`` is not 4D or does not match the table or the mask.
+    """
+    data = np.asarray(data)
+    _voxels.check_4d(data)
+    bvals, bvecs = validate_gradients(bvals, bvecs, data.shape[-1], b0_threshold=b0_threshold)
+    models, shells = [], []
+    for shell in group_shells(bvals, b_tolerance=b_tolerance, b0_threshold=b0_threshold):
+        try:
+            order = sh_order_for_directions(len(shell), sh_order)
+        except BadGradientsError as err:
+            logger.warning("Shell %s skipped: %s", shell.label, err)
+            continue
+        if order < sh_order:
+            logger.warning(
+                "Shell %s has %d directions: SH order lowered from %d to %d (%d coefficients).",
+                shell.label, len(shell), sh_order, order, n_coeffs(order),
+            )  # fmt: skip
+        models.append(
+            ShellSHModel(bvecs[shell.indices], shell.bval, sh_order=order, b_ref=b_ref,
+                         lambda_lb=lambda_lb)
+        )  # fmt: skip
+        shells.append(shell)
+    if not shells:
+        raise BadGradientsError(
+            f"no diffusion-weighted shell with at least {MIN_DIRECTIONS} directions "
+            f"(b-values {sorted(set(np.round(bvals).astype(int).tolist()))})."
+        )
+    flat, vox_order = _voxels.flat_voxels(data)
+    index = _voxels.mask_indices(mask, data.shape[:3], vox_order)
+    b0_idx = np.flatnonzero(b0_mask(bvals, b0_threshold=b0_threshold))
+    outputs = [
+        _voxels.new_volume(data.shape[:3], model.n_coeffs, vox_order) for model in models
+    ]
+    for idx in _voxels.chunks(index, chunk_size):
+        block = np.asarray(flat[idx], dtype=np.float32)
+        mean_b0 = block[:, b0_idx].mean(axis=1)
+        for shell, model, (_, out_flat) in zip(shells, models, outputs, strict=True):
+            out_flat[idx] = model.fit_voxels(block[:, shell.indices], mean_b0)
+    return [
+        ShellFit(
+            bval=shell.bval,
+            order=model.sh_order,
+            coeffs=out,
+            indices=shell.indices,
+            lowered=model.sh_order < sh_order,
+        )
+        for shell, model, (out, _) in zip(shells, models, outputs, strict=True)
+    ]
+
+
+def reconstruct_dwi(
+    fits: list[ShellFit],
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    b0_data: np.ndarray,
+    *,
+    b0_threshold: float = B0_THRESHOLD,
+    b_ref: float = B_REF,
+    chunk_size: int = _voxels.CHUNK_VOXELS,
+) -> np.ndarray:
+    r"""Rebuild a run's DWI from per-shell coefficients (e.g. harmonized ones).
+
+    Volume :math:`i` of shell :math:`k` becomes
+    :math:`\mathrm{clip}(B_i c_k, 0, 1)^{b_k/b_\mathrm{ref}} \bar S_0`; b0 volumes
+    are copied unchanged.
+
+    Parameters
+    ----------
+    fits : list of ShellFit
+        ``indices`` refer to volumes of the table below.
+    bvals : ndarray, shape (N,)
+    bvecs : ndarray, shape (N, 3) or (3, N)
+    b0_data : ndarray, shape (X, Y, Z, N) or (X, Y, Z, n_b0)
+        The original run (its b0 volumes are used) or only its b0 volumes, in
+        table order.  With the original run, volumes of shells without a fit are
+        copied through (warning); with b0 volumes only they are an error.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z, N), float32
+    """
+    b0_data = np.asarray(b0_data)
+    _voxels.check_4d(b0_data, name="b0 data")
+    n_volumes = np.asarray(bvals).size
+    bvals, bvecs = validate_gradients(bvals, bvecs, n_volumes, b0_threshold=b0_threshold)
+    is_b0 = b0_mask(bvals, b0_threshold=b0_threshold)
+    full = b0_data.shape[-1] == n_volumes
+    if not full and b0_data.shape[-1] != is_b0.sum():
+        raise BadImageError(
+            f"b0 data has {b0_data.shape[-1]} volumes; expected the whole run ({n_volumes}) "
+            f"or its {int(is_b0.sum())} b0 volumes."
+        )
+    covered = is_b0.copy()
+    models = []
+    for fit in fits:
+        if fit.coeffs.shape[:3] != b0_data.shape[:3]:
+            raise BadImageError(
+                f"shell {fit.label}: coefficients {fit.coeffs.shape[:3]} and data "
+                f"{b0_data.shape[:3]} differ in shape."
+            )
+        off = np.abs(bvals[fit.indices] - fit.bval) > B_TOLERANCE
+        if off.any() or covered[fit.indices].any():
+            raise BadGradientsError(
+                f"shell {fit.label}: its volume indices do not match this gradient table."
+            )
+        covered[fit.indices] = True
+        models.append(ShellSHModel(bvecs[fit.indices], fit.bval, sh_order=fit.order, b_ref=b_ref))
+    if not covered.all():
+        missing = np.flatnonzero(~covered)
+        if not full:
+            raise BadGradientsError(f"no SH fit for volumes {missing.tolist()}.")
+        logger.warning("No SH fit for volumes %s: copied unchanged.", missing.tolist())
+    flat, order = _voxels.flat_voxels(b0_data)
+    out, out_flat = _voxels.new_volume(b0_data.shape[:3], n_volumes, order)
+    b0_out = np.flatnonzero(is_b0)
+    b0_src = b0_out if full else np.arange(b0_data.shape[-1])
+    passthrough = np.flatnonzero(~covered)
+    coeffs = [
+        fit.coeffs.reshape(-1, m.n_coeffs, order=order)
+        for fit, m in zip(fits, models, strict=True)
+    ]
+    for start in range(0, flat.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        b0_block = np.asarray(flat[rows][:, b0_src], dtype=np.float32)
+        out_flat[rows, b0_out] = b0_block
+        if passthrough.size:
+            out_flat[rows, passthrough] = flat[rows][:, passthrough]
+        mean_b0 = b0_block.mean(axis=1)
+        for fit, model, flat_coeffs in zip(fits, models, coeffs, strict=True):
+            out_flat[rows, fit.indices] = model.predict_voxels(flat_coeffs[rows], mean_b0)
+    return out
+
+
+def _check_order(order: int) -> None:
+    if int(order) != order or order < 0 or order % 2:
+        raise ValueError(f"SH order must be an even integer >= 0, got {order!r}.")
+
+
+def _exponent(b_ref: float, bval: float) -> float:
+    if not bval > 0 or not b_ref > 0:
+        raise BadGradientsError(f"b-values must be positive, got b={bval}, b_ref={b_ref}.")
+    return float(b_ref) / float(bval)
+
+
+def _power(values: np.ndarray, exponent: float) -> np.ndarray:
+    """``values ** exponent`` with fast paths for the common exponents 1, 1/2, 2."""
+    if exponent == 1.0:
+        return values
+    if exponent == 0.5:
+        return np.sqrt(values)
+    if exponent == 2.0:
+        return np.square(values)
+    return np.power(values, np.float32(exponent) if values.dtype == np.float32 else exponent)

@@ -1,0 +1,301 @@
+"""Write a whole simulated study as a BIDS dataset, and regenerate its signals.
+
+The file operations are delegated to :mod:`bids_harmony.simulate.bids_writer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bids_harmony import __version__
+from bids_harmony.errors import OutputDirectoryError
+from bids_harmony.simulate import bids_writer as bw
+from bids_harmony.simulate.docs import DATASET_README, GROUND_TRUTH_README, site_lines, site_table
+from bids_harmony.simulate.signal import noiseless_signal
+from bids_harmony.simulate.study import (
+    SITES,
+    get_size,
+    object_grid,
+    object_tissue,
+    parse_session,
+    protocols_for,
+    simulate_session,
+    site_params,
+    study_sessions,
+    study_subjects,
+    subject_spec,
+)
+from bids_harmony.simulate.tissue import Pose
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Files of one written ``dwi`` run."""
+
+    subject: str
+    session: str
+    site: str
+    acq: str
+    n_volumes: int
+    dwi: Path
+    bval: Path
+    bvec: Path
+    sidecar: Path
+    noiseless: Path | None
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What :func:`simulate_study` wrote."""
+
+    root: Path
+    size: str
+    seed: int
+    sites: tuple[str, ...]
+    phantoms: tuple[str, ...]
+    subjects: tuple[str, ...]
+    sessions: tuple[str, ...]
+    runs: tuple[RunInfo, ...]
+    ground_truth: Path
+    seconds: float
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        n_files = sum(1 for p in self.root.rglob("*") if p.is_file())
+        return "\n".join(
+            [
+                f"Simulated BIDS study ({self.size}, seed {self.seed}) in {self.root}",
+                f"  sites:    {', '.join(self.sites)}",
+                f"  phantoms: {', '.join('sub-' + p for p in self.phantoms)}",
+                f"  subjects: {', '.join('sub-' + s for s in self.subjects)}",
+                f"  sessions: {', '.join('ses-' + s for s in self.sessions)}",
+                f"  runs:     {len(self.runs)} dwi runs, {n_files} files, {self.seconds:.1f} s",
+                f"  ground truth: {self.ground_truth}",
+            ]
+        )
+
+
+def _check_output(root: Path, force: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise OutputDirectoryError(f"output path {root} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        if not force:
+            raise OutputDirectoryError(
+                f"output directory {root} is not empty; choose an empty or new directory, "
+                "or force writing into it (existing files are overwritten, others kept)"
+            )
+        LOGGER.warning("writing into non-empty %s; unrelated files are kept", root)
+
+
+def simulate_study(
+    out_dir: str | Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    sites: tuple[str, ...] = SITES,
+    force: bool = False,
+    write_noiseless: bool = True,
+) -> StudyInfo:
+    """Simulate and write a two-site phantom + traveling-subject BIDS study.
+
+    Parameters
+    ----------
+    out_dir : path
+        Dataset root (created; must be empty unless ``force``).
+    size : {"tiny", "demo", "full"}
+        ``tiny``: seconds, for tests; ``demo``: ~64×64×40 voxels; ``full``:
+        146×146×90 voxels at 1.5 mm (several GB on disk).
+    seed : int
+        Seeds every random quantity; the same seed gives byte-identical files.
+    sites : tuple of str
+        Scanner sites (first = source); default ``("GE", "Prisma")``.
+    force : bool
+        Write into a non-empty directory.
+    write_noiseless : bool
+        Also write each run's noise-free image under ``sourcedata/simulation``.
+
+    Returns
+    -------
+    StudyInfo
+    """
+    start = time.perf_counter()
+    root = Path(out_dir)
+    get_size(size)
+    _check_output(root, force)
+    root.mkdir(parents=True, exist_ok=True)
+    phantoms, humans = study_subjects(size)
+    sessions = study_sessions(sites)
+    site_objs = [site_params(s, seed) for s in sites]
+    runs: list[RunInfo] = []
+    participants = []
+    for subject in phantoms + humans:
+        spec = subject_spec(subject, size, seed)
+        grid = object_grid(spec, size)
+        is_phantom = subject.startswith("phantom")
+        participants.append(
+            {
+                "participant_id": f"sub-{subject}",
+                "species": "phantom" if is_phantom else "homo sapiens",
+                "phantom": "true" if is_phantom else "false",
+                "age": "n/a" if is_phantom else spec.age,
+                "sex": "n/a" if is_phantom else spec.sex,
+            }
+        )
+        bw.write_subject_truth(root, subject, grid, spec, object_tissue(spec, grid, Pose()))
+        for session in sessions:
+            data = simulate_session(subject, session, size=size, seed=seed)
+            bw.write_session_truth(root, subject, session, data.pose, data.tissue)
+            for run in data.runs:
+                paths = bw.write_dwi_run(
+                    root,
+                    subject,
+                    session,
+                    run.acq,
+                    run.image,
+                    grid.affine,
+                    run.bvals,
+                    run.bvecs,
+                    run.sidecar,
+                )
+                clean = None
+                if write_noiseless:
+                    clean = bw.write_nifti(
+                        bw.noiseless_path(root, subject, session, run.acq),
+                        run.noiseless,
+                        grid.affine,
+                    )
+                runs.append(
+                    RunInfo(
+                        subject,
+                        session,
+                        data.site.label,
+                        run.acq,
+                        int(run.image.shape[-1]),
+                        paths[".nii.gz"],
+                        paths[".bval"],
+                        paths[".bvec"],
+                        paths[".json"],
+                        clean,
+                    )
+                )
+        bw.write_sessions(
+            root,
+            subject,
+            [
+                {
+                    "session_id": f"ses-{s}",
+                    "site": parse_session(s)[0],
+                    "manufacturer": site_params(parse_session(s)[0], seed).manufacturer,
+                    "model": site_params(parse_session(s)[0], seed).model,
+                }
+                for s in sessions
+            ],
+        )
+    for site in site_objs:
+        bw.write_site(root, site)
+    fmt = {"size": size, "seed": seed, "version": __version__}
+    bw.write_dataset_files(
+        root,
+        name=f"bids_harmony simulated two-site study ({size})",
+        description=f"bids_harmony.simulate.simulate_study(size={size!r}, seed={seed})",
+        readme=DATASET_README.format(
+            **fmt,
+            site_lines=site_lines(site_objs),
+            sessions=", ".join(sessions),
+            phantoms=", ".join(phantoms),
+            humans=", ".join(humans),
+            phantom_protocols=", ".join(f"acq-{p}" for p in protocols_for(phantoms[0], size)),
+        ),
+        participants=participants,
+    )
+    gt = bw.gt_dir(root)
+    bw.write_text(
+        gt / "README.md", GROUND_TRUTH_README.format(**fmt, site_table=site_table(site_objs))
+    )
+    bw.write_json(
+        gt / "simulation.json",
+        {
+            "Generator": f"bids_harmony {__version__} simulate_study",
+            "size": size,
+            "seed": seed,
+            "sites": list(sites),
+            "source_site": sites[0],
+            "target_site": sites[-1],
+            "phantoms": list(phantoms),
+            "subjects": list(humans),
+            "sessions": list(sessions),
+            "runs": [
+                {
+                    "subject": r.subject,
+                    "session": r.session,
+                    "site": r.site,
+                    "acq": r.acq,
+                    "n_volumes": r.n_volumes,
+                    "dwi": r.dwi.relative_to(root).as_posix(),
+                    "noiseless": r.noiseless.relative_to(root).as_posix() if r.noiseless else None,
+                }
+                for r in runs
+            ],
+        },
+    )
+    info = StudyInfo(
+        root,
+        size,
+        seed,
+        tuple(sites),
+        phantoms,
+        humans,
+        sessions,
+        tuple(runs),
+        gt,
+        time.perf_counter() - start,
+    )
+    LOGGER.info("simulated %d runs in %.1f s", len(runs), info.seconds)
+    return info
+
+
+def regenerate_noiseless(
+    root: str | Path,
+    subject: str,
+    session: str,
+    acq: str,
+    *,
+    site: str | None = None,
+    bvals: NDArray | None = None,
+    bvecs: NDArray | None = None,
+) -> NDArray[np.float32]:
+    """Noise-free signal of a written run's object, as seen by any site and table.
+
+    Parameters
+    ----------
+    root : path
+        Root of a dataset written by :func:`simulate_study`.
+    subject, session, acq : str
+        The run whose object pose (session) and protocol (``acq``) are used.
+    site : str, optional
+        Site imaging the object (default: the session's own site).  With the
+        target site this is the ideal harmonization of a source-site run.
+    bvals, bvecs : ndarray, optional
+        Gradient table, shapes (V,) and (V, 3) (default: the run's own table).
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z, V)
+    """
+    root = Path(root)
+    subject = subject.removeprefix("sub-")
+    session = session.removeprefix("ses-")
+    grid, spec = bw.read_spec(root, subject)
+    tissue = object_tissue(spec, grid, bw.read_pose(root, subject, session))
+    site_obj = bw.read_site(root, site or parse_session(session)[0])
+    if bvals is None or bvecs is None:
+        bvals, bvecs = bw.read_table(root, subject, session, acq)
+    return noiseless_signal(tissue, site_obj, bvals, bvecs, protocol=acq)

@@ -38,6 +38,7 @@ class Config:
     phantom_label: tuple[str, ...] = ()
     target_site: str | None = None
     seed: int = 0
+    verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recorded(self) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def config_from_args(args) -> object:
         phantom_label=tuple(args.phantom_label),
         target_site=args.target_site,
         seed=args.seed,
+        verbose=args.verbose,
     )
 
 

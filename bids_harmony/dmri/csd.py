@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 CHUNK_VOXELS = 2048
 DEFAULT_RESPONSE_EVALS = (1.7e-3, 0.3e-3, 0.3e-3)  # mm²/s, FA ~0.80: a typical WM single fibre
 _MU = 1e-5  # dipy's ridge for a singular X^T X
-_LOW_ORDER = 15  # coefficients of l <= 4, used for the first active set as in dipy
+_LOW_ORDER = 15
+_INCREMENTAL_ROWS = 12  # fewer changed constraint rows: update the system instead of a GEMM  # coefficients of l <= 4, used for the first active set as in dipy
 
 
 class BatchedCSD:
@@ -115,13 +116,17 @@ class BatchedCSD:
     def n_coeffs(self) -> int:
         return self.gram.shape[0]
 
-    def fit_voxels(self, dwi: np.ndarray) -> tuple[np.ndarray, int]:
+    def fit_voxels(
+        self, dwi: np.ndarray, *, pool: ThreadPoolExecutor | None = None, n_parts: int = 1
+    ) -> tuple[np.ndarray, int]:
         """Deconvolve one block of voxels (no chunking).
 
         Parameters
         ----------
         dwi : ndarray, shape (V, n_dwi)
             Diffusion-weighted signal (any scale: the estimate scales with it).
+        pool : ThreadPoolExecutor, optional
+            Threads that share the batched solves, in ``n_parts`` pieces.
 
         Returns
         -------
@@ -141,32 +146,62 @@ class BatchedCSD:
         if empty.any():
             small[empty] = (coeffs[empty] @ big_b.T) < threshold[empty, None]
         active = np.flatnonzero(small.any(axis=1))
+        system = self._dense_systems(small[active])
         for _ in range(self.convergence):
             if active.size == 0:
                 return coeffs, 0
-            indicator = small[active].astype(np.float32)
-            system = (indicator @ self._outer32).reshape(-1, k, k).astype(float)
-            system += self.gram
-            solution = _solve(system, z[active])
+            solution = _solve(system, z[active], pool, n_parts)
             new_small = (solution @ big_b.T) < threshold[active, None]
             coeffs[active] = solution
-            changed = (new_small != small[active]).any(axis=1)
+            delta = new_small.view(np.int8) - small[active].view(np.int8)
+            changed = delta.any(axis=1)
             small[active] = new_small
             active = active[changed]
+            system = self._update_systems(system[changed], delta[changed], small[active])
+        return coeffs, int(active.size)
+
+    def _dense_systems(self, sets: np.ndarray) -> np.ndarray:
+        """:math:`P + B_S^T B_S` for each row of ``sets`` (one GEMM)."""
+        k = self.n_coeffs
+        system = (sets.astype(np.float32) @ self._outer32).reshape(-1, k, k).astype(float)
+        system += self.gram
+        return system
+
+    def _update_systems(self, system: np.ndarray, delta: np.ndarray, sets: np.ndarray):
+        """Add/remove the constraint rows that changed; rebuild when many did."""
+        n_changed = np.count_nonzero(delta, axis=1)
+        few = n_changed <= _INCREMENTAL_ROWS
+        many = np.flatnonzero(~few)
+        if many.size:
+            system[many] = self._dense_systems(sets[many])
+        few = np.flatnonzero(few)
+        if few.size:
+            rows, cols = np.nonzero(delta[few])
+            starts = np.r_[0, np.cumsum(n_changed[few])[:-1]]
+            slot = np.arange(rows.size) - starts[rows]
+            width = int(n_changed[few].max())
+            index = np.zeros((few.size, width), dtype=int)
+            sign = np.zeros((few.size, width))
+            index[rows, slot] = cols
+            sign[rows, slot] = delta[few][rows, cols]
+            gathered = self.constraint[index]  # (F, width, K)
+            system[few] += np.matmul((gathered * sign[..., None]).transpose(0, 2, 1), gathered)
+        return system
         return coeffs, int(active.size)
 
     def fit(
         self, dwi: np.ndarray, *, chunk_size: int = CHUNK_VOXELS, n_threads: int | None = None
     ) -> np.ndarray:
-        """Deconvolve many voxels in chunks, on ``n_threads`` threads.
+        """Deconvolve many voxels in chunks.
 
         Parameters
         ----------
         dwi : ndarray, shape (V, n_dwi)
         chunk_size : int
-            Voxels per batch (memory ~ 12 * chunk_size * n_coeffs² bytes per thread).
+            Voxels per batch (memory ~ 12 * chunk_size * n_coeffs² bytes).
         n_threads : int, optional
-            Default: the number of CPUs, at most 4.
+            Threads for the batched LAPACK solves (the GEMMs use BLAS threads);
+            default: the number of CPUs, at most 4.
 
         Returns
         -------
@@ -174,20 +209,14 @@ class BatchedCSD:
         """
         dwi = np.asarray(dwi)
         out = np.zeros((dwi.shape[0], self.n_coeffs))
-        starts = range(0, dwi.shape[0], chunk_size)
         if n_threads is None:
             n_threads = min(4, os.cpu_count() or 1)
-
-        def work(start: int) -> int:
-            rows = slice(start, start + chunk_size)
-            out[rows], n_bad = self.fit_voxels(dwi[rows])
-            return n_bad
-
-        if n_threads > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                unconverged = sum(pool.map(work, starts))
-        else:
-            unconverged = sum(map(work, starts))
+        unconverged = 0
+        with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
+            for start in range(0, dwi.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                out[rows], n_bad = self.fit_voxels(dwi[rows], pool=pool, n_parts=n_threads)
+                unconverged += n_bad
         if unconverged:
             logger.warning(
                 "CSD did not converge in %d iterations for %d of %d voxels.",
@@ -269,8 +298,17 @@ def sh_gfa(coeffs: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - ratio, 0.0, 1.0)).astype(np.float32)
 
 
-def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Batched solve of SPD systems, with a ridge fallback for a singular one."""
+def _solve(
+    system: np.ndarray,
+    rhs: np.ndarray,
+    pool: ThreadPoolExecutor | None = None,
+    n_parts: int = 1,
+) -> np.ndarray:
+    """Batched solve of SPD systems, split over ``pool``; ridge fallback if singular."""
+    if pool is not None and n_parts > 1 and system.shape[0] >= 64 * n_parts:
+        bounds = np.linspace(0, system.shape[0], n_parts + 1).astype(int)
+        parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        return np.concatenate(list(pool.map(lambda p: _solve(system[p], rhs[p]), parts)))
     try:
         return np.linalg.solve(system, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:

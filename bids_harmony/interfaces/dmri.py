@@ -52,13 +52,9 @@ def save_like(data: np.ndarray, reference: Any, path: Path, dtype: Any = np.floa
 
 def read_table(bval: str, bvec: str) -> tuple[np.ndarray, np.ndarray]:
     """Read an FSL-style gradient table as (n,), (n, 3)."""
-    bvals = np.loadtxt(bval, ndmin=1, dtype=float).ravel()
-    bvecs = np.loadtxt(bvec, ndmin=2, dtype=float)
-    if bvecs.shape[0] == 3 and bvecs.shape[1] != 3:
-        bvecs = bvecs.T
-    elif bvecs.shape == (3, 3):
-        bvecs = bvecs.T
-    return bvals, bvecs
+    from bids_harmony.bids.gradients_io import read_gradients
+
+    return read_gradients(bval, bvec)
 
 
 def write_table(bvals: np.ndarray, bvecs: np.ndarray, stem: Path) -> tuple[str, str]:

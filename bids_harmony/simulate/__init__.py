@@ -4,28 +4,53 @@ Phantoms and traveling human-like subjects are imaged by two scanners (GE SIGNA
 Premier as source, Siemens Prisma as target), twice each, and written as a raw
 BIDS dataset with the ground truth under ``sourcedata/simulation``.
 
+Layout (``size="tiny"``; ``demo``/``full`` add ``acq-b1500dir30`` phantom runs)::
+
+    sub-phantom0{1,2}/ses-{GE1,GE2,Prisma1,Prisma2}/dwi/
+        sub-phantom01_ses-GE1_acq-{b1000,b2000,multishell}_dwi.{nii.gz,bval,bvec,json}
+    sub-0{1,2,3}/ses-{GE1,GE2,Prisma1,Prisma2}/dwi/
+        sub-01_ses-GE1_acq-multishell_dwi.{nii.gz,bval,bvec,json}   (b=1000 + b=2000)
+    sub-*/sub-*_sessions.{tsv,json}, participants.{tsv,json}, README,
+    dataset_description.json
+
+Site effects (:mod:`.site_effects`): b-value miscalibration and gradient-axis gains,
+TE/TR compartment weighting, diffusion-time dependent diffusivities, a PSF blur,
+a smooth receive field, receiver gain, SNR and Rician noise, and site-specific
+gradient tables (b0 written as 0 by GE, 5 by Siemens; Siemens b-value jitter).
+
+Ground truth (``sourcedata/simulation``, described in its ``README.md``):
+``site-<site>_params.json`` (:class:`SiteParams`); per subject
+``sub-<id>_spec.json`` (grid + analytic anatomy), ``sub-<id>_tissue.npz``
+(:class:`TissueModel` in the reference pose), ``_dseg`` (0 background, 1 CSF,
+2 GM, 3 WM; phantoms: 1 bath, 2+i vial i), ``_desc-brain_mask`` and
+``_desc-truth_{FA,MD}`` images; per session ``_pose.json`` and the same maps in
+that pose; per run ``_desc-noiseless_dwi.nii.gz`` (site effects, no noise).
+
 Public API
 ----------
-simulate_study(out_dir, *, size="tiny", seed=0, ...) -> StudyInfo
+simulate_study(out_dir, *, size="tiny", seed=0, sites=SITES, force=False,
+               write_noiseless=True) -> StudyInfo
     Write the whole study.
 simulate_session(subject, session, *, size="tiny", seed=0, protocols=None) -> SessionData
-    One session in memory, identical to the same session of the study.
+    One session in memory (for benchmarks), identical to that session of the study.
 noiseless_signal(tissue, site, bvals, bvecs, *, protocol) -> ndarray (X, Y, Z, V)
     Noise-free image of any tissue model at any site with any gradient table.
 regenerate_noiseless(root, subject, session, acq, *, site=None, bvals=None, bvecs=None)
-    The same from a written dataset's ground truth.
+    The same from a written dataset's ground truth (e.g. a source run as the
+    target site would have measured it: the ideal harmonization).
 
 Module map: :mod:`.tissue` (grids, poses, compartment model), :mod:`.gradients`,
-:mod:`.phantom`, :mod:`.brain`, :mod:`.site_effects`, :mod:`.signal` (numerics, no
-I/O); :mod:`.study` (layout, keyed random streams); :mod:`.dataset` (whole study);
-:mod:`.bids_writer` (the only module touching files).
+:mod:`.phantom`, :mod:`.brain`, :mod:`.site_effects`, :mod:`.signal_model` (numerics, no
+I/O); :mod:`.study` (layout, keyed random streams, sessions); :mod:`.dataset`
+(whole study); :mod:`.docs` (README texts); :mod:`.bids_writer` (the only module
+touching files).
 """
 
 from __future__ import annotations
 
 from bids_harmony.simulate.bids_writer import read_pose, read_site, read_spec, read_tissue
 from bids_harmony.simulate.dataset import RunInfo, StudyInfo, regenerate_noiseless, simulate_study
-from bids_harmony.simulate.signal import noiseless_signal
+from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.site_effects import SiteParams, draw_site
 from bids_harmony.simulate.study import (
     PROTOCOLS,

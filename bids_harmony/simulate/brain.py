@@ -68,10 +68,10 @@ BUNDLE_PATHS: dict[str, tuple[int, ...]] = {  # hundredths of the semi-axes
 def bundle_strands(name: str) -> list[NDArray]:
     """Control points (M, 3) of each strand of a bundle template (semi-axis units)."""
     if name == "cc":
-        x = np.array([-0.75, -0.4, 0.0, 0.4, 0.75])
+        x = np.array([-0.65, -0.35, 0.0, 0.35, 0.65])
         return [
-            np.stack([x, np.full(5, y), 0.22 - 0.12 * abs(y) / 0.45 + 0.45 * x**2], axis=1)
-            for y in (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45)
+            np.stack([x, np.full(5, y), 0.25 - 0.1 * abs(y) / 0.45 + 0.55 * x**2], axis=1)
+            for y in np.linspace(-0.45, 0.45, 10)
         ]
     return [np.reshape(BUNDLE_PATHS[name], (-1, 3)) / 100.0]
 
@@ -151,12 +151,16 @@ def _r(x: float, nd: int = 6) -> float:
 def draw_brain(number: int, rng: np.random.Generator) -> BrainSpec:
     """Draw the anatomy and tissue properties of subject ``number``."""
     semi = np.array([68.0, 84.0, 60.0]) * rng.uniform(0.93, 1.05) * rng.uniform(0.97, 1.03, 3)
+    centre = np.array([0.0, _r(rng.normal(0, 2)), _r(-4.0 + rng.normal(0, 1))])
     jitter = 0.025
 
     def pts(points: NDArray, sign: float) -> tuple[Vec3, ...]:
         arr = points * np.array([sign, 1.0, 1.0])
-        arr = (arr + rng.normal(0, jitter, arr.shape)) * semi
+        arr = (arr + rng.normal(0, jitter, arr.shape)) * semi + centre
         return tuple(tuple(_r(c, 4) for c in p) for p in arr)
+
+    def at(rel: tuple[float, float, float]) -> Vec3:
+        return tuple(_r(v) for v in np.asarray(rel) * semi + centre)
 
     ad, rd = rng.normal(1.0, 0.03), rng.normal(1.0, 0.05)
     bundles = []
@@ -174,14 +178,14 @@ def draw_brain(number: int, rng: np.random.Generator) -> BrainSpec:
     vent_scale = rng.uniform(0.8, 1.3)
     ventricles = tuple(
         (
-            (_r(s * 0.12 * semi[0]), _r(0.0), _r(0.06 * semi[2])),
-            tuple(_r(v) for v in np.array([0.07, 0.36, 0.12]) * semi * vent_scale),
+            at((s * 0.12, 0.0, 0.06)),
+            tuple(_r(v) for v in np.array([0.09, 0.36, 0.12]) * semi * vent_scale),
         )
         for s in (1.0, -1.0)
     )
     deep_gm = tuple(
         (
-            (_r(s * 0.13 * semi[0]), _r(-0.1 * semi[1]), _r(-0.12 * semi[2])),
+            at((s * 0.13, -0.1, -0.12)),
             tuple(_r(v) for v in np.array([0.09, 0.14, 0.11]) * semi),
         )
         for s in (1.0, -1.0)
@@ -199,7 +203,7 @@ def draw_brain(number: int, rng: np.random.Generator) -> BrainSpec:
         name=f"{number:02d}",
         age=int(rng.integers(21, 46)),
         sex=str(rng.choice(["F", "M"])),
-        centre_mm=(0.0, _r(rng.normal(0, 2)), _r(-4.0 + rng.normal(0, 1))),
+        centre_mm=tuple(float(v) for v in centre),
         semi_axes_mm=tuple(_r(v, 4) for v in semi),
         shape_coeffs=tuple(_r(v) for v in rng.uniform(-0.04, 0.04, 4)),
         csf_rim_mm=_r(rng.uniform(2.0, 3.5), 3),

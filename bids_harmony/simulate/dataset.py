@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,10 +19,14 @@ from numpy.typing import NDArray
 from bids_harmony import __version__
 from bids_harmony.errors import OutputDirectoryError
 from bids_harmony.simulate import bids_writer as bw
+from bids_harmony.simulate.brain import BrainSpec
 from bids_harmony.simulate.docs import DATASET_README, GROUND_TRUTH_README, site_lines, site_table
-from bids_harmony.simulate.signal import noiseless_signal
+from bids_harmony.simulate.phantom import PhantomSpec
+from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.study import (
     SITES,
+    RunData,
+    SessionData,
     get_size,
     object_grid,
     object_tissue,
@@ -31,7 +38,7 @@ from bids_harmony.simulate.study import (
     study_subjects,
     subject_spec,
 )
-from bids_harmony.simulate.tissue import Pose
+from bids_harmony.simulate.tissue import Grid, Pose
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +90,33 @@ class StudyInfo:
         )
 
 
+class _BackgroundWriter:
+    """Run file writes (mostly gzip, which releases the GIL) beside the simulation.
+
+    At most ``max_pending`` writes are queued, bounding the memory they hold;
+    :meth:`close` waits for all and re-raises the first error.
+    """
+
+    def __init__(self, max_pending: int = 6) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bids-writer")
+        self._pending: deque[Future[Any]] = deque()
+        self._max = max_pending
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        while len(self._pending) >= self._max:
+            self._pending.popleft().result()
+        fut = self._pool.submit(fn, *args, **kwargs)
+        self._pending.append(fut)
+        return fut
+
+    def close(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_output(root: Path, force: bool) -> None:
     if root.exists() and not root.is_dir():
         raise OutputDirectoryError(f"output path {root} exists and is not a directory")
@@ -93,6 +127,65 @@ def _check_output(root: Path, force: bool) -> None:
                 "or force writing into it (existing files are overwritten, others kept)"
             )
         LOGGER.warning("writing into non-empty %s; unrelated files are kept", root)
+
+
+def _participant(subject: str, spec: BrainSpec | PhantomSpec) -> dict[str, Any]:
+    if isinstance(spec, PhantomSpec):
+        return {
+            "participant_id": f"sub-{subject}",
+            "species": "phantom",
+            "phantom": "true",
+            "age": "n/a",
+            "sex": "n/a",
+        }
+    return {
+        "participant_id": f"sub-{subject}",
+        "species": "homo sapiens",
+        "phantom": "false",
+        "age": spec.age,
+        "sex": spec.sex,
+    }
+
+
+def _session_row(session: str, seed: int) -> dict[str, Any]:
+    site = site_params(parse_session(session)[0], seed)
+    return {
+        "session_id": f"ses-{session}",
+        "site": site.label,
+        "manufacturer": site.manufacturer,
+        "model": site.model,
+    }
+
+
+def _submit_run(
+    writer: _BackgroundWriter,
+    root: Path,
+    data: SessionData,
+    run: RunData,
+    grid: Grid,
+    write_noiseless: bool,
+) -> RunInfo:
+    sub, ses = data.subject, data.session
+    writer.submit(
+        bw.write_dwi_run,
+        root,
+        sub,
+        ses,
+        run.acq,
+        run.image,
+        grid.affine,
+        run.bvals,
+        run.bvecs,
+        run.sidecar,
+    )
+    clean = None
+    if write_noiseless:
+        clean = bw.noiseless_path(root, sub, ses, run.acq)
+        writer.submit(bw.write_nifti, clean, run.noiseless, grid.affine)
+    paths = [
+        bw.dwi_path(root, sub, ses, run.acq, ext) for ext in (".nii.gz", ".bval", ".bvec", ".json")
+    ]
+    return RunInfo(sub, ses, data.site.label, run.acq, int(run.image.shape[-1]), *paths, clean)
 
 
 def simulate_study(
@@ -136,69 +229,24 @@ def simulate_study(
     site_objs = [site_params(s, seed) for s in sites]
     runs: list[RunInfo] = []
     participants = []
-    for subject in phantoms + humans:
-        spec = subject_spec(subject, size, seed)
-        grid = object_grid(spec, size)
-        is_phantom = subject.startswith("phantom")
-        participants.append(
-            {
-                "participant_id": f"sub-{subject}",
-                "species": "phantom" if is_phantom else "homo sapiens",
-                "phantom": "true" if is_phantom else "false",
-                "age": "n/a" if is_phantom else spec.age,
-                "sex": "n/a" if is_phantom else spec.sex,
-            }
-        )
-        bw.write_subject_truth(root, subject, grid, spec, object_tissue(spec, grid, Pose()))
-        for session in sessions:
-            data = simulate_session(subject, session, size=size, seed=seed)
-            bw.write_session_truth(root, subject, session, data.pose, data.tissue)
-            for run in data.runs:
-                paths = bw.write_dwi_run(
-                    root,
-                    subject,
-                    session,
-                    run.acq,
-                    run.image,
-                    grid.affine,
-                    run.bvals,
-                    run.bvecs,
-                    run.sidecar,
+    writer = _BackgroundWriter()
+    try:
+        for subject in phantoms + humans:
+            spec = subject_spec(subject, size, seed)
+            participants.append(_participant(subject, spec))
+            grid = object_grid(spec, size)
+            ref = object_tissue(spec, grid, Pose())
+            writer.submit(bw.write_subject_truth, root, subject, grid, spec, ref)
+            for session in sessions:
+                data = simulate_session(subject, session, size=size, seed=seed)
+                writer.submit(
+                    bw.write_session_truth, root, subject, session, data.pose, data.tissue
                 )
-                clean = None
-                if write_noiseless:
-                    clean = bw.write_nifti(
-                        bw.noiseless_path(root, subject, session, run.acq),
-                        run.noiseless,
-                        grid.affine,
-                    )
-                runs.append(
-                    RunInfo(
-                        subject,
-                        session,
-                        data.site.label,
-                        run.acq,
-                        int(run.image.shape[-1]),
-                        paths[".nii.gz"],
-                        paths[".bval"],
-                        paths[".bvec"],
-                        paths[".json"],
-                        clean,
-                    )
-                )
-        bw.write_sessions(
-            root,
-            subject,
-            [
-                {
-                    "session_id": f"ses-{s}",
-                    "site": parse_session(s)[0],
-                    "manufacturer": site_params(parse_session(s)[0], seed).manufacturer,
-                    "model": site_params(parse_session(s)[0], seed).model,
-                }
-                for s in sessions
-            ],
-        )
+                for run in data.runs:
+                    runs.append(_submit_run(writer, root, data, run, grid, write_noiseless))
+            bw.write_sessions(root, subject, [_session_row(s, seed) for s in sessions])
+    finally:
+        writer.close()
     for site in site_objs:
         bw.write_site(root, site)
     fmt = {"size": size, "seed": seed, "version": __version__}

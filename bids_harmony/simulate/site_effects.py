@@ -51,7 +51,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "multishell": (72.4, 10400.0),
         },
         "ranges": {
-            "b_scale": (0.010, 0.030),
+            "b_scale": (-0.030, -0.012),
             "gain_diag": 0.010,
             "gain_off": 0.004,
             "dt_factor": (0.44, 0.48),
@@ -82,7 +82,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "multishell": (61.0, 4900.0),
         },
         "ranges": {
-            "b_scale": (-0.020, 0.000),
+            "b_scale": (0.000, 0.012),
             "gain_diag": 0.006,
             "gain_off": 0.002,
             "dt_factor": (0.40, 0.44),
@@ -113,7 +113,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "multishell": (96.0, 5800.0),
         },
         "ranges": {
-            "b_scale": (-0.030, -0.010),
+            "b_scale": (0.010, 0.030),
             "gain_diag": 0.012,
             "gain_off": 0.004,
             "dt_factor": (0.45, 0.50),
@@ -300,22 +300,26 @@ def apply_psf(volumes: NDArray[np.float32], site: SiteParams) -> NDArray[np.floa
     return volumes
 
 
-def rician_magnitude(
+def noisy_image(
     signal: NDArray[np.floating], sigma: float, rng: np.random.Generator
-) -> NDArray[np.float32]:
-    """Magnitude of the signal plus complex Gaussian noise (Rician), same shape.
+) -> NDArray[np.int16]:
+    """Rician magnitude image as the scanner stores it (int16), same shape.
 
-    .. math:: M = \\lvert S + \\sigma (n_r + i n_i) \\rvert,\\quad n_r, n_i \\sim N(0, 1)
+    .. math:: M = \\operatorname{round}\\lvert S + \\sigma (n_r + i n_i) \\rvert,
+              \\quad n_r, n_i \\sim N(0, 1)
 
-    One draw per 3D volume (last axis), so results do not depend on chunking.
+    clipped to [0, 32767].  One draw per 3D volume (last axis), so the result does
+    not depend on chunking; the output is Fortran-ordered like NIfTI on disk.
     """
-    out = np.empty(signal.shape, dtype=np.float32)
+    out = np.empty(signal.shape, dtype=np.int16, order="F")
+    shape3 = signal.shape[:-1]
+    vmax = np.float32(np.iinfo(np.int16).max)
     for v in range(signal.shape[-1]):
-        noise = rng.standard_normal((2,) + signal.shape[:-1], dtype=np.float32) * np.float32(sigma)
-        out[..., v] = np.hypot(signal[..., v] + noise[0], noise[1])
+        noise = rng.standard_normal((2,) + shape3[::-1], dtype=np.float32).T
+        noise *= np.float32(sigma)
+        noise[..., 0] += signal[..., v]
+        mag = np.hypot(noise[..., 0], noise[..., 1])
+        np.rint(mag, out=mag)
+        np.minimum(mag, vmax, out=mag)
+        out[..., v] = mag
     return out
-
-
-def quantize(image: NDArray[np.floating]) -> NDArray[np.int16]:
-    """Round to the int16 range the scanner stores (values clipped to [0, 32767])."""
-    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)

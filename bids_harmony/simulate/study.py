@@ -27,13 +27,12 @@ from bids_harmony.errors import NoDataError
 from bids_harmony.simulate.brain import BrainSpec, brain_tissue, draw_brain
 from bids_harmony.simulate.gradients import acquisition_table, dispersed_directions
 from bids_harmony.simulate.phantom import PhantomSpec, draw_phantom, phantom_tissue
-from bids_harmony.simulate.signal import noiseless_signal
+from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.site_effects import (
     VENDORS,
     SiteParams,
     draw_site,
-    quantize,
-    rician_magnitude,
+    noisy_image,
 )
 from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
 
@@ -91,8 +90,8 @@ SIZES: dict[str, StudySize] = {
     "demo": StudySize(
         "demo",
         Grid((64, 64, 40), (3.4375, 3.4375, 3.5)),
-        Grid((64, 64, 12), (3.4375, 3.4375, 3.5)),
-        4,
+        Grid((64, 64, 10), (3.4375, 3.4375, 3.5)),
+        3,
         2,
         13,
         ("b1000", "b2000", "multishell", "b1500dir30"),
@@ -320,7 +319,7 @@ def simulate_session(
             repeat,
             _PROTOCOL_INDEX[protocol],
         )
-        image = quantize(rician_magnitude(clean, site.noise_sigma, rng))
+        image = noisy_image(clean, site.noise_sigma, rng)
         runs.append(
             RunData(protocol, bvals, bvecs, image, clean, dwi_sidecar(site, protocol, grid))
         )

@@ -67,7 +67,7 @@ def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workf
                     b0_threshold=config.b0_threshold,
                     gfa=config.gfa,
                     mem_gb=estimate_mem_gb(run.shape),
-                    name=_wf_name(run.prefix),
+                    name=wf_name(run.prefix),
                 )
             ]
         )
@@ -166,6 +166,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _wf_name(prefix: str) -> str:
+def wf_name(prefix: str) -> str:
     """Nipype node names allow only identifier characters."""
     return "run_" + "".join(ch if ch.isalnum() else "_" for ch in prefix)

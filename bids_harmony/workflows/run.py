@@ -74,7 +74,26 @@ def nipype_settings(config: Config) -> dict[str, dict[str, object]]:
             "parameterize_dirs": False,
         },
         "monitoring": {"enabled": False},
+        "logging": {
+            level: "INFO" if config.verbose else "WARNING"
+            for level in ("workflow_level", "interface_level", "utils_level")
+        },
     }
+
+
+class Progress:
+    """Nipype status callback: one log line per finished run, and failures."""
+
+    def __init__(self, names: dict[str, str], sink_name: str = "ds_participant") -> None:
+        self.names, self.done, self.sink_name = names, 0, sink_name
+
+    def __call__(self, node, status: str) -> None:
+        if status == "exception":
+            LOGGER.error("FAILED: %s", node.fullname)
+        elif status == "end" and node.name == self.sink_name:
+            self.done += 1
+            run = node.fullname.split(".")[-2]
+            LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
 
 
 def crash_summary(crash_dir: Path, since: float) -> str:
@@ -94,9 +113,10 @@ def crash_summary(crash_dir: Path, since: float) -> str:
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
     from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
 
     from bids_harmony.bids.derivatives import write_dataset_description
-    from bids_harmony.workflows.participant import init_participant_wf
+    from bids_harmony.workflows.participant import init_participant_wf, wf_name
 
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
@@ -106,14 +126,19 @@ def run_participant(config: Config) -> int:
         os.environ[var] = str(config.omp_nthreads)
     config.work_dir.mkdir(parents=True, exist_ok=True)
     nipype_config.update_config(nipype_settings(config))
+    nipype_logging.update_logging(nipype_config)
     workflow = init_participant_wf(study, config, backend=backend)
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
 
-    plugin, plugin_args = "Linear", {}
+    plugin, plugin_args = (
+        "Linear",
+        {"status_callback": Progress({wf_name(run.prefix): run.prefix for run in study.runs})},
+    )
     if config.nprocs > 1 and len(study.runs) > 1:
-        plugin, plugin_args = "MultiProc", {"n_procs": config.nprocs, "raise_insufficient": False}
+        plugin = "MultiProc"
+        plugin_args.update(n_procs=config.nprocs, raise_insufficient=False)
     start = time.time()
     LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)
     try:

@@ -144,6 +144,7 @@ def noiseless_signal(
     Returns
     -------
     ndarray of float32, shape (X, Y, Z, V)
+        Fortran-ordered (each volume contiguous, as NIfTI stores it).
     """
     bvals = np.asarray(bvals, dtype=float).ravel()
     bvecs = np.asarray(bvecs, dtype=float)
@@ -160,12 +161,22 @@ def noiseless_signal(
     )
     weights = relaxation_weights(tissue, te, tr)
     scale = coil_field(site, tissue.grid)[tissue.support] * np.float32(site.receiver_gain)
-    image = np.zeros(tissue.grid.shape + (bvals.size,), dtype=np.float32)
+    image = np.zeros(tissue.grid.shape + (bvals.size,), dtype=np.float32, order="F")
+    flat = image.reshape(-1, bvals.size, order="F")  # a view: one contiguous column per volume
+    where = np.ravel_multi_index(np.nonzero(tissue.support), tissue.grid.shape, order="F")
     LOGGER.debug("noiseless signal: %d voxels x %d volumes", tissue.n_voxels, bvals.size)
     for start in range(0, bvals.size, chunk_volumes):
-        sl = slice(start, min(start + chunk_volumes, bvals.size))
+        stop = min(start + chunk_volumes, bvals.size)
         sig = mixture_signal(
-            weights, d_par, d_perp, tissue.directions, b_eff[sl], g_eff[sl], is_b0[sl]
+            weights,
+            d_par,
+            d_perp,
+            tissue.directions,
+            b_eff[start:stop],
+            g_eff[start:stop],
+            is_b0[start:stop],
         )
-        image[tissue.support, sl] = sig * scale[:, None]
+        sig *= scale[:, None]
+        for j in range(stop - start):
+            flat[where, start + j] = sig[:, j]
     return apply_psf(image, site)

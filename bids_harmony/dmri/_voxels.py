@@ -77,7 +77,7 @@ def new_volume(
     """Zero array of ``shape`` (+ ``n_last``) and its flat view in ``order``."""
     full = tuple(shape) + (() if n_last is None else (n_last,))
     out = np.zeros(full, dtype=dtype, order=order)
-    flat = out.reshape(-1, n_last, order=order) if n_last is not None else out.reshape(
-        -1, order=order
+    flat = (
+        out.reshape(-1, n_last, order=order) if n_last is not None else out.reshape(-1, order=order)
     )
     return out, flat

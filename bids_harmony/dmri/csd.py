@@ -43,11 +43,10 @@ from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, response_from
 
 logger = logging.getLogger(__name__)
 
-CHUNK_VOXELS = 2048
+CHUNK_VOXELS = 1024
 DEFAULT_RESPONSE_EVALS = (1.7e-3, 0.3e-3, 0.3e-3)  # mm²/s, FA ~0.80: a typical WM single fibre
 _MU = 1e-5  # dipy's ridge for a singular X^T X
-_LOW_ORDER = 15
-_INCREMENTAL_ROWS = 12  # fewer changed constraint rows: update the system instead of a GEMM  # coefficients of l <= 4, used for the first active set as in dipy
+_LOW_ORDER = 15  # coefficients of l <= 4, used for the first active set as in dipy
 
 
 class BatchedCSD:
@@ -146,47 +145,18 @@ class BatchedCSD:
         if empty.any():
             small[empty] = (coeffs[empty] @ big_b.T) < threshold[empty, None]
         active = np.flatnonzero(small.any(axis=1))
-        system = self._dense_systems(small[active])
         for _ in range(self.convergence):
             if active.size == 0:
                 return coeffs, 0
+            indicator = small[active].astype(np.float32)
+            system = (indicator @ self._outer32).reshape(-1, k, k).astype(float)
+            system += self.gram
             solution = _solve(system, z[active], pool, n_parts)
             new_small = (solution @ big_b.T) < threshold[active, None]
             coeffs[active] = solution
-            delta = new_small.view(np.int8) - small[active].view(np.int8)
-            changed = delta.any(axis=1)
+            changed = (new_small != small[active]).any(axis=1)
             small[active] = new_small
             active = active[changed]
-            system = self._update_systems(system[changed], delta[changed], small[active])
-        return coeffs, int(active.size)
-
-    def _dense_systems(self, sets: np.ndarray) -> np.ndarray:
-        """:math:`P + B_S^T B_S` for each row of ``sets`` (one GEMM)."""
-        k = self.n_coeffs
-        system = (sets.astype(np.float32) @ self._outer32).reshape(-1, k, k).astype(float)
-        system += self.gram
-        return system
-
-    def _update_systems(self, system: np.ndarray, delta: np.ndarray, sets: np.ndarray):
-        """Add/remove the constraint rows that changed; rebuild when many did."""
-        n_changed = np.count_nonzero(delta, axis=1)
-        few = n_changed <= _INCREMENTAL_ROWS
-        many = np.flatnonzero(~few)
-        if many.size:
-            system[many] = self._dense_systems(sets[many])
-        few = np.flatnonzero(few)
-        if few.size:
-            rows, cols = np.nonzero(delta[few])
-            starts = np.r_[0, np.cumsum(n_changed[few])[:-1]]
-            slot = np.arange(rows.size) - starts[rows]
-            width = int(n_changed[few].max())
-            index = np.zeros((few.size, width), dtype=int)
-            sign = np.zeros((few.size, width))
-            index[rows, slot] = cols
-            sign[rows, slot] = delta[few][rows, cols]
-            gathered = self.constraint[index]  # (F, width, K)
-            system[few] += np.matmul((gathered * sign[..., None]).transpose(0, 2, 1), gathered)
-        return system
         return coeffs, int(active.size)
 
     def fit(

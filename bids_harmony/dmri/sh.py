@@ -63,6 +63,18 @@ from dipy.core.geometry import cart2sphere
 from dipy.reconst.shm import real_sh_descoteaux, smooth_pinv
 
 from bids_harmony.dmri import _voxels
+from bids_harmony.dmri.bands import (
+    MAX_ORDER,
+    MIN_DIRECTIONS,
+    band_orders,
+    band_slices,
+    check_order,
+    n_coeffs,
+    order_from_n_coeffs,
+    pad_coeffs,
+    rish_features,
+    sh_order_for_directions,
+)
 from bids_harmony.dmri.gradients import (
     B0_THRESHOLD,
     B_TOLERANCE,
@@ -78,102 +90,13 @@ B_REF = 1000.0
 LB_LAMBDA = 1e-5
 SH_BASIS = "descoteaux07"
 SH_LEGACY = True
-MAX_ORDER = 8
-MIN_DIRECTIONS = 6
 
-
-
-def n_coeffs(order: int) -> int:
-    """Number of even SH coefficients up to ``order``: :math:`(L+1)(L+2)/2`.
-
-    >>> n_coeffs(8)
-    45
-    """
-    _check_order(order)
-    return (order + 1) * (order + 2) // 2
-
-
-def order_from_n_coeffs(n: int) -> int:
-    """Inverse of :func:`n_coeffs`.
-
-    >>> order_from_n_coeffs(28)
-    6
-    """
-    for order in range(0, 64, 2):
-        if n_coeffs(order) == n:
-            return order
-        if n_coeffs(order) > n:
-            break
-    raise ValueError(f"{n} is not the number of coefficients of an even SH order.")
-
-
-def sh_order_for_directions(n_directions: int, max_order: int = MAX_ORDER) -> int:
-    """Largest even order ``L <= max_order`` with ``n_coeffs(L) <= n_directions``.
-
-    >>> sh_order_for_directions(60), sh_order_for_directions(30), sh_order_for_directions(15)
-    (8, 6, 4)
-    """
-    _check_order(max_order)
-    if n_directions < MIN_DIRECTIONS:
-        raise BadGradientsError(
-            f"a shell with {n_directions} directions cannot be represented with spherical "
-            f"harmonics; at least {MIN_DIRECTIONS} are needed (order 2)."
-        )
-    order = max_order
-    while order > 2 and n_coeffs(order) > n_directions:
-        order -= 2
-    return order
-
-
-def band_orders(order: int = MAX_ORDER) -> list[int]:
-    """Orders of the bands: ``[0, 2, ..., order]``."""
-    _check_order(order)
-    return list(range(0, order + 1, 2))
-
-
-def band_slices(order: int = MAX_ORDER) -> list[slice]:
-    """Coefficient slice of each band.
-
-    >>> band_slices(4)
-    [slice(0, 1, None), slice(1, 6, None), slice(6, 15, None)]
-    """
-    return [slice(n_coeffs(l) - (2 * l + 1), n_coeffs(l)) for l in band_orders(order)]  # noqa: E741
-
-
-def rish_features(coeffs: np.ndarray, order: int | None = None) -> np.ndarray:
-    r"""Rotation-invariant SH features: energy of each order band.
-
-    .. math:: \mathrm{RISH}_l = \sum_{m=-l}^{l} c_{lm}^2
-
-    Parameters
-    ----------
-    coeffs : ndarray, shape (..., n_coeffs)
-    order : int, optional
-        Inferred from the last dimension when omitted.
-
-    Returns
-    -------
-    ndarray, shape (..., order / 2 + 1)
-    """
-    coeffs = np.asarray(coeffs)
-    if order is None:
-        order = order_from_n_coeffs(coeffs.shape[-1])
-    if coeffs.shape[-1] != n_coeffs(order):
-        raise ValueError(f"order {order} needs {n_coeffs(order)} coefficients, got {coeffs.shape}")
-    dtype = np.result_type(coeffs.dtype, np.float32)
-    squared = np.square(coeffs, dtype=dtype)
-    return np.stack([squared[..., s].sum(axis=-1) for s in band_slices(order)], axis=-1)
-
-
-def pad_coeffs(coeffs: np.ndarray, order: int = MAX_ORDER) -> np.ndarray:
-    """Zero-pad lower-order coefficients to ``n_coeffs(order)`` (e.g. for the network)."""
-    coeffs = np.asarray(coeffs)
-    n = n_coeffs(order)
-    if coeffs.shape[-1] > n:
-        raise ValueError(f"cannot pad {coeffs.shape[-1]} coefficients to {n}.")
-    order_from_n_coeffs(coeffs.shape[-1])
-    pad = [(0, 0)] * (coeffs.ndim - 1) + [(0, n - coeffs.shape[-1])]
-    return np.pad(coeffs, pad)
+__all__ = [  # the HARP SH API; band bookkeeping is re-exported from bands.py
+    "B_REF", "LB_LAMBDA", "MAX_ORDER", "SH_BASIS", "SH_LEGACY", "ShellFit", "ShellSHModel",
+    "band_orders", "band_slices", "fit_shells", "n_coeffs", "normalize_shell",
+    "order_from_n_coeffs", "pad_coeffs", "power_map", "reconstruct_dwi", "rish_features",
+    "sh_basis", "sh_order_for_directions",
+]  # fmt: skip
 
 
 def normalize_shell(shell_data: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
@@ -212,7 +135,7 @@ def sh_basis(bvecs: np.ndarray, order: int = MAX_ORDER) -> tuple[np.ndarray, np.
     l_values : ndarray of int, shape (n_coeffs(order),)
     """
     bvecs = np.asarray(bvecs, dtype=float)
-    _check_order(order)
+    check_order(order)
     if bvecs.ndim != 2 or bvecs.shape[1] != 3:
         raise BadGradientsError(f"b-vectors must have shape (n, 3), got {bvecs.shape}.")
     if np.any(np.linalg.norm(bvecs, axis=1) < 1e-6):
@@ -281,17 +204,7 @@ class ShellSHModel:
         return self._basis.shape[1]
 
     def fit_voxels(self, signal: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
-        """Fit a block of voxels without chunking.
-
-        Parameters
-        ----------
-        signal : ndarray, shape (V, n)
-        mean_b0 : ndarray, shape (V,)
-
-        Returns
-        -------
-        ndarray, shape (V, n_coeffs), float32
-        """
+        """Coefficients (V, n_coeffs), float32, of a block: signal (V, n), mean_b0 (V,)."""
         attenuation = _power(normalize_shell(signal, mean_b0), self._fit_exponent)
         return attenuation @ self._fit_matrix
 
@@ -316,18 +229,15 @@ class ShellSHModel:
         ndarray, shape (..., n_coeffs), float32
         """
         shell_data = np.asarray(shell_data)
-        spatial = shell_data.shape[:-1]
-        self._check_n(shell_data.shape[-1])
-        flat = shell_data.reshape(-1, shell_data.shape[-1])
-        b0 = np.broadcast_to(np.asarray(mean_b0), spatial).reshape(-1)
-        index = _voxels.mask_indices(mask, spatial, "C")
-        out = np.zeros((flat.shape[0], self.n_coeffs), dtype=np.float32)
-        for idx in _voxels.chunks(index, chunk_size):
-            out[idx] = self.fit_voxels(flat[idx], b0[idx])
-        return out.reshape(spatial + (self.n_coeffs,))
+        if shell_data.shape[-1] != self._basis.shape[0]:
+            raise BadImageError(
+                f"the shell has {self._basis.shape[0]} directions but the data "
+                f"{shell_data.shape[-1]} volumes."
+            )
+        return _blockwise(self.fit_voxels, shell_data, mean_b0, mask, self.n_coeffs, chunk_size)
 
     def predict_voxels(self, coeffs: np.ndarray, mean_b0: np.ndarray) -> np.ndarray:
-        """Signal of a block of voxels, shape (V, n), float32 (no chunking)."""
+        """Signal (V, n), float32, of a block: coeffs (V, n_coeffs), mean_b0 (V,)."""
         attenuation = np.asarray(coeffs, dtype=np.float32) @ self._basis_t32
         np.clip(attenuation, 0.0, 1.0, out=attenuation)
         signal = _power(attenuation, 1.0 / self._fit_exponent)
@@ -352,20 +262,8 @@ class ShellSHModel:
         coeffs = np.asarray(coeffs)
         if coeffs.shape[-1] != self.n_coeffs:
             raise ValueError(f"expected {self.n_coeffs} coefficients, got {coeffs.shape[-1]}.")
-        spatial = coeffs.shape[:-1]
-        flat = coeffs.reshape(-1, self.n_coeffs)
-        b0 = np.broadcast_to(np.asarray(mean_b0), spatial).reshape(-1)
-        out = np.empty((flat.shape[0], self._basis.shape[0]), dtype=np.float32)
-        for start in range(0, flat.shape[0], chunk_size):
-            block = slice(start, start + chunk_size)
-            out[block] = self.predict_voxels(flat[block], b0[block])
-        return out.reshape(spatial + (self._basis.shape[0],))
-
-    def _check_n(self, n: int) -> None:
-        if n != self._basis.shape[0]:
-            raise BadImageError(
-                f"the shell has {self._basis.shape[0]} directions but the data {n} volumes."
-            )
+        return _blockwise(self.predict_voxels, coeffs, mean_b0, None, self._basis.shape[0],
+                          chunk_size)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -464,9 +362,7 @@ def fit_shells(
     flat, vox_order = _voxels.flat_voxels(data)
     index = _voxels.mask_indices(mask, data.shape[:3], vox_order)
     b0_idx = np.flatnonzero(b0_mask(bvals, b0_threshold=b0_threshold))
-    outputs = [
-        _voxels.new_volume(data.shape[:3], model.n_coeffs, vox_order) for model in models
-    ]
+    outputs = [_voxels.new_volume(data.shape[:3], model.n_coeffs, vox_order) for model in models]
     for idx in _voxels.chunks(index, chunk_size):
         block = np.asarray(flat[idx], dtype=np.float32)
         mean_b0 = block[:, b0_idx].mean(axis=1)
@@ -552,8 +448,7 @@ def reconstruct_dwi(
     b0_src = b0_out if full else np.arange(b0_data.shape[-1])
     passthrough = np.flatnonzero(~covered)
     coeffs = [
-        fit.coeffs.reshape(-1, m.n_coeffs, order=order)
-        for fit, m in zip(fits, models, strict=True)
+        fit.coeffs.reshape(-1, m.n_coeffs, order=order) for fit, m in zip(fits, models, strict=True)
     ]
     for start in range(0, flat.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
@@ -567,9 +462,15 @@ def reconstruct_dwi(
     return out
 
 
-def _check_order(order: int) -> None:
-    if int(order) != order or order < 0 or order % 2:
-        raise ValueError(f"SH order must be an even integer >= 0, got {order!r}.")
+def _blockwise(func, values, mean_b0, mask, n_out, chunk_size):
+    """Apply ``func(values (V, n), mean_b0 (V,))`` to the masked voxels in chunks."""
+    spatial = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1])
+    b0 = np.broadcast_to(np.asarray(mean_b0), spatial).reshape(-1)
+    out = np.zeros((flat.shape[0], n_out), dtype=np.float32)
+    for idx in _voxels.chunks(_voxels.mask_indices(mask, spatial, "C"), chunk_size):
+        out[idx] = func(flat[idx], b0[idx])
+    return out.reshape(spatial + (n_out,))
 
 
 def _exponent(b_ref: float, bval: float) -> float:

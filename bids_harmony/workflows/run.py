@@ -72,6 +72,8 @@ def nipype_settings(config: Config) -> dict[str, dict[str, object]]:
             "hash_method": "content",
             "create_report": False,
             "parameterize_dirs": False,
+            # Our nodes take seconds; Nipype's default 2 s polling dominated small runs.
+            "poll_sleep_duration": 0.1,
         },
         "monitoring": {"enabled": False},
         "logging": {

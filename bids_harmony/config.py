@@ -25,7 +25,7 @@ class Config:
     bids_filter_file: Path | None = None
     skip_bids_validation: bool = False
     nprocs: int = 1
-    omp_nthreads: int = 1
+    omp_nthreads: int | None = None
     preproc: str = "auto"
     denoise: str = "none"
     remove_gibbs: bool = False

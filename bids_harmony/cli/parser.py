@@ -171,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel Nipype processes",
     )
     perf.add_argument(
-        "--omp-nthreads", type=_positive_int, default=1, help="threads per process (BLAS, torch)"
+        "--omp-nthreads",
+        type=_positive_int,
+        default=None,
+        help="threads per process (BLAS, CSD, torch); default: the cores left per "
+        "parallel run (all of them for a single run)",
     )
     perf.add_argument(
         "-w",

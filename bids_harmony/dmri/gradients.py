@@ -140,9 +140,7 @@ def validate_gradients(
     if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))):
         raise BadGradientsError(f"{name}: b-values or b-vectors contain NaN or Inf.")
     if bvals.size != bvecs.shape[0]:
-        raise BadGradientsError(
-            f"{name}: {bvals.size} b-values but {bvecs.shape[0]} b-vectors."
-        )
+        raise BadGradientsError(f"{name}: {bvals.size} b-values but {bvecs.shape[0]} b-vectors.")
     if bvals.size != n_volumes:
         raise BadGradientsError(
             f"{name}: the gradient table has {bvals.size} entries but the image has "

@@ -14,7 +14,7 @@ DTI
     with dipy's design matrix, minimum signal and eigenvalue floor.  dipy solves
     every voxel with an SVD-based pseudo-inverse (~40k voxels/s); here the
     normal matrices of all voxels come from one GEMM and are solved as a batch of
-    7x7 systems (columns scaled for conditioning), ~10x faster and equal to dipy
+    7x7 systems (columns scaled for conditioning): ~5x less CPU time, equal to dipy
     to ~1e-8 (``tests/test_dmri_metrics.py``).
 GFA
     Constrained spherical deconvolution (Tournier 2007) with

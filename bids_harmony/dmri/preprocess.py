@@ -236,8 +236,8 @@ def motion_correct(
         corrected[..., v] = moved
         affines[v] = transform
         logger.debug("Volume %d: transform\n%s", v, np.round(transform, 4))
-    return corrected, rotate_bvecs(bvals, bvecs, affines, b0_threshold=b0_threshold,
-                                   flip_x=flip), affines  # fmt: skip
+    rotated = rotate_bvecs(bvals, bvecs, affines, b0_threshold=b0_threshold, flip_x=flip)
+    return corrected, rotated, affines
 
 
 def rotate_bvecs(

@@ -40,13 +40,15 @@ Fit
     .. math:: \hat c = \arg\min_c \|E' - B c\|^2 + \lambda \|\mathrm{diag}(l(l+1))\, c\|^2
               = (B^T B + \lambda L^2)^{-1} B^T E',
 
-    ``LB_LAMBDA = 1e-5``.  The authors' fitting script is not published; the
-    value is the lead's and is small enough that a 60-direction fit is
-    essentially unregularized (dipy ``sf_to_sh(smooth=λ)`` computes the same).
+    ``LB_LAMBDA = 1e-5``.  The authors' fitting script is not published (their
+    ``QballModel`` only supplies the basis, its ``smooth=0.006`` is unused), so the
+    value is ours (DESIGN.md §3); it is small enough that a 60-direction fit is
+    essentially unregularized.  dipy's ``sf_to_sh(smooth=λ)`` computes the same.
 Reconstruction
-    :math:`S = \mathrm{clip}(B c, 0, 1)^{b/b_\mathrm{ref}} \, \bar S_0`.  The
-    authors take ``abs`` of the result and do not clip; clipping keeps the power
-    real for fractional exponents and bounds harmonized signals by the b0.
+    :math:`S = \mathrm{clip}(B c, 0, 1)^{b/b_\mathrm{ref}} \, \bar S_0`, b0 volumes
+    copied.  The authors take ``abs`` of the result and do not clip; clipping
+    keeps the power real for fractional exponents and bounds harmonized signals
+    by the b0.  They average the first two volumes as b0; we use all b0 volumes.
 Order bands
     :math:`l = 0, 2, 4, 6, 8` occupy ``[0:1], [1:6], [6:15], [15:28], [28:45]``;
     the RISH feature of a band is the sum of its squared coefficients.

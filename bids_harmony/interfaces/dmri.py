@@ -50,6 +50,18 @@ def save_like(data: np.ndarray, reference: Any, path: Path, dtype: Any = np.floa
     return str(path.resolve())
 
 
+def decompress(path: str, dest: Path) -> str:
+    """An uncompressed copy of a NIfTI (the file itself when not gzipped)."""
+    import gzip
+    import shutil
+
+    if not path.endswith(".gz"):
+        return path
+    with gzip.open(path, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 22)
+    return str(dest.resolve())
+
+
 def read_table(bval: str, bvec: str) -> tuple[np.ndarray, np.ndarray]:
     """Read an FSL-style gradient table as (n,), (n, 3)."""
     from bids_harmony.bids.gradients_io import read_gradients
@@ -77,7 +89,8 @@ class _PreprocessInputSpec(BaseInterfaceInputSpec):
 
 
 class _PreprocessOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="preprocessed DWI series")
+    out_file = File(exists=True, desc="preprocessed DWI series, uncompressed for fast reading")
+    out_derivative = File(exists=True, desc="the same series as written to the derivatives")
     out_bval = File(exists=True)
     out_bvec = File(exists=True, desc="b-vectors, rotated when motion was corrected")
     out_mask = File(exists=True, desc="brain (or phantom) mask")
@@ -106,7 +119,14 @@ class PythonPreprocess(SimpleInterface):
             return result
 
         if self.inputs.denoise != "none":
-            data = timed("denoise", preprocess.denoise, data, method=self.inputs.denoise)
+            data = timed(
+                "denoise",
+                preprocess.denoise,
+                data,
+                method=self.inputs.denoise,
+                bvals=bvals,
+                b0_threshold=self.inputs.b0_threshold,
+            )
             steps.append({"Step": "denoise", "Method": self.inputs.denoise})
         if self.inputs.remove_gibbs:
             data = timed("gibbs", preprocess.remove_gibbs, data)
@@ -127,10 +147,14 @@ class PythonPreprocess(SimpleInterface):
 
         cwd = Path(runtime.cwd)
         if steps:
-            self._results["out_file"] = save_like(data, img, cwd / "preproc_dwi.nii.gz")
+            work_file = save_like(data, img, cwd / "preproc_dwi.nii")
+            derivative = save_like(data, img, cwd / "preproc_dwi.nii.gz")
         else:
-            # Nothing changed the voxels: keep the original file and its data type.
-            self._results["out_file"] = str(Path(self.inputs.in_file).resolve())
+            # Nothing changed the voxels: keep the original file and its data type;
+            # downstream nodes read an uncompressed copy (gunzip once, not per node).
+            derivative = str(Path(self.inputs.in_file).resolve())
+            work_file = decompress(derivative, cwd / "preproc_dwi.nii")
+        self._results["out_file"], self._results["out_derivative"] = work_file, derivative
         self._results["out_bval"], self._results["out_bvec"] = write_table(
             bvals, bvecs, cwd / "preproc_dwi"
         )
@@ -207,6 +231,7 @@ class FitSH(SimpleInterface):
 
 class _MetricsInputSpec(_FitSHInputSpec):
     gfa = traits.Bool(True, usedefault=True, desc="compute GFA of CSD fODFs")
+    n_threads = traits.Int(1, usedefault=True, desc="threads of the batched CSD solver")
 
 
 class DiffusionMetrics(SimpleInterface):
@@ -248,7 +273,14 @@ class DiffusionMetrics(SimpleInterface):
             if self.inputs.gfa:
                 start = time.perf_counter()
                 gfa = metrics.gfa_csd(
-                    data, bvals, bvecs, shell=shell.bval, sh_order=self.inputs.sh_order, **common
+                    data,
+                    bvals,
+                    bvecs,
+                    shell=shell.bval,
+                    sh_order=self.inputs.sh_order,
+                    fa=tensor["fa"],
+                    n_threads=self.inputs.n_threads,
+                    **common,
                 )
                 entry["seconds"]["csd_gfa"] = round(time.perf_counter() - start, 3)
                 entry["gfa"] = save_like(gfa, img, cwd / f"gfa_{label}.nii.gz")

@@ -66,6 +66,7 @@ def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workf
                     b_tolerance=config.b_tolerance,
                     b0_threshold=config.b0_threshold,
                     gfa=config.gfa,
+                    omp_nthreads=config.omp_nthreads,
                     mem_gb=estimate_mem_gb(run.shape),
                     name=wf_name(run.prefix),
                 )
@@ -90,6 +91,7 @@ def init_dwi_run_wf(
     b_tolerance: float,
     b0_threshold: float,
     gfa: bool,
+    omp_nthreads: int,
     mem_gb: float,
     name: str,
 ) -> pe.Workflow:
@@ -129,7 +131,12 @@ def init_dwi_run_wf(
         "b0_threshold": b0_threshold,
     }
     fit_sh = pe.Node(FitSH(**shell_settings), name="fit_sh", mem_gb=mem_gb)
-    metrics = pe.Node(DiffusionMetrics(gfa=gfa, **shell_settings), name="metrics", mem_gb=mem_gb)
+    metrics = pe.Node(
+        DiffusionMetrics(gfa=gfa, n_threads=omp_nthreads, **shell_settings),
+        name="metrics",
+        mem_gb=mem_gb,
+        n_procs=omp_nthreads,
+    )
     sink = pe.Node(
         ParticipantSink(output_dir=output_dir, run_info=run_info, params=params),
         name="ds_participant",
@@ -142,7 +149,7 @@ def init_dwi_run_wf(
         (inputnode, preprocess, [("dwi", "in_file"), ("bval", "in_bval"), ("bvec", "in_bvec")]),
         (preprocess, fit_sh, gradients),
         (preprocess, metrics, gradients),
-        (preprocess, sink, [("out_file", "dwi_file"), ("out_bval", "bval_file"),
+        (preprocess, sink, [("out_derivative", "dwi_file"), ("out_bval", "bval_file"),
                             ("out_bvec", "bvec_file"), ("out_mask", "mask_file"),
                             ("out_report", "preproc_report")]),
         (fit_sh, sink, [("out_json", "shells_json")]),

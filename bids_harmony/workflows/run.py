@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -124,6 +125,9 @@ def run_participant(config: Config) -> int:
     LOGGER.info("Discovered:\n%s", study.summary())
     backend = resolve_backend(config.preproc)
 
+    if config.omp_nthreads is None:
+        parallel_runs = max(1, min(config.nprocs, len(study.runs)))
+        config = dataclasses.replace(config, omp_nthreads=max(1, config.nprocs // parallel_runs))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(config.omp_nthreads)
     config.work_dir.mkdir(parents=True, exist_ok=True)

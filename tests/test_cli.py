@@ -210,3 +210,12 @@ def test_failed_rerun_keeps_previous_outputs(small_bids, tmp_path):
     bval.write_text("0 1000\n")
     assert run_cli(small_bids, out, tmp_path) == 2
     assert tree_digest(out) == before
+
+
+def test_truncated_image_fails_cleanly(small_bids, tmp_path, caplog):
+    dwi = next(small_bids.rglob("*_dwi.nii.gz"))
+    dwi.write_bytes(dwi.read_bytes()[:-2000])
+    out = tmp_path / "out"
+    assert run_cli(small_bids, out, tmp_path) != 0
+    assert dwi.name in caplog.text
+    assert not list(out.rglob("*_dwi.nii.gz"))

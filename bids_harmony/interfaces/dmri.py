@@ -55,10 +55,18 @@ def decompress(path: str, dest: Path) -> str:
     import gzip
     import shutil
 
+    from bids_harmony.errors import BadImageError
+
     if not path.endswith(".gz"):
         return path
-    with gzip.open(path, "rb") as fin, open(dest, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 22)
+    try:
+        with gzip.open(path, "rb") as fin, open(dest, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 22)
+    except (OSError, EOFError) as err:
+        dest.unlink(missing_ok=True)
+        raise BadImageError(
+            f"{path}: the compressed image is corrupt or truncated ({err})."
+        ) from err
     return str(dest.resolve())
 
 
@@ -106,7 +114,10 @@ class PythonPreprocess(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_harmony.dmri import preprocess
 
-        img, data = load_image(self.inputs.in_file)
+        cwd = Path(runtime.cwd)
+        # Later nodes read the series again: gunzip once, then read the fast copy.
+        source = decompress(self.inputs.in_file, cwd / "input_dwi.nii")
+        img, data = load_image(source)
         preprocess.check_finite(data, name=self.inputs.in_file)
         bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
         steps: list[dict[str, Any]] = []
@@ -145,15 +156,15 @@ class PythonPreprocess(SimpleInterface):
             "mask", preprocess.brain_mask, data, bvals, b0_threshold=self.inputs.b0_threshold
         )
 
-        cwd = Path(runtime.cwd)
         if steps:
             work_file = save_like(data, img, cwd / "preproc_dwi.nii")
             derivative = save_like(data, img, cwd / "preproc_dwi.nii.gz")
+            if source != self.inputs.in_file:
+                Path(source).unlink()
         else:
-            # Nothing changed the voxels: keep the original file and its data type;
-            # downstream nodes read an uncompressed copy (gunzip once, not per node).
+            # Nothing changed the voxels: the derivative is the original file.
             derivative = str(Path(self.inputs.in_file).resolve())
-            work_file = decompress(derivative, cwd / "preproc_dwi.nii")
+            work_file = source
         self._results["out_file"], self._results["out_derivative"] = work_file, derivative
         self._results["out_bval"], self._results["out_bvec"] = write_table(
             bvals, bvecs, cwd / "preproc_dwi"

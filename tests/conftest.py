@@ -19,6 +19,15 @@ def fibonacci_directions(n: int) -> np.ndarray:
     return np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
 
 
+def hemisphere(n: int) -> np.ndarray:
+    """``n`` well-spread unit vectors (Fibonacci lattice on the upper hemisphere)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - i / n
+    phi = i * np.pi * (3.0 - np.sqrt(5.0))
+    r = np.sqrt(1.0 - z**2)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
 def write_run(
     folder: Path,
     prefix: str,

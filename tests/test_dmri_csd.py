@@ -11,6 +11,7 @@ from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel
 from scipy.spatial.transform import Rotation
 
 from bids_harmony.dmri import csd
+from tests.conftest import hemisphere
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -21,14 +22,6 @@ RESPONSE = (EVALS, 100.0)
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(777)
-
-
-def hemisphere(n: int) -> np.ndarray:
-    i = np.arange(n) + 0.5
-    z = 1.0 - i / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0))
-    r = np.sqrt(1.0 - z**2)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def table(n_dirs=60, bval=1000.0):

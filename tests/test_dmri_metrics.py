@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 from bids_harmony.dmri import metrics
 from bids_harmony.dmri.gradients import group_shells
 from bids_harmony.errors import BadGradientsError
+from tests.conftest import hemisphere
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -23,14 +24,6 @@ PROLATE = (1.7e-3, 0.3e-3, 0.3e-3)
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(4242)
-
-
-def hemisphere(n: int) -> np.ndarray:
-    i = np.arange(n) + 0.5
-    z = 1.0 - i / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0))
-    r = np.sqrt(1.0 - z**2)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def table(shells=(1000.0, 2000.0), n_dirs=60):

@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BadGradientsError, BadImageError
+from tests.conftest import hemisphere
 
 EVALS = np.array([1.7e-3, 0.3e-3, 0.3e-3])
 
@@ -20,15 +21,6 @@ EVALS = np.array([1.7e-3, 0.3e-3, 0.3e-3])
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-def hemisphere(n: int) -> np.ndarray:
-    """``n`` well-spread unit vectors (Fibonacci lattice on the upper hemisphere)."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - i / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0))
-    r = np.sqrt(1.0 - z**2)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def tensor_attenuation(bvecs, bval, rotation=None, evals=EVALS):

@@ -7,6 +7,7 @@ results in the node directory (QSIPrep ``interfaces/dipy.py`` style).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+LOGGER = logging.getLogger(__name__)
 
 
 def load_image(path: str) -> tuple[Any, np.ndarray]:
@@ -241,6 +244,7 @@ class FitSH(SimpleInterface):
 
 
 class _MetricsInputSpec(_FitSHInputSpec):
+    run_name = traits.Str("", usedefault=True, desc="name of the raw run, for messages")
     gfa = traits.Bool(True, usedefault=True, desc="compute GFA of CSD fODFs")
     n_threads = traits.Int(1, usedefault=True, desc="threads of the batched CSD solver")
 
@@ -253,6 +257,7 @@ class DiffusionMetrics(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_harmony.dmri import metrics
+        from bids_harmony.dmri.bands import MIN_DIRECTIONS
         from bids_harmony.dmri.gradients import group_shells
 
         img, data = load_image(self.inputs.in_file)
@@ -271,6 +276,12 @@ class DiffusionMetrics(SimpleInterface):
         results = []
         for shell in shells:
             label = shell.label
+            if len(shell) < MIN_DIRECTIONS:
+                LOGGER.warning(
+                    "%s: shell %s has %d directions; DTI and CSD need %d, no maps for it.",
+                    self.inputs.run_name or self.inputs.in_file, label, len(shell), MIN_DIRECTIONS,
+                )  # fmt: skip
+                continue
             start = time.perf_counter()
             tensor = metrics.tensor_metrics(data, bvals, bvecs, shell=shell.bval, **common)
             t_dti = time.perf_counter() - start

@@ -132,7 +132,9 @@ def init_dwi_run_wf(
     }
     fit_sh = pe.Node(FitSH(**shell_settings), name="fit_sh", mem_gb=mem_gb)
     metrics = pe.Node(
-        DiffusionMetrics(gfa=gfa, n_threads=omp_nthreads, **shell_settings),
+        DiffusionMetrics(
+            gfa=gfa, n_threads=omp_nthreads, run_name=Path(dwi).name, **shell_settings
+        ),
         name="metrics",
         mem_gb=mem_gb,
         n_procs=omp_nthreads,

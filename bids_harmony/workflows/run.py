@@ -89,13 +89,16 @@ class Progress:
 
     def __init__(self, names: dict[str, str], sink_name: str = "ds_participant") -> None:
         self.names, self.done, self.sink_name = names, 0, sink_name
+        self.failed: set[str] = set()
 
     def __call__(self, node, status: str) -> None:
+        run = node.fullname.split(".")[-2]
         if status == "exception":
+            self.failed.add(run)
             LOGGER.error("FAILED: %s", node.fullname)
-        elif status == "end" and node.name == self.sink_name:
+        # Nipype's Linear plugin also reports "end" for nodes it skipped after a failure.
+        elif status == "end" and node.name == self.sink_name and run not in self.failed:
             self.done += 1
-            run = node.fullname.split(".")[-2]
             LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
 
 

@@ -37,6 +37,14 @@ class Config:
     site_map: Path | None = None
     phantom_label: tuple[str, ...] = ()
     target_site: str | None = None
+    source_site: str | None = None
+    models: tuple[Path, ...] = ()
+    device: str = "auto"
+    harp_recipe: str = "default"
+    harp_iterations: int | None = None
+    voxel_rule: str = "auto"
+    c00_window: tuple[float, float] = (1.0, 2.0)
+    min_train_voxels: int = 1000
     seed: int = 0
     verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

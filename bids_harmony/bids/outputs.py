@@ -49,7 +49,6 @@ def participant_derivatives(
     params : mapping
         Run settings recorded in every sidecar.
     """
-    from bids_harmony.dmri import sh
 
     entities = dict(run["entities"])
     folder = session_dir(entities)
@@ -89,11 +88,35 @@ def participant_derivatives(
         ),
     ]
 
+    out += shell_maps(entities, shells, metrics, common, [preproc_uri, mask_uri], params)
+    return out
+
+
+def shell_maps(
+    entities: Mapping[str, str],
+    shells: Sequence[Mapping[str, Any]],
+    metrics: Sequence[Mapping[str, Any]],
+    common: Mapping[str, Any],
+    sources: list[str],
+    params: Mapping[str, Any],
+    *,
+    desc: str | None = None,
+    shell_extra: Mapping[str, Any] | None = None,
+) -> list[Derivative]:
+    """Per-shell SH coefficients, HARP scale maps (when present) and DTI/CSD maps."""
+    from bids_harmony.dmri import sh
+
+    folder = session_dir(entities)
     n_shells = len(shells)
     raw_acq = entities.get("acq")
+    extra = dict(shell_extra or {})
+    out = []
+
+    def shell_entities(label: str) -> dict[str, str | None]:
+        return {**entities, "acq": shell_acq(raw_acq, label, n_shells), "desc": desc}
+
     for shell in shells:
-        acq = shell_acq(raw_acq, shell["label"], n_shells)
-        ents = {**entities, "acq": acq}
+        ents = shell_entities(shell["label"])
         out.append(
             Derivative(
                 source=Path(shell["file"]),
@@ -101,11 +124,12 @@ def participant_derivatives(
                 / bids_name({**ents, "model": "sh", "param": "coeffs"}, "dwimap", ".nii.gz"),
                 sidecar={
                     **common,
+                    **extra,
                     "Description": (
                         "Real even spherical-harmonic coefficients of the b0-normalized, "
                         "b_ref-power-mapped signal of one shell (HARP convention)."
                     ),
-                    "Sources": [preproc_uri, mask_uri],
+                    "Sources": sources,
                     "Model": {
                         "Description": "HARP spherical-harmonic representation of one shell",
                         "Parameters": {
@@ -129,11 +153,25 @@ def participant_derivatives(
                 },
             )
         )
+        if "scales" in shell:
+            out.append(
+                Derivative(
+                    source=Path(shell["scales"]),
+                    relpath=folder
+                    / bids_name({**ents, "model": "harp", "param": "scales"}, "dwimap", ".nii.gz"),
+                    sidecar={
+                        **common,
+                        **extra,
+                        "Description": "HARP per-band scale factors s_l (volumes: l = 0, 2, "
+                        "4, ...); harmonized C_lm = s_l * C_lm.",
+                        "Sources": sources,
+                        "ShellBValue": shell["bval"],
+                    },
+                )
+            )
 
     for entry in metrics:
-        acq = shell_acq(raw_acq, entry["label"], n_shells)
-        ents = {**entities, "acq": acq}
-        shell_sources = [preproc_uri, mask_uri]
+        ents = shell_entities(entry["label"])
         tensor = {
             "Description": "Diffusion tensor, weighted least squares (dipy TensorModel)",
             "Parameters": {"ShellBValue": entry["bval"], "IncludesB0": True},
@@ -157,12 +195,62 @@ def participant_derivatives(
                     / bids_name({**ents, "model": model, "param": param}, "dwimap", ".nii.gz"),
                     sidecar={
                         **common,
+                        **extra,
                         "Description": description,
                         "Units": units,
-                        "Sources": shell_sources,
+                        "Sources": sources,
                         "Model": model_desc,
                         "ShellBValue": entry["bval"],
                     },
                 )
             )
+    return out
+
+
+def harmonized_derivatives(
+    run: Mapping[str, Any],
+    harmonized: Mapping[str, str],
+    shells: Sequence[Mapping[str, Any]],
+    metrics: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    model: Mapping[str, Any],
+) -> list[Derivative]:
+    """Every HARP-harmonized derivative of one source-site run.
+
+    ``harmonized`` holds the ``dwi``/``bval``/``bvec`` files; ``model`` the
+    model file name, its sha256 and the source/target sites.
+    """
+    entities = dict(run["entities"])
+    folder = session_dir(entities)
+    common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
+    preproc = bids_uri("", folder / bids_name({**entities, "space": "dwi", "desc": "preproc"},
+                                              "dwi", ".nii.gz"))  # fmt: skip
+    harmonization = {
+        "Harmonization": {
+            "Method": "HARP (Jeong et al., 2026): phantom-trained voxel-wise network "
+            "scaling SH coefficients per order band",
+            "ModelFile": bids_uri("", Path("models") / model["file"]),
+            "ModelSHA256": model["sha256"],
+            "SourceSite": model["source_site"],
+            "TargetSite": model["target_site"],
+        }
+    }
+    dwi_name = bids_name({**entities, "desc": "harmonized"}, "dwi", ".nii.gz")
+    out = [
+        Derivative(
+            source=Path(harmonized["dwi"]),
+            relpath=folder / dwi_name,
+            companions={".bval": Path(harmonized["bval"]), ".bvec": Path(harmonized["bvec"])},
+            sidecar={
+                **common,
+                **harmonization,
+                "Description": "DWI rebuilt from HARP-harmonized SH coefficients with the "
+                "original gradient table; b0 volumes unchanged.",
+                "Sources": [preproc],
+            },
+        )
+    ]
+    sources = [bids_uri("", folder / dwi_name)]
+    out += shell_maps(entities, shells, metrics, common, sources, params,
+                      desc="harmonized", shell_extra=harmonization)  # fmt: skip
     return out

@@ -159,7 +159,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     harm = parser.add_argument_group("Harmonization")
-    harm.add_argument("--target-site", metavar="SITE", help="site the data are harmonized to")
+    harm.add_argument(
+        "--target-site",
+        metavar="SITE",
+        help="site the data are harmonized to (required by 'train'; at the participant "
+        "level it picks among models when several exist)",
+    )
+    harm.add_argument(
+        "--source-site",
+        metavar="SITE",
+        help="'train' only this source site (default: every non-target site with phantoms)",
+    )
+    harm.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        type=_existing_file,
+        default=[],
+        metavar="PATH",
+        help="HARP model (.safetensors with its .json card) to apply; repeatable; "
+        "default: the models in OUTPUT_DIR/models",
+    )
+    harm.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where HARP trains and runs",
+    )
+    harm.add_argument(
+        "--harp-recipe",
+        choices=("default", "paper"),
+        default="default",
+        help="training recipe: ours, or the paper's (Adam, lr 1e-6, 40,000 iterations)",
+    )
+    harm.add_argument(
+        "--harp-iterations", type=_positive_int, help="override the recipe's iteration count"
+    )
+    harm.add_argument(
+        "--voxel-rule",
+        choices=("auto", "window", "percentile"),
+        default="auto",
+        help="training voxels: C00 window at both sites (authors' code), or above the 30th "
+        "percentile of in-vivo source C00 (paper); auto = percentile when in-vivo source "
+        "sessions have participant outputs",
+    )
+    harm.add_argument(
+        "--c00-window", nargs=2, type=float, default=[1.0, 2.0], metavar=("LOW", "HIGH"),
+        help="C00 window of the 'window' rule",
+    )  # fmt: skip
+    harm.add_argument(
+        "--min-train-voxels",
+        type=_positive_int,
+        default=1000,
+        help="fewest valid phantom voxels to train on",
+    )
     harm.add_argument("--seed", type=int, default=0, help="random seed of every stochastic step")
 
     perf = parser.add_argument_group("Performance")

@@ -95,6 +95,14 @@ def config_from_args(args) -> object:
         site_map=args.site_map,
         phantom_label=tuple(args.phantom_label),
         target_site=args.target_site,
+        source_site=args.source_site,
+        models=tuple(args.models),
+        device=args.device,
+        harp_recipe=args.harp_recipe,
+        harp_iterations=args.harp_iterations,
+        voxel_rule=args.voxel_rule,
+        c00_window=tuple(args.c00_window),
+        min_train_voxels=args.min_train_voxels,
         seed=args.seed,
         verbose=args.verbose,
     )
@@ -106,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         config = config_from_args(args)
-        if config.analysis_level != "participant":
+        if config.analysis_level == "group":
             raise NotImplementedLevelError(
-                f"the '{config.analysis_level}' level is not implemented in this version yet; "
-                "run the 'participant' level."
+                "the 'group' level is not implemented in this version yet; run the "
+                "'participant' and 'train' levels."
             )
         check_output_dir(config.bids_dir, config.output_dir)
+        if config.analysis_level == "train":
+            from bids_harmony.workflows.train import run_train
+
+            return run_train(config)
         from bids_harmony.workflows.run import run_participant
 
         return run_participant(config)

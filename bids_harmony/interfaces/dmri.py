@@ -233,6 +233,7 @@ class FitSH(SimpleInterface):
                     "order": fit.order,
                     "n_directions": int(len(fit.indices)),
                     "lowered": bool(fit.lowered),
+                    "indices": [int(i) for i in fit.indices],
                     "file": save_like(fit.coeffs, img, cwd / f"sh_{label}.nii.gz"),
                     "seconds": round(elapsed / max(len(fits), 1), 3),
                 }

@@ -26,7 +26,13 @@ def estimate_mem_gb(shape: tuple[int, ...]) -> float:
     return max(0.25, 3 * 4 * voxels / 1024**3)
 
 
-def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workflow:
+def init_participant_wf(
+    study: Any,
+    config: Config,
+    *,
+    backend: str,
+    models: dict[str, dict[str, Any]] | None = None,
+) -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per dMRI run.
 
     Parameters
@@ -37,7 +43,11 @@ def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workf
         Settings of this invocation.
     backend : {"python", "none"}
         Resolved preprocessing backend.
+    models : dict, optional
+        HARP model per source site (see :func:`init_dwi_run_wf`); runs of other
+        sites are not harmonized.
     """
+    models = models or {}
     workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(config.work_dir))
     params = {**config.recorded(), "preproc": backend}
     for run in study.runs:
@@ -69,6 +79,7 @@ def init_participant_wf(study: Any, config: Config, *, backend: str) -> pe.Workf
                     omp_nthreads=config.omp_nthreads,
                     mem_gb=estimate_mem_gb(run.shape),
                     name=wf_name(run.prefix),
+                    harp_model=models.get(run.site),
                 )
             ]
         )
@@ -94,8 +105,12 @@ def init_dwi_run_wf(
     omp_nthreads: int,
     mem_gb: float,
     name: str,
+    harp_model: dict[str, Any] | None = None,
 ) -> pe.Workflow:
-    """Process one dMRI run.
+    """Process one dMRI run; harmonize it too when ``harp_model`` is given.
+
+    ``harp_model`` holds ``file`` (path), ``info`` (name, sha256, sites for
+    sidecars), ``expect`` (SH convention the card must match) and ``device``.
 
     Inputs
     ------
@@ -157,6 +172,49 @@ def init_dwi_run_wf(
         (fit_sh, sink, [("out_json", "shells_json")]),
         (metrics, sink, [("out_json", "metrics_json")]),
         (sink, outputnode, [("out_files", "out_files")]),
+    ])  # fmt: skip
+    if harp_model is None:
+        return workflow
+
+    from bids_harmony.interfaces.derivatives import HarmonizedSink
+    from bids_harmony.interfaces.harp import HarpHarmonize
+
+    harmonize = pe.Node(
+        HarpHarmonize(
+            model_file=harp_model["file"],
+            expect=harp_model["expect"],
+            device=harp_model["device"],
+            b0_threshold=b0_threshold,
+            n_threads=omp_nthreads,
+        ),
+        name="harmonize",
+        mem_gb=mem_gb,
+        n_procs=omp_nthreads,
+    )
+    metrics_harmonized = pe.Node(
+        DiffusionMetrics(
+            gfa=gfa, n_threads=omp_nthreads, run_name=Path(dwi).name, **shell_settings
+        ),
+        name="metrics_harmonized",
+        mem_gb=mem_gb,
+        n_procs=omp_nthreads,
+    )
+    sink_harmonized = pe.Node(
+        HarmonizedSink(
+            output_dir=output_dir, run_info=run_info, params=params, model_info=harp_model["info"]
+        ),
+        name="ds_harmonized",
+        run_without_submitting=True,
+    )
+    workflow.connect([
+        (preprocess, harmonize, gradients),
+        (fit_sh, harmonize, [("out_json", "shells_json")]),
+        (harmonize, metrics_harmonized, [("out_file", "in_file"), ("out_bval", "in_bval"),
+                                         ("out_bvec", "in_bvec")]),
+        (preprocess, metrics_harmonized, [("out_mask", "in_mask")]),
+        (harmonize, sink_harmonized, [("out_file", "dwi_file"), ("out_bval", "bval_file"),
+                                      ("out_bvec", "bvec_file"), ("out_json", "shells_json")]),
+        (metrics_harmonized, sink_harmonized, [("out_json", "metrics_json")]),
     ])  # fmt: skip
     return workflow
 

@@ -116,6 +116,48 @@ def crash_summary(crash_dir: Path, since: float) -> str:
     return "\n".join(lines)
 
 
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is usable, else ``cpu``."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise BidsHarmonyError("--device cuda: no CUDA device is available; use --device cpu.")
+    return "cpu"
+
+
+def expected_convention(config: Config) -> dict[str, object]:
+    """The SH convention of this run's coefficients, which a model card must match."""
+    from bids_harmony.dmri import sh
+
+    return {"sh_order": config.sh_order, "basis": sh.SH_BASIS, "legacy": sh.SH_LEGACY,
+            "b_ref": sh.B_REF}  # fmt: skip
+
+
+def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
+    """HARP models to apply, per source site (none for the target site's runs)."""
+    from bids_harmony.harp.catalog import select_models
+
+    if not config.models and not (config.output_dir / "models").is_dir():
+        return {}
+    models = select_models(
+        config.output_dir,
+        config.models,
+        study.sites,
+        target_site=config.target_site,
+        device="cpu",
+        expect=expected_convention(config),
+    )
+    if models:
+        device = resolve_device(config.device)
+        for entry in models.values():
+            entry["device"] = device
+    return models
+
+
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
     from nipype import config as nipype_config
@@ -136,7 +178,8 @@ def run_participant(config: Config) -> int:
     config.work_dir.mkdir(parents=True, exist_ok=True)
     nipype_config.update_config(nipype_settings(config))
     nipype_logging.update_logging(nipype_config)
-    workflow = init_participant_wf(study, config, backend=backend)
+    models = participant_models(config, study)
+    workflow = init_participant_wf(study, config, backend=backend, models=models)
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)

@@ -1,0 +1,101 @@
+"""Find HARP models for the sites of a study (``OUT/models/`` and ``--model``).
+
+A model is ``models/harp_src-<S>_tgt-<T>.safetensors`` with its JSON card beside
+it; the card says which sites it maps and the SH convention it expects.  Only
+the card is read here; the weights are loaded (and verified) where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bids_harmony.errors import BidsHarmonyError
+
+LOGGER = logging.getLogger(__name__)
+
+MODELS_DIR = "models"
+
+
+class ModelSelectionError(BidsHarmonyError, ValueError):
+    """Models that do not fit the data or are ambiguous."""
+
+
+def model_stem(source_site: str, target_site: str) -> str:
+    """``harp_src-<S>_tgt-<T>``."""
+    return f"harp_src-{source_site}_tgt-{target_site}"
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """The JSON card of a model file, with a clear error when absent or broken."""
+    card_path = path.with_suffix(".json")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelSelectionError(
+            f"{path}: its model card {card_path.name} is missing; a HARP model is the "
+            ".safetensors file plus its .json card written by 'bids-harmony ... train'."
+        ) from None
+    except (OSError, ValueError) as err:
+        raise ModelSelectionError(f"{card_path}: unreadable model card ({err}).") from err
+    for key in ("source_site", "target_site"):
+        if key not in card:
+            raise ModelSelectionError(f"{card_path}: the model card has no '{key}'.")
+    return card
+
+
+def select_models(
+    output_dir: Path,
+    extra: Iterable[Path],
+    sites: Iterable[str],
+    *,
+    target_site: str | None,
+    device: str,
+    expect: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """One model per source site present in the data.
+
+    Models given explicitly (``extra``) must map a site of the data and win over
+    those found in ``output_dir/models``.  Returns, per source site, what
+    :func:`bids_harmony.workflows.participant.init_dwi_run_wf` needs.
+    """
+    sites = set(sites)
+    explicit = [Path(p).absolute() for p in extra]
+    for path in explicit:
+        if not path.is_file():
+            raise ModelSelectionError(f"--model {path}: file not found.")
+    found = sorted((Path(output_dir) / MODELS_DIR).glob("harp_src-*_tgt-*.safetensors"))
+    chosen: dict[str, dict[str, Any]] = {}
+    for path in [*explicit, *found]:
+        card = read_card(path)
+        source, target = card["source_site"], card["target_site"]
+        if source not in sites:
+            if path in explicit:
+                raise ModelSelectionError(
+                    f"--model {path} maps site '{source}' to '{target}', but the selected "
+                    f"data has no '{source}' session (sites: {', '.join(sorted(sites))})."
+                )
+            continue
+        if target_site is not None and target != target_site:
+            continue
+        if source in chosen:
+            if chosen[source]["explicit"] and path not in explicit:
+                continue  # --model overrides what OUT/models holds
+            raise ModelSelectionError(
+                f"two HARP models for site '{source}': {chosen[source]['file']} and "
+                f"{path}; choose one with --target-site or --model."
+            )
+        chosen[source] = {
+            "file": str(path),
+            "explicit": path in explicit,
+            "info": {"file": path.name, "sha256": card.get("sha256", ""),
+                     "source_site": source, "target_site": target},
+            "expect": expect,
+            "device": device,
+        }  # fmt: skip
+    for source, entry in sorted(chosen.items()):
+        LOGGER.info("HARP model for site %s: %s", source, entry["file"])
+    return chosen

@@ -1,0 +1,351 @@
+r"""Rigid registration of phantom scans: target b0 onto source b0 (antspyx).
+
+HARP learns a voxel-wise mapping, so every training voxel needs the *same* point
+of the phantom at both sites.  The target (and rescan) b0 is rigidly registered
+to the source b0 and the target maps are resampled into the source grid
+(DESIGN.md §3, "Phantom pairs").
+
+Only positions move: the SH coefficients are resampled coefficient by
+coefficient and **not rotated**.  Phantoms are positioned consistently at every
+site (the design rule, and the simulator's poses: sub-voxel shifts, no
+rotation), so the small residual rotation of a rigid fit is registration noise,
+not a change of fibre orientation; rotating the SH would only add interpolation
+in the angular domain.
+
+Conventions
+-----------
+Arrays are in voxel order ``(X, Y, Z[, C])`` with a NIfTI (RAS+, mm) affine.
+A transform is a 4×4 matrix :math:`T` on world coordinates that maps a point of
+the *fixed* image to the corresponding point of the *moving* image (ITK's
+"pull" direction): the moving image resampled into the fixed grid is
+:math:`I_m(A_m^{-1} T A_f\,v)` for a fixed voxel :math:`v`.  ANTs works in LPS;
+the conversion is :math:`T_\mathrm{RAS} = F\,T_\mathrm{LPS}\,F`,
+:math:`F = \mathrm{diag}(-1, -1, 1, 1)`.
+
+Determinism
+-----------
+``antsRegistration`` runs with dense sampling (``aff_random_sampling_rate=1``),
+identity initialization, ``--random-seed`` set to ``seed`` and one ITK thread
+(``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``).  Both are needed: measured with
+antspyx 0.6.3, either alone leaves run-to-run differences of ~0.01-0.05 mm.
+antspyx 0.6.3 has no ``random_seed`` argument; the seed goes through
+``ants.config._random_seed``, set and restored around the call.  ITK reads the
+thread variable once, when the process creates its first ITK object, so results
+are bit-identical only if no ITK (antspyx) code ran earlier in the process with
+more threads; the CLI sets the variable at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from bids_harmony.errors import BidsHarmonyError
+
+logger = logging.getLogger(__name__)
+
+#: Smallest acceptable normalized b0 correlation after registration.
+MIN_CORRELATION = 0.7
+#: How much the correlation may drop (registration noise) before the result is rejected.
+CORRELATION_SLACK = 0.01
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+__all__ = [
+    "CORRELATION_SLACK",
+    "MIN_CORRELATION",
+    "RegistrationError",
+    "RigidResult",
+    "b0_correlation",
+    "register_rigid",
+    "resample_to",
+]
+
+
+class RegistrationError(BidsHarmonyError, RuntimeError):
+    """A rigid registration failed or made the alignment worse."""
+
+
+@dataclass(frozen=True)
+class RigidResult:
+    """Outcome of :func:`register_rigid`.
+
+    Attributes
+    ----------
+    transform : ndarray, shape (4, 4)
+        World (RAS, mm) transform from fixed points to moving points.
+    corr_before, corr_after : float
+        Normalized b0 correlation in the fixed grid before (identity) and after.
+    """
+
+    transform: np.ndarray
+    corr_before: float
+    corr_after: float
+
+    @property
+    def translation_mm(self) -> np.ndarray:
+        """Translation part of :attr:`transform`, shape (3,)."""
+        return self.transform[:3, 3].copy()
+
+    @property
+    def rotation_deg(self) -> float:
+        """Angle of the rotation part of :attr:`transform` in degrees."""
+        cos = (np.trace(self.transform[:3, :3]) - 1.0) / 2.0
+        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+@contextlib.contextmanager
+def _ants_environment(seed: int) -> Iterator[None]:
+    """Single-threaded ITK and a fixed ``--random-seed`` for the duration of the block.
+
+    antspyx appends ``--random-seed`` when ``ants.config._random_seed`` is set
+    (what its ``set_ants_deterministic`` does, without that function's seeding
+    of numpy's global generator); the previous value is restored.
+    """
+    import ants.config
+
+    saved_threads = os.environ.get(_THREADS_VAR)
+    saved_seed = ants.config._random_seed
+    os.environ[_THREADS_VAR] = "1"
+    ants.config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        ants.config._random_seed = saved_seed
+        if saved_threads is None:
+            os.environ.pop(_THREADS_VAR, None)
+        else:
+            os.environ[_THREADS_VAR] = saved_threads
+
+
+def _check_affine(affine: np.ndarray) -> np.ndarray:
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise ValueError(f"an affine must be a finite 4x4 matrix, got shape {affine.shape}.")
+    return affine
+
+
+def _to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
+    """An ANTs image (LPS physical space) from a 3-D array and a RAS affine."""
+    import ants
+
+    affine = _check_affine(affine)
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError("the affine has a zero voxel size.")
+    direction = linear / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise ValueError("the affine has shears; rigid registration needs orthogonal axes.")
+    flip = _LPS[:3, :3]
+    return ants.from_numpy(
+        np.ascontiguousarray(data, dtype=np.float32),
+        origin=tuple(float(v) for v in flip @ affine[:3, 3]),
+        spacing=tuple(float(v) for v in spacing),
+        direction=flip @ direction,
+    )
+
+
+def _read_rigid(path: str) -> np.ndarray:
+    """World RAS 4×4 matrix of an ANTs affine transform file (fixed → moving)."""
+    import ants
+
+    tx = ants.read_transform(path)
+    params = np.asarray(tx.parameters, dtype=float)
+    center = np.asarray(tx.fixed_parameters, dtype=float)
+    matrix = params[:9].reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = params[9:12] + center - matrix @ center
+    return _LPS @ lps @ _LPS
+
+
+def resample_to(
+    moving_data: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed_shape: tuple[int, ...],
+    fixed_affine: np.ndarray,
+    transform: np.ndarray | None = None,
+    *,
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Resample a moving image into the fixed grid through a world transform.
+
+    Parameters
+    ----------
+    moving_data : ndarray, shape (X, Y, Z) or (X, Y, Z, C)
+        Every channel ``C`` (e.g. all SH coefficients) is resampled alike.
+    moving_affine, fixed_affine : ndarray, shape (4, 4)
+        Voxel-to-world (RAS, mm) affines.
+    fixed_shape : tuple of int
+        Spatial shape ``(X', Y', Z')`` of the fixed grid (extra entries ignored).
+    transform : ndarray, shape (4, 4), optional
+        Fixed-to-moving world transform (:attr:`RigidResult.transform`);
+        identity when omitted.
+    order : int
+        Spline order: 1 (linear) for maps, 0 (nearest) for masks.
+    cval : float
+        Value outside the moving field of view (``nan`` marks it).
+
+    Returns
+    -------
+    ndarray, shape (X', Y', Z'[, C])
+        The input dtype for ``order=0`` (masks stay boolean), else ``float64``
+        for ``float64`` input and ``float32`` otherwise.
+    """
+    data = np.asarray(moving_data)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"moving_data must be 3-D or 4-D, got shape {data.shape}.")
+    shape = tuple(int(s) for s in fixed_shape[:3])
+    transform = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
+    if transform.shape != (4, 4):
+        raise ValueError(f"transform must be 4x4, got {transform.shape}.")
+    voxel_map = (
+        np.linalg.inv(_check_affine(moving_affine)) @ transform @ _check_affine(fixed_affine)
+    )
+    work = np.float64 if data.dtype == np.float64 else np.float32
+    dtype = data.dtype if order == 0 else np.dtype(work)
+    channels = data[..., None] if data.ndim == 3 else data
+    out = np.empty((*shape, channels.shape[-1]), dtype=dtype)
+    for c in range(channels.shape[-1]):
+        out[..., c] = ndimage.affine_transform(
+            channels[..., c].astype(work, copy=False),
+            voxel_map[:3, :3],
+            offset=voxel_map[:3, 3],
+            output_shape=shape,
+            order=order,
+            mode="constant",
+            cval=cval,
+        )
+    return out[..., 0] if data.ndim == 3 else out
+
+
+def b0_correlation(
+    fixed_b0: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_b0: np.ndarray,
+    moving_affine: np.ndarray,
+    transform: np.ndarray | None = None,
+) -> float:
+    """Pearson correlation of the fixed b0 and the resampled moving b0.
+
+    Computed over the fixed voxels where either image is above 10 % of its 99th
+    percentile (the object plus a rim), inside the moving field of view, so the
+    empty background does not inflate the value.
+    """
+    fixed = np.asarray(fixed_b0, dtype=np.float64)
+    moved = resample_to(
+        np.asarray(moving_b0, dtype=np.float64), moving_affine, fixed.shape, fixed_affine,
+        transform, cval=np.nan,
+    )  # fmt: skip
+    valid = np.isfinite(moved) & np.isfinite(fixed)
+    if not valid.any():
+        return 0.0
+    thr_f = 0.1 * np.percentile(fixed[valid], 99)
+    thr_m = 0.1 * np.percentile(moved[valid], 99)
+    keep = valid & ((fixed > thr_f) | (moved > thr_m))
+    if keep.sum() < 3:
+        return 0.0
+    a = fixed[keep] - fixed[keep].mean()
+    b = moved[keep] - moved[keep].mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def register_rigid(
+    fixed_b0: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_b0: np.ndarray,
+    moving_affine: np.ndarray,
+    *,
+    seed: int = 0,
+    min_corr: float = MIN_CORRELATION,
+    slack: float = CORRELATION_SLACK,
+    fixed_name: str = "fixed image",
+    moving_name: str = "moving image",
+) -> RigidResult:
+    """Rigidly register a moving b0 to a fixed b0 (ANTs, Mattes mutual information).
+
+    Parameters
+    ----------
+    fixed_b0 : ndarray, shape (X, Y, Z)
+        Mean b0 of the source scan (the grid everything is resampled into).
+    fixed_affine, moving_affine : ndarray, shape (4, 4)
+        Voxel-to-world (RAS, mm) affines; orthogonal axes.
+    moving_b0 : ndarray, shape (X', Y', Z')
+        Mean b0 of the target (or rescan) scan.
+    seed : int
+        ANTs random seed (recorded by callers with the training settings).
+    min_corr : float
+        Smallest acceptable b0 correlation after registration.
+    slack : float
+        Allowed drop of the correlation below its value before registration.
+    fixed_name, moving_name : str
+        How the images are named in messages (file names).
+
+    Returns
+    -------
+    RigidResult
+
+    Raises
+    ------
+    RegistrationError
+        ANTs failed, or the correlation after registration is below ``min_corr``
+        or more than ``slack`` below the correlation before.
+    """
+    import ants
+
+    fixed_b0 = np.asarray(fixed_b0, dtype=np.float32)
+    moving_b0 = np.asarray(moving_b0, dtype=np.float32)
+    for name, arr in ((fixed_name, fixed_b0), (moving_name, moving_b0)):
+        if arr.ndim != 3 or not np.all(np.isfinite(arr)) or np.ptp(arr) == 0:
+            raise RegistrationError(f"{name}: the b0 must be a finite, non-constant 3-D image.")
+    levels = (4, 2, 1) if min(fixed_b0.shape) >= 16 else (2, 1)
+    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
+        # the thread variable must be set before the first ITK image of the process
+        fixed = _to_ants(fixed_b0, fixed_affine)
+        moving = _to_ants(moving_b0, moving_affine)
+        try:
+            out = ants.registration(
+                fixed,
+                moving,
+                type_of_transform="Rigid",
+                initial_transform="Identity",
+                outprefix=os.path.join(tmp, "rigid_"),
+                aff_metric="mattes",
+                aff_sampling=32,
+                aff_random_sampling_rate=1.0,
+                aff_iterations=tuple(200 for _ in levels),
+                aff_shrink_factors=levels,
+                aff_smoothing_sigmas=tuple(lvl // 2 for lvl in levels),
+            )
+            transform = _read_rigid(out["fwdtransforms"][0])
+        except (RuntimeError, IndexError, ValueError) as err:
+            raise RegistrationError(
+                f"rigid registration of {moving_name} to {fixed_name} failed: {err}"
+            ) from err
+    before = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine)
+    after = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine, transform)
+    result = RigidResult(transform=transform, corr_before=before, corr_after=after)
+    logger.info(
+        "Rigid %s -> %s: b0 correlation %.4f -> %.4f, translation %s mm, rotation %.2f deg.",
+        moving_name, fixed_name, before, after,
+        np.array2string(result.translation_mm, precision=2), result.rotation_deg,
+    )  # fmt: skip
+    if after < min_corr or after < before - slack:
+        raise RegistrationError(
+            f"rigid registration of {moving_name} to {fixed_name} is not usable: normalized "
+            f"b0 correlation {before:.3f} before, {after:.3f} after (needs >= {min_corr:.2f} "
+            f"and no drop over {slack:.2f}). Check that both scans show the same phantom "
+            "and that the b0 images are not empty or corrupted."
+        )
+    return result

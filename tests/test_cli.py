@@ -80,10 +80,17 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_train_and_group_not_implemented(small_bids, tmp_path):
+def test_group_not_implemented(small_bids, tmp_path):
     out = tmp_path / "out"
     assert main([str(small_bids), str(out), "group"]) == 3
-    assert main([str(small_bids), str(out), "train"]) == 3
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--target-site", "Nowhere"]])
+def test_train_needs_a_known_target_site(small_bids, tmp_path, caplog, extra):
+    out = tmp_path / "out"
+    assert main([str(small_bids), str(out), "train", *extra]) == 2
+    assert "--target-site" in caplog.text and "Prisma" in caplog.text
     assert not out.exists()
 
 

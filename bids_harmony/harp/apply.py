@@ -63,9 +63,7 @@ def harmonize_fits(
                 f"order {order}; rerun the participant level with --sh-order {order}."
             )
         coeffs = pad_coeffs(fit.coeffs, order) if fit.order < order else fit.coeffs
-        out, scale = harmonize_sh(
-            model, coeffs, mask=mask, device=device, chunk_size=chunk_size
-        )
+        out, scale = harmonize_sh(model, coeffs, mask=mask, device=device, chunk_size=chunk_size)
         out = np.asarray(out, dtype=np.float32)[..., : n_coeffs(fit.order)]
         harmonized.append(dataclasses.replace(fit, coeffs=out))
         scales.append(np.asarray(scale, dtype=np.float32))

@@ -85,13 +85,15 @@ class HarpNet(nn.Module):
         self.skip_into = tuple(sorted(int(i) for i in skip_into))
         self.scale_bound = float(scale_bound)
         if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden}")
+            raise ValueError(
+                f"hidden must be a non-empty sequence of positive widths, got {hidden}"
+            )
         if len(set(self.skip_into)) != len(self.skip_into) or any(
             not 2 <= i <= len(self.hidden) for i in self.skip_into
         ):
             raise ValueError(
-                f"skip_into must hold distinct 1-based hidden layer indices in 2..{len(self.hidden)}, "
-                f"got {skip_into}"
+                "skip_into must hold distinct 1-based hidden layer indices in "
+                f"2..{len(self.hidden)}, got {skip_into}"
             )
         if not 0.0 < self.scale_bound < 1.0:
             raise ValueError(f"scale_bound must be in (0, 1), got {scale_bound}")
@@ -189,7 +191,9 @@ class HarpNet(nn.Module):
             raise ValueError(f"architecture lacks the entry {err}") from None
         for key in ("n_coeffs", "n_bands"):
             if key in config and int(config[key]) != getattr(net, key):
-                raise ValueError(f"architecture says {key}={config[key]}, expected {getattr(net, key)}")
+                raise ValueError(
+                    f"architecture says {key}={config[key]}, expected {getattr(net, key)}"
+                )
         return net
 
     def extra_repr(self) -> str:
@@ -205,7 +209,9 @@ def band_index(sh_order: int = MAX_ORDER) -> np.ndarray:
     >>> band_index(4).tolist()
     [0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
-    return np.repeat(np.arange(len(band_orders(sh_order))), [2 * ell + 1 for ell in band_orders(sh_order)])
+    return np.repeat(
+        np.arange(len(band_orders(sh_order))), [2 * ell + 1 for ell in band_orders(sh_order)]
+    )
 
 
 def apply_band_scales(coeffs: ArrayT, scales: ArrayT, sh_order: int | None = None) -> ArrayT:

@@ -25,14 +25,22 @@ the conversion is :math:`T_\mathrm{RAS} = F\,T_\mathrm{LPS}\,F`,
 Determinism
 -----------
 ``antsRegistration`` runs with dense sampling (``aff_random_sampling_rate=1``),
-identity initialization, ``--random-seed`` set to ``seed`` and one ITK thread
-(``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``).  Both are needed: measured with
-antspyx 0.6.3, either alone leaves run-to-run differences of ~0.01-0.05 mm.
-antspyx 0.6.3 has no ``random_seed`` argument; the seed goes through
-``ants.config._random_seed``, set and restored around the call.  ITK reads the
+``--random-seed`` set to ``seed + 1`` (ANTs takes 0 to
+mean "seed from the clock") and one ITK thread
+(``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``); either alone leaves run-to-run
+differences of 0.01-0.05 mm (antspyx 0.6.3).  antspyx has no ``random_seed``
+argument: the seed goes through ``ants.config._random_seed``.  ITK reads the
 thread variable once, when the process creates its first ITK object, so results
 are bit-identical only if no ITK (antspyx) code ran earlier in the process with
-more threads; the CLI sets the variable at start-up.
+more threads; a caller that uses antspyx before may export the variable at
+start-up.
+
+Initialization
+--------------
+Identity first: phantoms sit at the same scanner position within millimetres.
+If that result is rejected (:func:`register_rigid`), the registration is retried from
+antspyx's centre-of-mass alignment, for scanners whose world origins differ by
+centimetres, and the better of the two is kept.
 """
 
 from __future__ import annotations
@@ -58,16 +66,12 @@ MIN_CORRELATION = 0.7
 CORRELATION_SLACK = 0.01
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+#: Identity first (phantoms are positioned consistently), then antspyx's
+#: centre-of-mass alignment (``None``) when the first result is rejected.
+_INITIALIZATIONS: tuple[str | None, ...] = ("Identity", None)
 
-__all__ = [
-    "CORRELATION_SLACK",
-    "MIN_CORRELATION",
-    "RegistrationError",
-    "RigidResult",
-    "b0_correlation",
-    "register_rigid",
-    "resample_to",
-]
+__all__ = ["CORRELATION_SLACK", "MIN_CORRELATION", "RegistrationError", "RigidResult",
+           "b0_correlation", "register_rigid", "resample_to"]  # fmt: skip
 
 
 class RegistrationError(BidsHarmonyError, RuntimeError):
@@ -89,6 +93,11 @@ class RigidResult:
     transform: np.ndarray
     corr_before: float
     corr_after: float
+
+    def __post_init__(self) -> None:
+        matrix = np.array(self.transform, dtype=float)
+        matrix.flags.writeable = False
+        object.__setattr__(self, "transform", matrix)
 
     @property
     def translation_mm(self) -> np.ndarray:
@@ -115,7 +124,7 @@ def _ants_environment(seed: int) -> Iterator[None]:
     saved_threads = os.environ.get(_THREADS_VAR)
     saved_seed = ants.config._random_seed
     os.environ[_THREADS_VAR] = "1"
-    ants.config._random_seed = int(seed)
+    ants.config._random_seed = int(seed) + 1  # ANTs draws a clock seed for 0
     try:
         yield
     finally:
@@ -194,7 +203,10 @@ def resample_to(
     order : int
         Spline order: 1 (linear) for maps, 0 (nearest) for masks.
     cval : float
-        Value outside the moving field of view (``nan`` marks it).
+        Value of fixed voxels whose centre falls outside the moving voxels'
+        extent (``nan`` marks them; cast to the output dtype).  Within half a
+        voxel of the moving edge, values are extended from the edge, so a
+        sub-voxel shift of thick slices keeps the end slices.
 
     Returns
     -------
@@ -212,6 +224,7 @@ def resample_to(
     voxel_map = (
         np.linalg.inv(_check_affine(moving_affine)) @ transform @ _check_affine(fixed_affine)
     )
+    inside = _inside_field_of_view(voxel_map, shape, data.shape[:3])
     work = np.float64 if data.dtype == np.float64 else np.float32
     dtype = data.dtype if order == 0 else np.dtype(work)
     channels = data[..., None] if data.ndim == 3 else data
@@ -223,10 +236,22 @@ def resample_to(
             offset=voxel_map[:3, 3],
             output_shape=shape,
             order=order,
-            mode="constant",
-            cval=cval,
+            mode="nearest",
         )
+    out[~inside] = cval
     return out[..., 0] if data.ndim == 3 else out
+
+
+def _inside_field_of_view(
+    voxel_map: np.ndarray, shape: tuple[int, ...], moving_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Fixed voxels whose centre maps inside the moving voxels' extent (±½ voxel)."""
+    inside = np.ones(shape, dtype=bool)
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    for axis, size in enumerate(moving_shape):
+        coord = voxel_map[axis, 3] + sum(voxel_map[axis, k] * grids[k] for k in range(3))
+        inside &= (coord >= -0.5) & (coord <= size - 0.5)
+    return inside
 
 
 def b0_correlation(
@@ -261,6 +286,42 @@ def b0_correlation(
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
+def _ants_rigid(
+    fixed_b0: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_b0: np.ndarray,
+    moving_affine: np.ndarray,
+    init: str | None,
+    levels: tuple[int, ...],
+    seed: int,
+    what: str,
+) -> np.ndarray:
+    """One ``antsRegistration`` rigid run; the RAS fixed-to-moving transform."""
+    import ants
+
+    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
+        # the thread variable must be set before the first ITK image of the process
+        fixed = _to_ants(fixed_b0, fixed_affine)
+        moving = _to_ants(moving_b0, moving_affine)
+        try:
+            out = ants.registration(
+                fixed,
+                moving,
+                type_of_transform="Rigid",
+                initial_transform=init,
+                outprefix=os.path.join(tmp, "rigid_"),
+                aff_metric="mattes",
+                aff_sampling=32,
+                aff_random_sampling_rate=1.0,
+                aff_iterations=tuple(200 for _ in levels),
+                aff_shrink_factors=levels,
+                aff_smoothing_sigmas=tuple(lvl // 2 for lvl in levels),
+            )
+            return _read_rigid(out["fwdtransforms"][0])
+        except (RuntimeError, IndexError, ValueError) as err:
+            raise RegistrationError(f"rigid registration of {what} failed: {err}") from err
+
+
 def register_rigid(
     fixed_b0: np.ndarray,
     fixed_affine: np.ndarray,
@@ -284,7 +345,7 @@ def register_rigid(
     moving_b0 : ndarray, shape (X', Y', Z')
         Mean b0 of the target (or rescan) scan.
     seed : int
-        ANTs random seed (recorded by callers with the training settings).
+        Non-negative seed; ANTs gets ``seed + 1`` (its 0 means "from the clock").
     min_corr : float
         Smallest acceptable b0 correlation after registration.
     slack : float
@@ -302,39 +363,26 @@ def register_rigid(
         ANTs failed, or the correlation after registration is below ``min_corr``
         or more than ``slack`` below the correlation before.
     """
-    import ants
-
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}.")
     fixed_b0 = np.asarray(fixed_b0, dtype=np.float32)
     moving_b0 = np.asarray(moving_b0, dtype=np.float32)
     for name, arr in ((fixed_name, fixed_b0), (moving_name, moving_b0)):
         if arr.ndim != 3 or not np.all(np.isfinite(arr)) or np.ptp(arr) == 0:
             raise RegistrationError(f"{name}: the b0 must be a finite, non-constant 3-D image.")
     levels = (4, 2, 1) if min(fixed_b0.shape) >= 16 else (2, 1)
-    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
-        # the thread variable must be set before the first ITK image of the process
-        fixed = _to_ants(fixed_b0, fixed_affine)
-        moving = _to_ants(moving_b0, moving_affine)
-        try:
-            out = ants.registration(
-                fixed,
-                moving,
-                type_of_transform="Rigid",
-                initial_transform="Identity",
-                outprefix=os.path.join(tmp, "rigid_"),
-                aff_metric="mattes",
-                aff_sampling=32,
-                aff_random_sampling_rate=1.0,
-                aff_iterations=tuple(200 for _ in levels),
-                aff_shrink_factors=levels,
-                aff_smoothing_sigmas=tuple(lvl // 2 for lvl in levels),
-            )
-            transform = _read_rigid(out["fwdtransforms"][0])
-        except (RuntimeError, IndexError, ValueError) as err:
-            raise RegistrationError(
-                f"rigid registration of {moving_name} to {fixed_name} failed: {err}"
-            ) from err
     before = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine)
-    after = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine, transform)
+    tries = []
+    for init in _INITIALIZATIONS:
+        transform = _ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init, levels,
+                                seed, f"{moving_name} to {fixed_name}")  # fmt: skip
+        after = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine, transform)
+        tries.append((after, transform))
+        if after >= min_corr and after >= before - slack:
+            break
+        logger.info("Rigid %s -> %s from %s init: b0 correlation %.3f -> %.3f.",
+                    moving_name, fixed_name, init or "centre-of-mass", before, after)  # fmt: skip
+    after, transform = max(tries, key=lambda t: t[0])
     result = RigidResult(transform=transform, corr_before=before, corr_after=after)
     logger.info(
         "Rigid %s -> %s: b0 correlation %.4f -> %.4f, translation %s mm, rotation %.2f deg.",

@@ -13,6 +13,7 @@ from typing import Any
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_harmony import __version__
 from bids_harmony.config import Config
 
 LOGGER = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def init_participant_wf(
         sites are not harmonized.
     """
     models = models or {}
-    workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(config.work_dir))
+    # Nipype caches by node inputs, not by our code: one cache per release.
+    base_dir = config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"
+    workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(base_dir))
     params = {**config.recorded(), "preproc": backend}
     for run in study.runs:
         run_info = {

@@ -152,8 +152,12 @@ def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
         expect=expected_convention(config),
     )
     if models:
+        from bids_harmony.harp import load_model
+
         device = resolve_device(config.device)
         for entry in models.values():
+            # Fail before any processing on a corrupt or mismatched model.
+            load_model(entry["file"], expect=entry["expect"])
             entry["device"] = device
     return models
 

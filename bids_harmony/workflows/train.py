@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,12 @@ def invivo_c00(
     return samples
 
 
-def _stack(arrays: list[Any], field: str) -> np.ndarray | None:
+def _stack(arrays: list[Any], field: str, n: int) -> np.ndarray | None:
+    """Rows of all pairs, truncated to ``n`` coefficients; None if any pair lacks it."""
     parts = [getattr(a, field) for a in arrays]
-    if any(part is None for part in parts):
+    if not parts or any(part is None for part in parts):
         return None
-    return np.concatenate(parts, axis=0) if parts else None
+    return np.concatenate(parts, axis=0)[:, :n]
 
 
 def _sha256(path: Path) -> str:
@@ -116,11 +118,12 @@ def _scan_record(scan: Any) -> dict[str, Any] | None:
 def train_site_pair(config: Config, study: Any, source: str, target: str, device: str) -> Path:
     """Train and save the model of one site pair; returns the model path."""
     from bids_harmony.bids.derivatives import software_versions
-    from bids_harmony.dmri import sh
+    from bids_harmony.dmri.bands import n_coeffs
     from bids_harmony.harp import DEFAULT_RECIPE, PAPER_RECIPE, save_model, train_harp
     from bids_harmony.harp.catalog import MODELS_DIR, model_stem
+    from bids_harmony.harp.model_file import sh_convention
     from bids_harmony.harp.pair_io import gather_pair_arrays
-    from bids_harmony.harp.pairs import find_phantom_pairs
+    from bids_harmony.harp.pairs import TrainingDataError, find_phantom_pairs
     from bids_harmony.harp.voxels import validation_split
 
     pairs = find_phantom_pairs(
@@ -155,47 +158,60 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
         rule,
     )
 
+    registrations: dict = {}  # shared: a scan registered once serves every pair it is in
+    n = n_coeffs(config.sh_order)
+
     def gather(group):
-        return [
+        arrays = [
             gather_pair_arrays(
                 pair,
                 rule=rule,
                 c00_window=config.c00_window,
                 invivo_c00=c00 if rule == "percentile" else None,
-                min_voxels=config.min_train_voxels,
+                min_voxels=1,
                 seed=config.seed,
+                registrations=registrations,
             )
             for pair in group
         ]
+        return {
+            field: _stack(arrays, field, n) for field in ("source", "target", "source_rescan")
+        }, arrays
 
-    train_arrays, val_arrays = gather(train_pairs), gather(val_pairs)
+    train_data, train_arrays = gather(train_pairs)
+    val_data, val_arrays = gather(val_pairs)
+    n_train = len(train_data["source"])
+    if n_train < config.min_train_voxels:
+        raise TrainingDataError(
+            f"only {n_train} valid phantom voxels for {source} → {target} (need "
+            f"{config.min_train_voxels}); per pair: "
+            + "; ".join(
+                f"{p.source.label}: {a.counts}"
+                for p, a in zip(train_pairs, train_arrays, strict=True)
+            )
+            + ". Widen --c00-window, use --voxel-rule window, or lower --min-train-voxels."
+        )
     recipe = PAPER_RECIPE if config.harp_recipe == "paper" else DEFAULT_RECIPE
     recipe = dataclasses.replace(recipe, seed=config.seed)
     if config.harp_iterations:
         recipe = dataclasses.replace(recipe, iterations=config.harp_iterations)
     start = time.perf_counter()
     result = train_harp(
-        _stack(train_arrays, "source"),
-        _stack(train_arrays, "target"),
-        source_rescan=_stack(train_arrays, "source_rescan"),
-        val_source=_stack(val_arrays, "source"),
-        val_target=_stack(val_arrays, "target"),
+        train_data["source"],
+        train_data["target"],
+        source_rescan=train_data["source_rescan"],
+        val_source=val_data["source"],
+        val_target=val_data["target"],
+        val_source_rescan=val_data["source_rescan"],
         recipe=recipe,
         sh_order=config.sh_order,
         device=device,
-        progress=True,
+        progress=sys.stderr.isatty(),
     )
     card = {
         "source_site": source,
         "target_site": target,
-        "sh_convention": {
-            "basis": sh.SH_BASIS,
-            "legacy": sh.SH_LEGACY,
-            "sh_order": config.sh_order,
-            "b_ref": sh.B_REF,
-            "lambda_lb": sh.LB_LAMBDA,
-            "normalization": "E = S / mean(b0) clipped to [0, 1]; E' = E ** (b_ref / b)",
-        },
+        "sh_convention": sh_convention(config.sh_order),
         "training": {
             "pairs": [
                 {

@@ -1,0 +1,1 @@
+"""Evaluation of harmonization: against simulated ground truth, and (later) group statistics."""

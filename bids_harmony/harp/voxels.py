@@ -1,0 +1,311 @@
+r"""HARP training voxels and the validation split.
+
+Training voxels
+---------------
+A phantom voxel trains the network when, in the source grid (target and rescans
+already resampled there, :mod:`bids_harmony.harp.pair_io`), it is
+
+1. inside every mask (source, target and the rescans given);
+2. finite in every coefficient map (resampling marks voxels outside the moving
+   field of view with NaN);
+3. of tissue-like :math:`C_{00}` at *both* sites, by one of two rules:
+
+   ``"window"`` (the authors' code, default)
+       :math:`1 < C_{00} < 2`;
+   ``"percentile"`` (the paper)
+       :math:`C_{00}` above the ``percentile``-th (30th) percentile of in-vivo
+       source :math:`C_{00}` samples (``invivo_c00``, e.g. brain-mask voxels of
+       the source site's human sessions).
+
+The window is on the scale of our coefficients (:mod:`bids_harmony.dmri.sh`):
+:math:`E' = (S/\bar S_0)^{1000/b} \in [0, 1]` in the real, even, legacy
+``descoteaux07`` basis, where :math:`Y_{00} = 1/(2\sqrt\pi)` and all other
+functions integrate to zero, so
+:math:`C_{00} = 2\sqrt\pi\,\overline{E'} \le 2\sqrt\pi \approx 3.54`.
+The authors' coefficients (``*_sphhar_norm1000``, dipy ``QballModel`` basis)
+follow the same convention, so their window applies unchanged: it keeps voxels
+whose mean normalized signal :math:`\overline{E'}` lies in ``(0.28, 0.56)``,
+i.e. mean diffusivities of about 0.6–1.3 µm²/ms at :math:`b_\mathrm{ref} = 1000`
+(white/grey-matter-like vials), and drops free water (:math:`C_{00} \approx 0.5`
+for the phantom bath at 2 µm²/ms) and background.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bids_harmony.harp.pairs import PhantomPair, TrainingDataError
+
+logger = logging.getLogger(__name__)
+
+#: The authors' C00 window (exclusive bounds).
+C00_WINDOW = (1.0, 2.0)
+#: The paper's percentile of in-vivo source C00.
+C00_PERCENTILE = 30.0
+#: Fewest training voxels a real pair must give.
+MIN_VOXELS = 1000
+RULES = ("window", "percentile")
+
+__all__ = [
+    "C00_PERCENTILE",
+    "C00_WINDOW",
+    "MIN_VOXELS",
+    "RULES",
+    "VoxelSelection",
+    "c00_bounds",
+    "check_voxel_count",
+    "select_training_voxels",
+    "validation_split",
+    "voxel_selection",
+]
+
+
+@dataclass(frozen=True)
+class VoxelSelection:
+    """Training voxels of a pair and how many survived each step.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (X, Y, Z)
+    counts : mapping of str to int
+        Voxels left after each step, in order: ``grid`` (all), ``mask``,
+        ``finite``, ``window`` (the C00 rule, whichever it is).
+    c00_bounds : tuple of float
+        Exclusive lower and upper C00 bounds applied at both sites.
+    """
+
+    mask: np.ndarray
+    counts: Mapping[str, int] = field(default_factory=dict)
+    c00_bounds: tuple[float, float] = C00_WINDOW
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of selected voxels."""
+        return int(np.count_nonzero(self.mask))
+
+
+def c00_bounds(
+    rule: str = "window",
+    *,
+    c00_window: tuple[float, float] = C00_WINDOW,
+    invivo_c00: np.ndarray | None = None,
+    percentile: float = C00_PERCENTILE,
+) -> tuple[float, float]:
+    """Exclusive C00 bounds of a selection rule (see the module docstring).
+
+    >>> c00_bounds("window")
+    (1.0, 2.0)
+    >>> c00_bounds("percentile", invivo_c00=np.arange(101.0), percentile=30.0)
+    (30.0, inf)
+    """
+    if rule == "window":
+        low, high = (float(v) for v in c00_window)
+        if not low < high:
+            raise ValueError(f"c00_window must be (low, high) with low < high, got {c00_window}.")
+        return low, high
+    if rule == "percentile":
+        if invivo_c00 is None:
+            raise ValueError('rule="percentile" needs invivo_c00 samples of in-vivo source C00.')
+        samples = np.asarray(invivo_c00, dtype=float).ravel()
+        samples = samples[np.isfinite(samples)]
+        if samples.size == 0:
+            raise TrainingDataError("the in-vivo C00 samples are empty or all non-finite.")
+        if not 0.0 <= percentile <= 100.0:
+            raise ValueError(f"percentile must be within [0, 100], got {percentile}.")
+        return float(np.percentile(samples, percentile)), float("inf")
+    raise ValueError(f"unknown voxel rule {rule!r}; choose from {RULES}.")
+
+
+def voxel_selection(
+    source_coeffs: np.ndarray,
+    target_coeffs: np.ndarray,
+    source_mask: np.ndarray,
+    target_mask: np.ndarray,
+    *,
+    rule: str = "window",
+    c00_window: tuple[float, float] = C00_WINDOW,
+    invivo_c00: np.ndarray | None = None,
+    percentile: float = C00_PERCENTILE,
+    rescans: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> VoxelSelection:
+    """Training voxels of a pair with the count after each step (no minimum enforced).
+
+    Parameters
+    ----------
+    source_coeffs, target_coeffs : ndarray, shape (X, Y, Z, C)
+        SH coefficients on the same (source) grid; ``[..., 0]`` is C00.
+    source_mask, target_mask : ndarray, shape (X, Y, Z)
+        Nonzero inside.
+    rule, c00_window, invivo_c00, percentile
+        The C00 rule, see :func:`c00_bounds`.
+    rescans : sequence of (coeffs, mask)
+        Further scans on the same grid (rescans) that must be inside their mask
+        and finite too; the C00 rule is not applied to them.
+
+    Returns
+    -------
+    VoxelSelection
+    """
+    source = np.asarray(source_coeffs)
+    target = np.asarray(target_coeffs)
+    if source.ndim != 4 or target.shape != source.shape:
+        raise ValueError(
+            f"coefficient maps must be 4-D with equal shapes, got {source.shape} and "
+            f"{target.shape}."
+        )
+    maps = [source, target, *(np.asarray(c) for c, _ in rescans)]
+    masks = [source_mask, target_mask, *(m for _, m in rescans)]
+    grid = source.shape[:3]
+    for arr in maps:
+        if arr.shape != source.shape:
+            raise ValueError(f"rescan coefficients {arr.shape} do not match {source.shape}.")
+    for mask in masks:
+        if np.shape(mask) != grid:
+            raise ValueError(f"mask shape {np.shape(mask)} does not match the grid {grid}.")
+    low, high = c00_bounds(
+        rule, c00_window=c00_window, invivo_c00=invivo_c00, percentile=percentile
+    )
+    keep = np.ones(grid, dtype=bool)
+    counts = {"grid": int(keep.size)}
+    for mask in masks:
+        keep &= np.asarray(mask) != 0
+    counts["mask"] = int(keep.sum())
+    for arr in maps:
+        keep &= np.all(np.isfinite(arr), axis=-1)
+    counts["finite"] = int(keep.sum())
+    for arr in (source, target):
+        c00 = arr[..., 0]
+        with np.errstate(invalid="ignore"):
+            keep &= (c00 > low) & (c00 < high)
+    counts["window"] = int(keep.sum())
+    return VoxelSelection(mask=keep, counts=counts, c00_bounds=(low, high))
+
+
+def check_voxel_count(selection: VoxelSelection, min_voxels: int, what: str = "the pair") -> None:
+    """Raise :class:`TrainingDataError` when fewer than ``min_voxels`` voxels are selected.
+
+    The message gives the count after each step, so the user sees which step
+    removed the voxels.
+    """
+    if selection.n_voxels >= min_voxels:
+        return
+    counts = selection.counts
+    low, high = selection.c00_bounds
+    raise TrainingDataError(
+        f"{what}: only {selection.n_voxels} training voxel(s), {min_voxels} needed. Voxels "
+        f"left after each step: {counts.get('grid', 0)} in the grid, {counts.get('mask', 0)} "
+        f"inside all masks, {counts.get('finite', 0)} finite, {counts.get('window', 0)} with "
+        f"{low:g} < C00 < {high:g} at both sites. Check the phantom masks and registration, "
+        "or the C00 rule."
+    )
+
+
+def select_training_voxels(
+    source_coeffs: np.ndarray,
+    target_coeffs: np.ndarray,
+    source_mask: np.ndarray,
+    target_mask: np.ndarray,
+    *,
+    rule: str = "window",
+    c00_window: tuple[float, float] = C00_WINDOW,
+    invivo_c00: np.ndarray | None = None,
+    percentile: float = C00_PERCENTILE,
+    min_voxels: int = MIN_VOXELS,
+) -> np.ndarray:
+    """Boolean mask of the HARP training voxels of a pair (see the module docstring).
+
+    Parameters
+    ----------
+    source_coeffs, target_coeffs : ndarray, shape (X, Y, Z, C)
+        SH coefficients on the source grid.
+    source_mask, target_mask : ndarray, shape (X, Y, Z)
+    rule : {"window", "percentile"}
+    c00_window : tuple of float
+        Exclusive C00 bounds of ``rule="window"``.
+    invivo_c00 : ndarray, optional
+        In-vivo source C00 samples, required by ``rule="percentile"``.
+    percentile : float
+        Percentile of ``invivo_c00`` used as the lower bound.
+    min_voxels : int
+        Fewest voxels accepted.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+
+    Raises
+    ------
+    TrainingDataError
+        Fewer than ``min_voxels`` voxels (the message counts each step).
+    """
+    selection = voxel_selection(
+        source_coeffs,
+        target_coeffs,
+        source_mask,
+        target_mask,
+        rule=rule,
+        c00_window=c00_window,
+        invivo_c00=invivo_c00,
+        percentile=percentile,
+    )
+    check_voxel_count(selection, min_voxels)
+    return selection.mask
+
+
+def validation_split(
+    pairs: Sequence[PhantomPair], *, seed: int
+) -> tuple[list[PhantomPair], list[PhantomPair]]:
+    """Hold out one phantom (or, with one phantom, one protocol) for validation.
+
+    With two or more phantoms, all pairs of one phantom drawn with ``seed`` are
+    held out, so no scan of the validation phantom is seen in training.  With a
+    single phantom, all pairs of one protocol (raw ``acq`` label, every shell of
+    it) are held out; when the runs carry no distinct ``acq`` labels, one shell
+    b-value is held out instead.  The draw is deterministic for a seed and does
+    not depend on the order of ``pairs``.
+
+    Parameters
+    ----------
+    pairs : sequence of PhantomPair
+    seed : int
+
+    Returns
+    -------
+    train, val : list of PhantomPair
+        In the order of ``pairs``.
+
+    Raises
+    ------
+    TrainingDataError
+        One phantom with a single protocol and shell: nothing can be held out
+        without validating on the training data.
+    """
+    if not pairs:
+        raise TrainingDataError("no phantom pairs to split into training and validation.")
+    phantoms = sorted({p.phantom for p in pairs})
+    if len(phantoms) > 1:
+        units, unit_of, what = phantoms, (lambda p: p.phantom), "phantom"
+    elif len({p.protocol for p in pairs}) > 1:
+        units = sorted({p.protocol or "" for p in pairs})
+        unit_of, what = (lambda p: p.protocol or ""), "protocol"
+    elif len({p.shell_bval for p in pairs}) > 1:
+        units = sorted({p.shell_bval for p in pairs})
+        unit_of, what = (lambda p: p.shell_bval), "shell"
+    else:
+        raise TrainingDataError(
+            f"cannot hold out validation data: all {len(pairs)} pair(s) show phantom "
+            f"sub-{phantoms[0]} with one protocol and shell. Scan a second phantom or "
+            "protocol, or train without validation."
+        )
+    held = units[int(np.random.default_rng(seed).integers(len(units)))]
+    train = [p for p in pairs if unit_of(p) != held]
+    val = [p for p in pairs if unit_of(p) == held]
+    logger.info(
+        "Validation: %s %s held out (%d pair(s)); %d training pair(s).",
+        what, held or "without acq label", len(val), len(train),
+    )  # fmt: skip
+    return train, val

@@ -1,0 +1,137 @@
+"""HARP from the CLI on the tiny study: participant → train → participant.
+
+Checks the plumbing and the outputs' contract (model file and card,
+harmonized derivatives only for the source site, b0 volumes untouched, scale
+bounds, provenance) and the bad inputs of the train/harmonize path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_harmony.cli.run import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from bids_harmony.simulate import simulate_study
+
+    root = tmp_path_factory.mktemp("harp")
+    bids, out, work = root / "bids", root / "out", root / "work"
+    simulate_study(bids, size="tiny", seed=1)
+    common = ["-w", str(work), "--nprocs", "2"]
+    assert main([str(bids), str(out), "participant", *common]) == 0
+    train = [str(bids), str(out), "train", "--target-site", "Prisma", "--harp-iterations", "60",
+             "--min-train-voxels", "200", *common]  # fmt: skip
+    assert main(train) == 0
+    assert main([str(bids), str(out), "participant", *common]) == 0
+    return bids, out, root
+
+
+def test_model_file_and_card(trained):
+    from bids_harmony.harp import load_model
+
+    _, out, _ = trained
+    model_file = out / "models" / "harp_src-SIGNAPremier_tgt-Prisma.safetensors"
+    card = json.loads(model_file.with_suffix(".json").read_text())
+    assert card["source_site"] == "SIGNAPremier" and card["target_site"] == "Prisma"
+    assert card["sh_convention"]["sh_order"] == 8 and card["sh_convention"]["b_ref"] == 1000
+    training = card["training"]
+    assert {p["role"] for p in training["pairs"]} == {"train", "validation"}
+    assert all(p["source"]["sh_sha256"] for p in training["pairs"])
+    assert training["n_train_voxels"] >= 200 and training["history"]["val_total"]
+    model, _ = load_model(model_file, expect={"sh_order": 8, "b_ref": 1000.0})
+    assert model.config()["sh_order"] == 8
+
+
+def test_only_source_site_runs_are_harmonized(trained):
+    bids, out, _ = trained
+    harmonized = sorted(out.rglob("*_desc-harmonized_dwi.nii.gz"))
+    raw_ge = sorted(bids.glob("sub-*/ses-GE*/dwi/*_dwi.nii.gz"))
+    assert len(harmonized) == len(raw_ge) > 0
+    assert all("_ses-GE" in p.name for p in harmonized)
+
+
+def test_harmonized_outputs_contract(trained):
+    _, out, _ = trained
+    d = out / "sub-02" / "ses-GE2" / "dwi"
+    prefix = "sub-02_ses-GE2_acq-multishell"
+    harm = np.asarray(nb.load(d / f"{prefix}_desc-harmonized_dwi.nii.gz").dataobj)
+    pre = np.asarray(nb.load(d / f"{prefix}_space-dwi_desc-preproc_dwi.nii.gz").dataobj, float)
+    bvals = np.loadtxt(d / f"{prefix}_desc-harmonized_dwi.bval")
+    assert harm.shape == pre.shape
+    np.testing.assert_allclose(harm[..., bvals < 50], pre[..., bvals < 50], rtol=1e-5)
+    np.testing.assert_array_equal(
+        bvals, np.loadtxt(d / f"{prefix}_space-dwi_desc-preproc_dwi.bval")
+    )
+    mask = np.asarray(nb.load(d / f"{prefix}_space-dwi_desc-brain_mask.nii.gz").dataobj) > 0
+    card = json.loads((out / "models" / "harp_src-SIGNAPremier_tgt-Prisma.json").read_text())
+    for shell in ("b1000", "b2000"):
+        stem = f"sub-02_ses-GE2_acq-multishell{shell}_desc-harmonized"
+        scales = np.asarray(nb.load(d / f"{stem}_model-harp_param-scales_dwimap.nii.gz").dataobj)
+        assert scales.shape[-1] == 5
+        assert np.all((scales[mask] >= 0.9 - 1e-6) & (scales[mask] <= 1.1 + 1e-6))
+        for kind in ("sh_param-coeffs", "tensor_param-fa", "tensor_param-md", "csd_param-gfa"):
+            meta = json.loads((d / f"{stem}_model-{kind}_dwimap.json").read_text())
+            assert meta["Harmonization"]["ModelSHA256"] == card["sha256"]
+            assert meta["Harmonization"]["TargetSite"] == "Prisma"
+
+
+def _copy_model(out: Path, dest: Path, **card_changes) -> Path:
+    src = out / "models" / "harp_src-SIGNAPremier_tgt-Prisma.safetensors"
+    dest.mkdir(parents=True, exist_ok=True)
+    model = shutil.copy(src, dest / src.name)
+    card = json.loads(src.with_suffix(".json").read_text())
+    for key, value in card_changes.items():
+        if key == "sh_order":
+            card["sh_convention"]["sh_order"] = value
+        else:
+            card[key] = value
+    (dest / src.with_suffix(".json").name).write_text(json.dumps(card))
+    return Path(model)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"sh_order": 6}, "order 6"), ({"source_site": "Nowhere"}, "Nowhere"),
+     ({"truncate": True}, "safetensors")],
+    ids=["mismatched-card", "site-not-in-data", "truncated"],
+)  # fmt: skip
+def test_bad_models_refused_before_processing(trained, tmp_path, caplog, change, message):
+    bids, out, _ = trained
+    truncate = change.pop("truncate", False)
+    model = _copy_model(out, tmp_path / "m", **change)
+    if truncate:
+        model.write_bytes(model.read_bytes()[:1000])
+    new_out = tmp_path / "out"
+    args = [str(bids), str(new_out), "participant", "--model", str(model),
+            "--participant-label", "01", "-w", str(tmp_path / "w")]  # fmt: skip
+    assert main(args) == 2
+    assert message in caplog.text
+    assert not new_out.exists()
+
+
+def test_train_without_target_phantoms(trained, tmp_path, caplog):
+    bids, out, _ = trained
+    rows = ["participant_id\tsession_id\tsite"]
+    for ses in sorted(bids.glob("sub-*/ses-*")):
+        sub, label = ses.parent.name, ses.name
+        phantom_at_target = sub.startswith("sub-phantom") and "Prisma" in label
+        site = "Skyra" if phantom_at_target else ("Prisma" if "Prisma" in label else "GE")
+        rows.append(f"{sub}\t{label}\t{site}")
+    site_map = tmp_path / "sites.tsv"
+    site_map.write_text("\n".join(rows) + "\n")
+    models = sorted((out / "models").iterdir())
+    args = [str(bids), str(out), "train", "--target-site", "Prisma", "--source-site", "GE",
+            "--site-map", str(site_map), "-w", str(tmp_path / "w")]  # fmt: skip
+    assert main(args) == 2
+    assert "phantom" in caplog.text.lower() and "Prisma" in caplog.text
+    assert sorted((out / "models").iterdir()) == models

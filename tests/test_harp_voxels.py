@@ -1,0 +1,263 @@
+"""Training-voxel selection, validation split and loading a pair into flat arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_harmony.dmri import sh
+from bids_harmony.harp.pair_io import gather_pair_arrays, load_mean_b0
+from bids_harmony.harp.pairs import PhantomPair, PhantomScan, TrainingDataError
+from bids_harmony.harp.registration import RegistrationError
+from bids_harmony.harp.voxels import (
+    C00_WINDOW,
+    c00_bounds,
+    select_training_voxels,
+    validation_split,
+    voxel_selection,
+)
+from tests.conftest import fibonacci_directions
+
+
+def coeff_maps(c00: np.ndarray, rng: np.random.Generator, n: int = 45) -> np.ndarray:
+    out = rng.normal(0, 0.05, (*c00.shape, n))
+    out[..., 0] = c00
+    return out
+
+
+def test_c00_window_matches_the_sh_convention():
+    """C00 = 2*sqrt(pi)*mean(E'): the window keeps mean diffusivities ~0.6-1.3 um2/ms."""
+    bvecs = fibonacci_directions(60)
+    model = sh.ShellSHModel(bvecs, 2000.0)
+    diffusivities = np.array([0.3e-3, 0.7e-3, 1.0e-3, 1.2e-3, 2.0e-3, 3.0e-3])
+    signal = 1000.0 * np.exp(-2000.0 * diffusivities[:, None] * np.ones(60))
+    coeffs = model.fit_voxels(signal, np.full(diffusivities.size, 1000.0))
+    expected = 2 * np.sqrt(np.pi) * np.exp(-sh.B_REF * diffusivities)  # E' at b_ref
+    np.testing.assert_allclose(coeffs[:, 0], expected, rtol=1e-4)
+    low, high = C00_WINDOW
+    inside = (coeffs[:, 0] > low) & (coeffs[:, 0] < high)
+    assert inside.tolist() == [False, True, True, True, False, False]
+    assert coeffs[:, 0].max() <= 2 * np.sqrt(np.pi)
+
+
+def test_window_rule_at_both_sites_with_counts():
+    rng = np.random.default_rng(0)
+    c00 = np.full((4, 5, 3), 1.5)
+    c00[0] = 0.5  # outside the window at both sites
+    target_c00 = c00.copy()
+    target_c00[1, 0, 0] = 2.5  # outside at the target only
+    source, target = coeff_maps(c00, rng), coeff_maps(target_c00, rng)
+    source_mask = np.ones(c00.shape, dtype=bool)
+    source_mask[3] = False
+    target_mask = np.ones(c00.shape, dtype=np.uint8)
+    target[2, 0, 0, 7] = np.nan
+    selection = voxel_selection(source, target, source_mask, target_mask)
+    assert selection.counts == {"grid": 60, "mask": 45, "finite": 44, "window": 28}
+    assert selection.n_voxels == 28
+    assert not selection.mask[0].any() and not selection.mask[1, 0, 0]
+    assert not selection.mask[2, 0, 0] and not selection.mask[3].any()
+    mask = select_training_voxels(source, target, source_mask, target_mask, min_voxels=28)
+    np.testing.assert_array_equal(mask, selection.mask)
+
+
+def test_too_few_voxels_message_counts_each_step():
+    rng = np.random.default_rng(1)
+    c00 = np.full((6, 6, 2), 0.4)
+    c00[:2, :2] = 1.2
+    source = coeff_maps(c00, rng)
+    mask = np.ones(c00.shape, dtype=bool)
+    with pytest.raises(TrainingDataError) as info:
+        select_training_voxels(source, source, mask, mask, min_voxels=10)
+    message = str(info.value)
+    assert "only 8 training voxel(s), 10 needed" in message
+    assert "72 in the grid, 72 inside all masks, 72 finite, 8 with 1 < C00 < 2" in message
+
+
+def test_percentile_rule():
+    rng = np.random.default_rng(2)
+    c00 = np.linspace(0.2, 3.0, 60).reshape(5, 4, 3)
+    source = coeff_maps(c00, rng)
+    mask = np.ones(c00.shape, dtype=bool)
+    invivo = rng.uniform(0.5, 2.5, 5000)
+    threshold = np.percentile(invivo, 30.0)
+    selected = select_training_voxels(
+        source, source, mask, mask, rule="percentile", invivo_c00=invivo, min_voxels=1
+    )
+    np.testing.assert_array_equal(selected, c00 > threshold)
+    assert c00_bounds("percentile", invivo_c00=invivo)[0] == pytest.approx(threshold)
+    with pytest.raises(ValueError, match="invivo_c00"):
+        select_training_voxels(source, source, mask, mask, rule="percentile")
+    with pytest.raises(ValueError, match="unknown voxel rule"):
+        select_training_voxels(source, source, mask, mask, rule="median")
+
+
+def test_rescans_must_be_inside_and_finite():
+    rng = np.random.default_rng(3)
+    c00 = np.full((3, 3, 2), 1.5)
+    source = coeff_maps(c00, rng)
+    mask = np.ones(c00.shape, dtype=bool)
+    rescan = source.copy()
+    rescan[0, 0, 0, 3] = np.inf
+    rescan_mask = mask.copy()
+    rescan_mask[1, 1, 1] = False
+    selection = voxel_selection(source, source, mask, mask, rescans=[(rescan, rescan_mask)])
+    assert selection.counts["mask"] == 17 and selection.counts["finite"] == 16
+    with pytest.raises(ValueError, match="equal shapes"):
+        voxel_selection(source, source[..., :15], mask, mask)
+
+
+def scan(subject: str, session: str, acq: str | None, bval: float) -> PhantomScan:
+    name = Path(f"sub-{subject}_ses-{session}_acq-{acq}_{bval:g}.nii.gz")
+    site = session.rstrip("0123456789")
+    return PhantomScan(subject, session, site, acq, bval, name, name, name, name, 8)
+
+
+def pairs_of(phantoms, protocols) -> list[PhantomPair]:
+    out = []
+    for phantom in phantoms:
+        for acq, bval in protocols:
+            for src in ("GE1", "GE2"):
+                out.append(
+                    PhantomPair(
+                        phantom,
+                        bval,
+                        acq,
+                        scan(phantom, src, acq, bval),
+                        scan(phantom, "Prisma1", acq, bval),
+                    )
+                )
+    return out
+
+
+def test_validation_holds_out_one_phantom():
+    pairs = pairs_of(["phantom01", "phantom02", "phantom03"], [("b1000", 1000.0)])
+    train, val = validation_split(pairs, seed=0)
+    assert len({p.phantom for p in val}) == 1
+    assert {p.phantom for p in val}.isdisjoint({p.phantom for p in train})
+    assert len(train) + len(val) == len(pairs)
+    # deterministic and independent of the input order
+    assert validation_split(list(reversed(pairs)), seed=0)[1] == list(reversed(val))
+    held = {validation_split(pairs, seed=s)[1][0].phantom for s in range(20)}
+    assert len(held) > 1
+
+
+def test_validation_single_phantom_holds_out_a_protocol():
+    protocols = [("b1000", 1000.0), ("multishell", 1000.0), ("multishell", 2000.0)]
+    pairs = pairs_of(["phantom01"], protocols)
+    train, val = validation_split(pairs, seed=1)
+    held = {p.protocol for p in val}
+    assert len(held) == 1 and held.isdisjoint({p.protocol for p in train})
+    if held == {"multishell"}:  # every shell of the protocol goes together
+        assert {p.shell_bval for p in val} == {1000.0, 2000.0}
+    no_acq = pairs_of(["phantom01"], [(None, 1000.0), (None, 2000.0)])
+    train, val = validation_split(no_acq, seed=0)
+    assert len({p.shell_bval for p in val}) == 1 and train
+    with pytest.raises(TrainingDataError, match="cannot hold out"):
+        validation_split(pairs_of(["phantom01"], [("b1000", 1000.0)]), seed=0)
+
+
+# --- gather_pair_arrays on small NIfTIs ---------------------------------------------
+
+GRID = (24, 24, 12)
+AFFINE = np.diag([-2.0, 2.0, 3.0, 1.0])
+AFFINE[:3, 3] = [23.0, -23.0, -16.5]
+
+
+def phantom_images(shift_mm=(0.0, 0.0, 0.0), gain=1.0, noise=0.0, seed=0):
+    """b0, SH map (45) and mask of an asymmetric object moved by ``shift_mm``."""
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in GRID], indexing="ij"), -1)
+    world = ijk @ AFFINE[:3, :3].T + AFFINE[:3, 3] - np.asarray(shift_mm)
+    rng = np.random.default_rng(seed)
+
+    def gauss(centre, width):
+        return np.exp(-0.5 * (((world - np.asarray(centre)) / np.asarray(width)) ** 2).sum(-1))
+
+    body = gauss((0, 0, 0), (12, 9, 20))
+    spots = gauss((6, -4, 0), (3, 3, 20)) + 0.7 * gauss((-5, 5, 0), (2, 4, 20))
+    b0 = 1000 * body + 600 * spots + rng.normal(0, noise * 10, GRID)
+    coeffs = np.empty((*GRID, 45))
+    coeffs[..., 0] = 0.4 + 1.2 * body + 0.5 * spots
+    for k in range(1, 45):
+        coeffs[..., k] = 0.05 * np.sin(0.1 * k * world[..., 0] + 0.07 * world[..., 1] + k)
+    coeffs = gain * coeffs + rng.normal(0, noise * 0.01, coeffs.shape)
+    return b0, coeffs, body > 0.2
+
+
+def write_scan(folder: Path, session: str, b0, coeffs, mask, *, order: int = 8) -> PhantomScan:
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"sub-phantom01_ses-{session}_acq-b1000"
+    dwi = np.stack([b0, b0 * 1.01, 0.3 * b0, 0.4 * b0], -1).astype(np.float32)
+    files = {
+        "dwi": Path(f"{stem}_space-dwi_desc-preproc_dwi.nii.gz"),
+        "bval": Path(f"{stem}_space-dwi_desc-preproc_dwi.bval"),
+        "mask": Path(f"{stem}_space-dwi_desc-brain_mask.nii.gz"),
+        "sh": Path(f"{stem}_model-sh_param-coeffs_dwimap.nii.gz"),
+    }
+    nb.save(nb.Nifti1Image(dwi, AFFINE), files["dwi"])
+    files["bval"].write_text("0 5 1000 1000\n")
+    nb.save(nb.Nifti1Image(mask.astype(np.uint8), AFFINE), files["mask"])
+    n = sh.n_coeffs(order)
+    nb.save(nb.Nifti1Image(coeffs[..., :n].astype(np.float32), AFFINE), files["sh"])
+    site = session.rstrip("0123456789")
+    return PhantomScan(
+        "phantom01", session, site, "b1000", 1000.0,
+        files["sh"], files["mask"], files["dwi"], files["bval"], order,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nifti_pair(tmp_path_factory) -> PhantomPair:
+    folder = tmp_path_factory.mktemp("pair")
+    source = write_scan(folder, "GE1", *phantom_images(noise=1.0, seed=1))
+    rescan = write_scan(folder, "GE2", *phantom_images((0.6, -0.4, 0.0), noise=1.0, seed=2))
+    target = write_scan(folder, "Prisma1", *phantom_images((2.0, 1.0, 0.0), gain=1.1, seed=3))
+    target_rescan = write_scan(
+        folder, "Prisma2", *phantom_images((-1.0, 0.5, 0.0), gain=1.1, seed=4), order=6
+    )
+    return PhantomPair("phantom01", 1000.0, "b1000", source, target, rescan, target_rescan)
+
+
+def test_load_mean_b0(nifti_pair):
+    b0, affine = load_mean_b0(nifti_pair.source.preproc_dwi, nifti_pair.source.bval_file)
+    dwi = np.asarray(nb.load(nifti_pair.source.preproc_dwi).dataobj)
+    np.testing.assert_allclose(b0, dwi[..., :2].mean(-1), rtol=1e-6)
+    np.testing.assert_array_equal(affine, AFFINE)
+
+
+def test_gather_pair_arrays_aligns_the_scans(nifti_pair):
+    cache = {}
+    arrays = gather_pair_arrays(nifti_pair, min_voxels=100, registrations=cache)
+    n = arrays.n_voxels
+    assert arrays.source.shape == arrays.target.shape == arrays.source_rescan.shape == (n, 45)
+    assert arrays.target_rescan.shape == (n, 45) and arrays.source.dtype == np.float32
+    assert n == arrays.counts["window"] >= 100
+    assert list(arrays.counts) == ["grid", "mask", "finite", "window"]
+    assert set(arrays.registrations) == {"target", "target_rescan", "source_rescan"}
+    np.testing.assert_allclose(
+        arrays.registrations["target"].translation_mm, [2.0, 1.0, 0.0], atol=0.5
+    )
+    # after registration the target is the source object scaled by the site gain
+    ratio = arrays.target[:, 0] / arrays.source[:, 0]
+    assert np.median(np.abs(ratio - 1.1)) < 0.02
+    assert np.median(np.abs(arrays.source_rescan[:, 0] - arrays.source[:, 0])) < 0.02
+    # the order-6 rescan is zero-padded to 45 coefficients
+    assert not arrays.target_rescan[:, 28:].any() and arrays.target_rescan[:, 1:28].any()
+    assert len(cache) == 3
+    again = gather_pair_arrays(nifti_pair, min_voxels=100, registrations=cache)
+    np.testing.assert_array_equal(again.target, arrays.target)
+
+
+def test_gather_pair_arrays_errors(nifti_pair, tmp_path):
+    with pytest.raises(TrainingDataError, match="inside all masks"):
+        gather_pair_arrays(nifti_pair, min_voxels=10**6, registrations={})
+    b0, coeffs, mask = phantom_images()
+    noise = np.abs(np.random.default_rng(5).normal(0, 300, GRID))
+    bad_target = write_scan(tmp_path, "Prisma9", noise, coeffs, mask)
+    bad = PhantomPair("phantom01", 1000.0, "b1000", nifti_pair.source, bad_target)
+    with pytest.raises(RegistrationError) as info:
+        gather_pair_arrays(bad, min_voxels=1)
+    assert str(bad_target.preproc_dwi) in str(info.value)
+    assert str(nifti_pair.source.preproc_dwi) in str(info.value)

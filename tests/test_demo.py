@@ -13,6 +13,9 @@ def test_demo_tiny(tmp_path, capsys):
     assert main([str(tmp_path / "demo"), "--size", "tiny", "--nprocs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Derivatives:" in printed and "model-tensor_param-fa_dwimap" in printed
-    assert (tmp_path / "demo" / "derivatives" / "dataset_description.json").exists()
+    assert "desc-harmonized_model-tensor_param-fa_dwimap" in printed
+    derivatives = tmp_path / "demo" / "derivatives"
+    assert (derivatives / "dataset_description.json").exists()
+    assert (derivatives / "models" / "harp_src-SIGNAPremier_tgt-Prisma.safetensors").exists()
     # A second call reuses the simulated study and the work directory.
     assert main([str(tmp_path / "demo"), "--size", "tiny", "--nprocs", "2"]) == 0

@@ -15,6 +15,11 @@ from pathlib import Path
 
 LOGGER = logging.getLogger("bids_harmony.demo")
 
+#: Site labels of the simulator's scanners as discovery names them.
+SOURCE_SITE, TARGET_SITE = "SIGNAPremier", "Prisma"
+#: The tiny study has few phantom voxels; keep its training short.
+TRAIN_OPTIONS = {"tiny": ["--min-train-voxels", "200", "--harp-iterations", "200"]}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -52,23 +57,29 @@ def main(argv: list[str] | None = None) -> int:
     bids_dir, derivatives, work = out / "bids", out / "derivatives", out / "work"
     start = time.perf_counter()
     if (bids_dir / "dataset_description.json").exists() and not args.force:
-        LOGGER.info("[1/2] Reusing the simulated study in %s (--force to regenerate)", bids_dir)
+        LOGGER.info("[1/4] Reusing the simulated study in %s (--force to regenerate)", bids_dir)
     else:
-        LOGGER.info("[1/2] Simulating a '%s' two-site study in %s", args.size, bids_dir)
+        LOGGER.info("[1/4] Simulating a '%s' two-site study in %s", args.size, bids_dir)
         simulate_study(bids_dir, size=args.size, seed=args.seed, force=True)
-    LOGGER.info("[2/2] Participant level (preprocessing, SH per shell, FA/MD/GFA)")
-    code = run_main(
-        [str(bids_dir), str(derivatives), "participant", "--work-dir", str(work),
-         "--nprocs", str(args.nprocs), "--seed", str(args.seed)]
-    )  # fmt: skip
-    if code != 0:
-        LOGGER.error("participant level failed (exit code %d)", code)
-        return code
+    common = ["--work-dir", str(work), "--nprocs", str(args.nprocs), "--seed", str(args.seed)]
+    steps = [
+        ("Participant level (preprocessing, SH per shell, FA/MD/GFA)", ["participant"]),
+        (f"Train HARP on the phantoms, {SOURCE_SITE} → {TARGET_SITE}",
+         ["train", "--target-site", TARGET_SITE, *TRAIN_OPTIONS.get(args.size, [])]),
+        ("Participant level again: harmonize the source-site sessions", ["participant"]),
+    ]  # fmt: skip
+    for number, (title, level) in enumerate(steps, start=2):
+        LOGGER.info("[%d/%d] %s", number, len(steps) + 1, title)
+        code = run_main([str(bids_dir), str(derivatives), *level, *common])
+        if code != 0:
+            LOGGER.error("%s failed (exit code %d)", level[0], code)
+            return code
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s.")
     print(f"Simulated study:   {bids_dir}")
     print(f"Derivatives:       {derivatives}")
     print("Outputs:\n" + summarize_outputs(derivatives))
-    print("Next levels ('train', 'group') arrive in later versions.")
+    print(f"HARP model:        {derivatives / 'models'}")
+    print("The 'group' level (evaluation report) arrives in a later version.")
     return 0
 
 

@@ -105,7 +105,13 @@ PAPER_RECIPE = TrainingRecipe(
     lr_schedule="constant", warmup=0, min_lr_ratio=1.0, noise_aware=False, cross_fit=False,
     identity_prior=0.0, eval_every=1000,
 )  # fmt: skip
-"""Jeong et al. §2.4: Adam, lr 1e-6, 40,000 iterations, plain L2 loss."""
+"""Jeong et al. §2.4: Adam, lr 1e-6, 40,000 iterations, plain L2 loss.
+
+The batch is the authors' (``train.py``: 2 slices of 146 x 146 voxels).  Their
+slices include background voxels that the mask removes from the loss (whose mean
+then runs over all voxels, a constant factor Adam ignores); ours are valid voxels
+only, so this batch is an upper bound on their effective one.
+"""
 
 DEFAULT_RECIPE = TrainingRecipe(
     name="default", optimizer="adam", lr=1e-3, iterations=1000, batch_size=1024,

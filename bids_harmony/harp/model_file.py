@@ -34,6 +34,7 @@ The card is written after the weights, so a pair whose card exists is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BidsHarmonyError
@@ -177,7 +179,8 @@ def load_model(
             "analysis level or check the --model path."
         )
     card = _read_card(card_path)
-    digest = _sha256(weights_path)
+    payload = weights_path.read_bytes()  # hashed and parsed from the same bytes
+    digest = hashlib.sha256(payload).hexdigest()
     if card["sha256"] != digest:
         raise ModelFileError(
             f"{weights_path} does not match its model card {card_path.name}: SHA-256 "
@@ -185,8 +188,8 @@ def load_model(
             "truncated or replaced. Copy both files again or retrain the model."
         )
     try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as err:
+        state = load_safetensors(payload)
+    except (SafetensorError, ValueError) as err:
         raise ModelFileError(
             f"{weights_path} is not a readable safetensors file ({err}); retrain the model."
         ) from err
@@ -277,6 +280,8 @@ def _same(a: Any, b: Any, is_float: bool) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """Plain-JSON copy: NumPy and torch values to Python, tuples to lists, NaN/Inf to None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (np.ndarray, torch.Tensor)):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import time
 
@@ -222,9 +223,7 @@ def run_inference(model: HarpNet, coeffs: np.ndarray, repeats: int) -> None:
     methods = {"authors' layout (Conv2d NCHW)": run_authors, "HarpNet.forward (N, C)": run_forward}
     for precision in ("float32", "mixed", "bfloat16", "auto"):
         predictor = HarpPredictor(model, precision=precision)
-        methods[f"HarpPredictor {precision}"] = (lambda p: lambda: p.predict_scales(coeffs))(
-            predictor
-        )
+        methods[f"HarpPredictor {precision}"] = functools.partial(predictor.predict_scales, coeffs)
     best = dict.fromkeys(methods, 0.0)
     ratios: dict[str, list[float]] = {name: [] for name in methods}
     diffs, used = {}, {}
@@ -251,7 +250,8 @@ def run_inference(model: HarpNet, coeffs: np.ndarray, repeats: int) -> None:
         f"MFLOP/voxel; GEMM peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s"
     )
     print(
-        f"{'method':34s} {'voxels/s':>10s} {'GFLOP/s':>8s} {'x authors':>9s} {'max rel diff':>12s}"
+        f"{'method':34s} {'voxels/s':>10s} {'GFLOP/s':>8s} {'x authors':>9s} "
+        f"{'(median)':>8s} {'max rel diff':>12s}"
     )
     for name in methods:
         label = name + (f" ({used[name]})" if name in used else "")

@@ -30,6 +30,15 @@ def _recipe(**changes) -> TrainingRecipe:
     return dataclasses.replace(base, **changes)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny test networks gain nothing from threads, and lose much on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pairs():
     return synthetic_pairs(60_000, rng=np.random.default_rng(0), gains=GAINS, snr=40.0)

@@ -17,5 +17,3 @@ def test_demo_tiny(tmp_path, capsys):
     derivatives = tmp_path / "demo" / "derivatives"
     assert (derivatives / "dataset_description.json").exists()
     assert (derivatives / "models" / "harp_src-SIGNAPremier_tgt-Prisma.safetensors").exists()
-    # A second call reuses the simulated study and the work directory.
-    assert main([str(tmp_path / "demo"), "--size", "tiny", "--nprocs", "2"]) == 0

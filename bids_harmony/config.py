@@ -44,6 +44,7 @@ class Config:
     harp_iterations: int | None = None
     voxel_rule: str = "auto"
     c00_window: tuple[float, float] = (1.0, 2.0)
+    phantom_erode: int = 1
     min_train_voxels: int = 1000
     seed: int = 0
     verbose: int = 0

@@ -54,13 +54,32 @@ def test_window_rule_at_both_sites_with_counts():
     source_mask[3] = False
     target_mask = np.ones(c00.shape, dtype=np.uint8)
     target[2, 0, 0, 7] = np.nan
-    selection = voxel_selection(source, target, source_mask, target_mask)
-    assert selection.counts == {"grid": 60, "mask": 45, "finite": 44, "window": 28}
+    selection = voxel_selection(source, target, source_mask, target_mask, erode=0)
+    assert selection.counts == {
+        "grid": 60, "mask": 45, "finite": 44, "window": 28, "interior": 28
+    }  # fmt: skip
     assert selection.n_voxels == 28
     assert not selection.mask[0].any() and not selection.mask[1, 0, 0]
     assert not selection.mask[2, 0, 0] and not selection.mask[3].any()
-    mask = select_training_voxels(source, target, source_mask, target_mask, min_voxels=28)
+    mask = select_training_voxels(
+        source, target, source_mask, target_mask, min_voxels=28, erode=0
+    )
     np.testing.assert_array_equal(mask, selection.mask)
+
+
+def test_erosion_drops_vial_walls_but_not_the_field_of_view_border():
+    rng = np.random.default_rng(0)
+    c00 = np.full((9, 9, 3), 0.5)  # bath: outside the window
+    c00[2:7, 2:7, :] = 1.5  # a 5 x 5 vial through every slice
+    source, target = coeff_maps(c00, rng), coeff_maps(c00, rng)
+    mask = np.ones(c00.shape, dtype=bool)
+    edges = voxel_selection(source, target, mask, mask, erode=0)
+    interior = voxel_selection(source, target, mask, mask)  # default: one voxel
+    assert edges.counts["interior"] == edges.n_voxels == 5 * 5 * 3
+    assert interior.counts["window"] == 75 and interior.n_voxels == 3 * 3 * 3
+    assert interior.mask[3:6, 3:6, :].all()  # first and last slices kept: FOV border
+    with pytest.raises(ValueError, match="erode"):
+        voxel_selection(source, target, mask, mask, erode=-1)
 
 
 def test_too_few_voxels_message_counts_each_step():
@@ -72,8 +91,9 @@ def test_too_few_voxels_message_counts_each_step():
     with pytest.raises(TrainingDataError) as info:
         select_training_voxels(source, source, mask, mask, min_voxels=10)
     message = str(info.value)
-    assert "only 8 training voxel(s), 10 needed" in message
+    assert "only 2 training voxel(s), 10 needed" in message
     assert "72 in the grid, 72 inside all masks, 72 finite, 8 with 1 < C00 < 2" in message
+    assert "2 off the edges" in message and "--phantom-erode" in message
 
 
 def test_percentile_rule():
@@ -84,7 +104,7 @@ def test_percentile_rule():
     invivo = rng.uniform(0.5, 2.5, 5000)
     threshold = np.percentile(invivo, 30.0)
     selected = select_training_voxels(
-        source, source, mask, mask, rule="percentile", invivo_c00=invivo, min_voxels=1
+        source, source, mask, mask, rule="percentile", invivo_c00=invivo, min_voxels=1, erode=0
     )
     np.testing.assert_array_equal(selected, c00 > threshold)
     assert c00_bounds("percentile", invivo_c00=invivo)[0] == pytest.approx(threshold)
@@ -103,7 +123,9 @@ def test_rescans_must_be_inside_and_finite():
     rescan[0, 0, 0, 3] = np.inf
     rescan_mask = mask.copy()
     rescan_mask[1, 1, 1] = False
-    selection = voxel_selection(source, source, mask, mask, rescans=[(rescan, rescan_mask)])
+    selection = voxel_selection(
+        source, source, mask, mask, rescans=[(rescan, rescan_mask)], erode=0
+    )
     assert selection.counts["mask"] == 17 and selection.counts["finite"] == 16
     with pytest.raises(ValueError, match="equal shapes"):
         voxel_selection(source, source[..., :15], mask, mask)
@@ -233,8 +255,8 @@ def test_gather_pair_arrays_aligns_the_scans(nifti_pair):
     n = arrays.n_voxels
     assert arrays.source.shape == arrays.target.shape == arrays.source_rescan.shape == (n, 45)
     assert arrays.target_rescan.shape == (n, 45) and arrays.source.dtype == np.float32
-    assert n == arrays.counts["window"] >= 100
-    assert list(arrays.counts) == ["grid", "mask", "finite", "window"]
+    assert n == arrays.counts["interior"] >= 100
+    assert list(arrays.counts) == ["grid", "mask", "finite", "window", "interior"]
     assert set(arrays.registrations) == {"target", "target_rescan", "source_rescan"}
     np.testing.assert_allclose(
         arrays.registrations["target"].translation_mm, [2.0, 1.0, 0.0], atol=0.5

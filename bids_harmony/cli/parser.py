@@ -36,6 +36,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
+    return number
+
+
 def _sh_order(value: str) -> int:
     order = int(value)
     if order not in (2, 4, 6, 8):
@@ -206,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     harm.add_argument(
         "--c00-window", nargs=2, type=float, default=[1.0, 2.0], metavar=("LOW", "HIGH"),
         help="C00 window of the 'window' rule",
+    )  # fmt: skip
+    harm.add_argument(
+        "--phantom-erode", type=_non_negative_int, default=1, metavar="N",
+        help="voxels peeled off the edges of the selected phantom voxels (vial walls mix "
+        "vial and bath differently at each scanner); 0 keeps the edges",
     )  # fmt: skip
     harm.add_argument(
         "--min-train-voxels",

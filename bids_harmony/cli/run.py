@@ -102,6 +102,7 @@ def config_from_args(args) -> object:
         harp_iterations=args.harp_iterations,
         voxel_rule=args.voxel_rule,
         c00_window=tuple(args.c00_window),
+        phantom_erode=args.phantom_erode,
         min_train_voxels=args.min_train_voxels,
         seed=args.seed,
         verbose=args.verbose,

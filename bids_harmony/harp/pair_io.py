@@ -38,6 +38,7 @@ from bids_harmony.harp.registration import (
 from bids_harmony.harp.voxels import (
     C00_PERCENTILE,
     C00_WINDOW,
+    ERODE,
     MIN_VOXELS,
     check_voxel_count,
     voxel_selection,
@@ -140,6 +141,7 @@ def gather_pair_arrays(
     c00_window: tuple[float, float] = C00_WINDOW,
     invivo_c00: np.ndarray | None = None,
     percentile: float = C00_PERCENTILE,
+    erode: int = ERODE,
     min_voxels: int = MIN_VOXELS,
     seed: int = 0,
     min_corr: float = MIN_CORRELATION,
@@ -150,7 +152,7 @@ def gather_pair_arrays(
     Parameters
     ----------
     pair : PhantomPair
-    rule, c00_window, invivo_c00, percentile
+    rule, c00_window, invivo_c00, percentile, erode
         Training-voxel rule, see :func:`bids_harmony.harp.voxels.select_training_voxels`.
     min_voxels : int
         Fewest training voxels accepted (tests use fewer than real data).
@@ -211,7 +213,7 @@ def gather_pair_arrays(
     selection = voxel_selection(
         src_coeffs, moved["target"][0], src_mask, moved["target"][1],
         rule=rule, c00_window=c00_window, invivo_c00=invivo_c00, percentile=percentile,
-        rescans=rescans,
+        rescans=rescans, erode=erode,
     )  # fmt: skip
     check_voxel_count(selection, min_voxels, f"phantom pair {src.label} -> {pair.target.label}")
     keep = selection.mask

@@ -86,7 +86,7 @@ S_i = G C(x) sum_k f_k rho_k (1 - exp(-TR/T1_k)) exp(-TE/T2_k)
 then the site PSF, then Rician noise with the site sigma, rounded to int16.
 b'_i = b_i (1 + delta) |L g_i|^2 and g'_i = L g_i / |L g_i| (miscalibration),
 l' = l (1 + r kappa (sqrt(30 ms / Delta) - 1)) with Delta = dt_factor * TE,
-kappa_par = 0.1, kappa_perp = 0.35; C(x) = exp(a |x/100mm|^2 + t . x/100mm).
+kappa_par = kappa_perp = 0.1; C(x) = exp(a |x/100mm|^2 + t . x/100mm).
 
 ## Sites
 

@@ -167,6 +167,7 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
                 pair,
                 rule=rule,
                 c00_window=config.c00_window,
+                erode=config.phantom_erode,
                 invivo_c00=c00 if rule == "percentile" else None,
                 min_voxels=1,
                 seed=config.seed,
@@ -229,6 +230,7 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
             "voxel_selection": {
                 "rule": rule,
                 "c00_window": list(config.c00_window),
+                "erode": config.phantom_erode,
                 "counts": [a.counts for a in [*train_arrays, *val_arrays]],
             },
             "n_train_voxels": result.n_train,

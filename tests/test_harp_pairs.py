@@ -283,7 +283,7 @@ def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
     cache: dict = {}
     for pair in pairs:
         arrays = gather_pair_arrays(pair, min_voxels=150, registrations=cache)
-        assert arrays.counts["mask"] > 1500 and arrays.n_voxels > 250
+        assert arrays.counts["mask"] > 3000 and arrays.n_voxels > 150
         assert np.isfinite(arrays.target).all() and arrays.source_rescan is not None
         for role in ("target", "source_rescan"):
             scan = getattr(pair, role)

@@ -35,9 +35,9 @@ SOURCE, TARGET = "SIGNAPremier", "Prisma"
 
 def _runs(bids: Path) -> list[tuple[str, str]]:
     return sorted(
-        (p.parent.parent.name.removeprefix("sub-"), p.parent.name.removeprefix("ses-"))
+        (p.parents[2].name.removeprefix("sub-"), p.parents[1].name.removeprefix("ses-"))
         for p in bids.glob("sub-*/ses-GE*/dwi/*_acq-multishell_dwi.nii.gz")
-        if not p.parent.parent.name.startswith("sub-phantom")
+        if not p.parents[2].name.startswith("sub-phantom")
     )
 
 

@@ -1,0 +1,1 @@
+"""Group level: evaluation of scanner variability."""

@@ -45,6 +45,8 @@ class Config:
     voxel_rule: str = "auto"
     c00_window: tuple[float, float] = (1.0, 2.0)
     phantom_erode: int = 1
+    template: Path | None = None
+    group_transform: str = "SyN"
     min_train_voxels: int = 1000
     seed: int = 0
     verbose: int = 0

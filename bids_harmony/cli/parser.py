@@ -227,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     harm.add_argument("--seed", type=int, default=0, help="random seed of every stochastic step")
 
+    group = parser.add_argument_group("Group level")
+    group.add_argument(
+        "--template", type=Path, metavar="FILE",
+        help="FA template (NIfTI) for the common space; default: a study template built "
+        "from the target-site sessions",
+    )  # fmt: skip
+    group.add_argument(
+        "--group-transform", choices=("SyN", "Affine"), default="SyN",
+        help="registration of each session's FA to the template",
+    )  # fmt: skip
+
     perf = parser.add_argument_group("Performance")
     perf.add_argument(
         "--nprocs",

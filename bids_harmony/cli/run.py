@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bids_harmony.cli.parser import build_parser
-from bids_harmony.errors import BidsHarmonyError, NotImplementedLevelError, OutputDirectoryError
+from bids_harmony.errors import BidsHarmonyError, OutputDirectoryError
 
 LOGGER = logging.getLogger("bids_harmony.cli")
 
@@ -103,6 +103,8 @@ def config_from_args(args) -> object:
         voxel_rule=args.voxel_rule,
         c00_window=tuple(args.c00_window),
         phantom_erode=args.phantom_erode,
+        template=args.template,
+        group_transform=args.group_transform,
         min_train_voxels=args.min_train_voxels,
         seed=args.seed,
         verbose=args.verbose,
@@ -115,12 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         config = config_from_args(args)
-        if config.analysis_level == "group":
-            raise NotImplementedLevelError(
-                "the 'group' level is not implemented in this version yet; run the "
-                "'participant' and 'train' levels."
-            )
         check_output_dir(config.bids_dir, config.output_dir)
+        if config.analysis_level == "group":
+            from bids_harmony.workflows.group import run_group
+
+            return run_group(config)
         if config.analysis_level == "train":
             from bids_harmony.workflows.train import run_train
 

@@ -1,0 +1,174 @@
+"""LinearRISH baseline of the group level: fit in the common space, apply natively.
+
+For each shell, the RISH features of every traveling subject's sessions are
+warped to the template; site templates and per-band scale maps
+:math:`\\sqrt{\\overline{RISH}_{tgt} / \\overline{RISH}_{src}}` are computed there
+(:class:`~bids_harmony.baselines.LinearRISH`), warped back to each source
+session and applied to its SH coefficients.  The DWI is rebuilt from the scaled
+coefficients (b0 volumes unchanged) and FA/MD/GFA recomputed; everything is
+written next to the participant outputs with ``desc-rish``.  As in the HARP
+paper, the model is trained on the same traveling subjects it is evaluated on
+(the best case for LinearRISH).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+
+from bids_harmony.baselines.linear_rish import LinearRISH, apply_rish_scales
+from bids_harmony.bids.derivatives import bids_uri, software_versions
+from bids_harmony.bids.io import save_nifti, write_json
+from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
+from bids_harmony.group.common_space import from_template, to_template
+from bids_harmony.group.inputs import ShellMaps
+
+LOGGER = logging.getLogger(__name__)
+METHOD = (
+    "LinearRISH (Karayumak et al., 2019): per-band RISH scale maps "
+    "sqrt(mean RISH target / mean RISH source) from traveling subjects in a common space"
+)
+
+
+def _load(path: Path) -> tuple[np.ndarray, nb.Nifti1Image]:
+    img = nb.load(path)
+    return np.asarray(img.dataobj, dtype=np.float32), img
+
+
+def fit_rish_scales(
+    source: Sequence[ShellMaps],
+    target: Sequence[ShellMaps],
+    masks: Mapping[str, Path],
+    transforms: Mapping[str, Any],
+    template_file: Path,
+) -> np.ndarray:
+    """Template-space scale maps (X, Y, Z, n_bands) of one shell.
+
+    ``masks`` and ``transforms`` are keyed by the run prefix (``run.prefix``).
+    """
+
+    def warped(maps: Sequence[ShellMaps]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        rish, inside = [], []
+        for m in maps:
+            coeffs, _ = _load(m.raw["sh"])
+            tr = transforms[m.run.prefix]
+            rish.append(
+                to_template(rish_features(coeffs), tr, template_file, reference=m.raw["fa"])
+            )
+            mask = to_template(
+                masks[m.run.prefix], tr, template_file, interpolator="nearestNeighbor"
+            )
+            inside.append(mask > 0.5)
+        return rish, inside
+
+    src_rish, src_masks = warped(source)
+    tgt_rish, tgt_masks = warped(target)
+    model = LinearRISH().fit(src_rish, tgt_rish, src_masks, tgt_masks)
+    return np.asarray(model.scales_, dtype=np.float32)
+
+
+def apply_to_run(
+    shells: Sequence[ShellMaps],
+    scales: Mapping[str, np.ndarray],
+    transform: Any,
+    template_file: Path,
+    *,
+    mask_file: Path,
+    subjects: Sequence[str],
+    b_tolerance: float,
+    b0_threshold: float,
+) -> dict[str, dict[str, Path]]:
+    """Harmonize one source run with template-space ``scales`` (per shell label).
+
+    Returns ``{shell label: {"sh"|"fa"|"md"|"gfa"|"scales": written path}}``.
+    """
+    from bids_harmony.bids.gradients_io import read_gradients
+    from bids_harmony.dmri import metrics as dm
+    from bids_harmony.dmri.sh import ShellFit, reconstruct_dwi
+
+    run_prefix = shells[0].prefix.rsplit("_acq-", 1)[0]
+    folder = shells[0].folder
+    preproc = folder / f"{shells[0].run.prefix}_space-dwi_desc-preproc_dwi.nii.gz"
+    bvals, bvecs = read_gradients(
+        preproc.with_name(preproc.name.replace(".nii.gz", ".bval")),
+        preproc.with_name(preproc.name.replace(".nii.gz", ".bvec")),
+    )
+    data, img = _load(preproc)
+    mask = np.asarray(nb.load(mask_file).dataobj) > 0
+    fits, native_scales = [], {}
+    for m in shells:
+        coeffs, _ = _load(m.raw["sh"])
+        # warp the deviation from 1: outside the template's field of view the warp
+        # fills 0, which must mean "no change", not "scale to 0"
+        native = 1.0 + from_template(scales[m.label] - 1.0, transform, template_file)
+        native = np.where(mask[..., None], native, 1.0).astype(np.float32)
+        native_scales[m.label] = native
+        harmonized = apply_rish_scales(coeffs, native).astype(np.float32)
+        indices = np.flatnonzero((np.abs(bvals - m.bval) <= b_tolerance) & (bvals > b0_threshold))
+        fits.append(ShellFit(m.bval, order_from_n_coeffs(coeffs.shape[-1]), harmonized, indices))
+    dwi = reconstruct_dwi(fits, bvals, bvecs, data, b0_threshold=b0_threshold)
+    sources = [bids_uri("", preproc.relative_to(folder.parents[2]))]
+    common = {
+        "Harmonization": {
+            "Method": METHOD,
+            "TrainingSubjects": [f"sub-{s}" for s in subjects],
+            "Note": "Trained on the traveling subjects it is evaluated on "
+            "(best case, as in Jeong et al. 2026).",
+        },
+        "Sources": sources,
+        "SoftwareVersions": software_versions(),
+    }
+    written: dict[str, dict[str, Path]] = {}
+    for m, fit in zip(shells, fits, strict=True):
+        tensor = dm.tensor_metrics(
+            dwi,
+            bvals,
+            bvecs,
+            mask=mask,
+            shell=m.bval,
+            b_tolerance=b_tolerance,
+            b0_threshold=b0_threshold,
+        )
+        gfa = dm.gfa_csd(
+            dwi,
+            bvals,
+            bvecs,
+            mask=mask,
+            shell=m.bval,
+            fa=tensor["fa"],
+            b_tolerance=b_tolerance,
+            b0_threshold=b0_threshold,
+        )
+        arrays = {
+            "sh": fit.coeffs,
+            "fa": tensor["fa"],
+            "md": tensor["md"],
+            "gfa": gfa,
+            "scales": native_scales[m.label],
+        }
+        out: dict[str, Path] = {}
+        for kind, array in arrays.items():
+            path = (
+                m.file(kind, "rish")
+                if kind != "scales"
+                else folder / f"{m.prefix}_desc-rish_model-rish_param-scales_dwimap.nii.gz"
+            )
+            save_nifti(nb.Nifti1Image(np.asarray(array, np.float32), img.affine), path)
+            out[kind] = path
+        for kind, path in out.items():  # sidecars last
+            write_json(
+                path.with_name(path.name.replace(".nii.gz", ".json")),
+                {
+                    **common,
+                    "ShellBValue": m.bval,
+                    "Description": f"LinearRISH-harmonized {kind} of shell {m.label}",
+                },
+            )
+        written[m.label] = out
+    LOGGER.info("LinearRISH: harmonized %s (%s)", run_prefix, ", ".join(written))
+    return written

@@ -80,9 +80,10 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_group_not_implemented(small_bids, tmp_path):
+def test_group_needs_a_target_site_without_models(small_bids, tmp_path, caplog):
     out = tmp_path / "out"
-    assert main([str(small_bids), str(out), "group"]) == 3
+    assert main([str(small_bids), str(out), "group"]) == 2
+    assert "--target-site" in caplog.text and "sites:" in caplog.text
     assert not out.exists()
 
 

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     bids_dir, derivatives, work = out / "bids", out / "derivatives", out / "work"
     start = time.perf_counter()
     if (bids_dir / "dataset_description.json").exists() and not args.force:
-        LOGGER.info("[1/4] Reusing the simulated study in %s (--force to regenerate)", bids_dir)
+        LOGGER.info("[1/5] Reusing the simulated study in %s (--force to regenerate)", bids_dir)
     else:
-        LOGGER.info("[1/4] Simulating a '%s' two-site study in %s", args.size, bids_dir)
+        LOGGER.info("[1/5] Simulating a '%s' two-site study in %s", args.size, bids_dir)
         simulate_study(bids_dir, size=args.size, seed=args.seed, force=True)
     common = ["--work-dir", str(work), "--nprocs", str(args.nprocs), "--seed", str(args.seed)]
     steps = [
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         (f"Train HARP on the phantoms, {SOURCE_SITE} → {TARGET_SITE}",
          ["train", "--target-site", TARGET_SITE, *TRAIN_OPTIONS.get(args.size, [])]),
         ("Participant level again: harmonize the source-site sessions", ["participant"]),
+        ("Group level: scan-rescan vs inter-scanner variability, LinearRISH, report",
+         ["group", "--target-site", TARGET_SITE]),
     ]  # fmt: skip
     for number, (title, level) in enumerate(steps, start=2):
         LOGGER.info("[%d/%d] %s", number, len(steps) + 1, title)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Derivatives:       {derivatives}")
     print("Outputs:\n" + summarize_outputs(derivatives))
     print(f"HARP model:        {derivatives / 'models'}")
-    print("The 'group' level (evaluation report) arrives in a later version.")
+    print(f"Group report:      {derivatives / 'group' / 'report.html'}")
     return 0
 
 

@@ -280,8 +280,16 @@ def run_group(config: Config) -> int:
                     summary["maps"], group_dir / f"{key}_stderr.png"
                 )
                 for tissue, roi_values in _by_tissue(summary["roi_errors"]).items():
+                    stars = {
+                        (metric, a, b): test.pvalue
+                        for (metric, t, (a, b)), test in summary["ttests"].items()
+                        if t == tissue
+                    }
                     figures[f"{key}: {tissue} ROIs"] = report.roi_boxplot_figure(
-                        roi_values, group_dir / f"{key}_roi-{tissue}.png", tissue=tissue
+                        roi_values,
+                        group_dir / f"{key}_roi-{tissue}.png",
+                        tissue=tissue,
+                        significance=stars,
                     )
     if not done:
         raise NoDataError(

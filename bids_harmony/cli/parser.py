@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("Group level")
     group.add_argument(
-        "--template", type=Path, metavar="FILE",
-        help="FA template (NIfTI) for the common space; default: a study template built "
-        "from the target-site sessions",
+        "--template", metavar="FILE|NAME",
+        help="template for the common space: a NIfTI file, or a TemplateFlow name "
+        "(NAME or NAME:res-2) found in $TEMPLATEFLOW_HOME; default: a study FA template "
+        "built from the target-site sessions",
     )  # fmt: skip
     group.add_argument(
         "--group-transform", choices=("SyN", "Affine"), default="SyN",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bids_harmony.config import Config
-from bids_harmony.errors import BidsHarmonyError, NoDataError
+from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
 
 LOGGER = logging.getLogger(__name__)
 METRICS = ("fa", "md", "gfa")
@@ -54,6 +54,46 @@ def group_sites(config: Config, study: Any) -> tuple[str, list[str]]:
     return choose_sites(dataclasses.replace(config, target_site=target), study.sites)
 
 
+def resolve_template(value: str | Path) -> Path:
+    """A template file, or a TemplateFlow name (``NAME`` or ``NAME:res-2``) found locally.
+
+    TemplateFlow is looked up in ``$TEMPLATEFLOW_HOME`` only (no download at run
+    time): an FA image (``desc-FA``) if the template has one, else its T1w (the
+    registration's Mattes metric copes with the contrast difference).
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    import os
+
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    name, _, res = str(value).partition(":res-")
+    try:
+        from templateflow import api
+    except Exception as err:  # pragma: no cover - templateflow is a dependency
+        raise InputDatasetError(
+            f"--template {value}: not a file, and TemplateFlow: {err}"
+        ) from err
+    home = os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")
+    if name not in api.templates():
+        raise InputDatasetError(
+            f"--template {value}: not a file, and no TemplateFlow template {name!r} in "
+            f"{home} (available: {', '.join(api.templates()) or 'none'}). Pre-fetch it "
+            "(the container does at build time) or give a NIfTI file."
+        )
+    query = {"resolution": int(res)} if res else {}
+    for extra in ({"desc": "FA"}, {"desc": None, "suffix": "T1w"}):
+        found = api.get(name, extension=".nii.gz", **{"suffix": "T1w", **extra, **query})
+        found = [found] if isinstance(found, (str, Path)) else sorted(found)
+        found = [Path(f) for f in found if Path(f).is_file()]
+        if found:
+            return found[0]
+    raise InputDatasetError(
+        f"--template {value}: TemplateFlow template {name!r} has no local FA or T1w image "
+        f"{'at resolution ' + res if res else ''} in {home}."
+    )
+
+
 def _load(path: Path) -> np.ndarray:
     import nibabel as nb
 
@@ -72,7 +112,7 @@ def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str
     )
 
     if config.template is not None:
-        template = Path(config.template)
+        template = resolve_template(config.template)
     else:
         fa = [shells[r.prefix][ref].raw["fa"] for r in runs if r.site == config.target_site]
         template = build_fa_template(fa, work / "template_FA.nii.gz", work, seed=config.seed)

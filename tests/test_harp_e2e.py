@@ -233,3 +233,20 @@ def test_group_level_explains_what_is_missing(demo, tmp_path, caplog):
     one_site_session = [*args[:3], "--session-label", "GE1", "Prisma1", "Prisma2", *args[3:]]
     assert main(one_site_session) == 2
     assert "1 session(s) at SIGNAPremier" in caplog.text and "2 at each" in caplog.text
+
+
+def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypatch):
+    from bids_harmony.group import common_space
+
+    bids, out, root, _ = demo
+    real = common_space.register_to_template
+
+    def failing(fa_file, *args, **kwargs):
+        if "sub-03_ses-GE2" in Path(fa_file).name:
+            raise common_space.RegistrationFailedError(f"{fa_file}: FA correlation 0.8 -> 0.1")
+        return real(fa_file, *args, **kwargs)
+
+    monkeypatch.setattr(common_space, "register_to_template", failing)
+    assert main([str(bids), str(out), "group", "-w", str(root / "work")]) == 0
+    report = (out / "group" / "report.html").read_text()
+    assert "sub-03 ses-GE2" in report and "0.8 -&gt; 0.1" in report

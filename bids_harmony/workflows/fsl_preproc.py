@@ -1,0 +1,491 @@
+"""FSL preprocessing backend: TOPUP/eddy on one dMRI run, FLIRT for phantom pairs.
+
+Builders only wire Nipype's :mod:`nipype.interfaces.fsl` interfaces (fMRIPrep
+``workflows/`` style); nothing is computed when a graph is built.  The helpers
+here find the FSL binaries and write the small text files FSL reads
+(``--acqp``), from BIDS metadata.
+
+Not wired into the command line yet: the participant level still uses
+:func:`bids_harmony.workflows.run.resolve_backend`, which refuses ``--preproc fsl``.
+
+Getting FSL
+-----------
+A container image that ships FSL, or FSL's conda channel::
+
+    conda install -c https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/ \\
+        -c conda-forge fsl-topup fsl-eddy fsl-bet2 fsl-flirt
+
+with ``FSLDIR`` set to the environment prefix and ``FSLOUTPUTTYPE=NIFTI_GZ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nipype.interfaces import fsl
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_harmony.dmri.gradients import B0_THRESHOLD
+
+LOGGER = logging.getLogger(__name__)
+
+#: eddy binaries for the CPU, in order of preference (FSL ≥ 6.0.6, older OpenMP, generic).
+EDDY_CPU = ("eddy_cpu", "eddy_openmp", "eddy")
+#: Named CUDA builds of eddy looked for besides any ``eddy_cuda*`` found on ``PATH``.
+EDDY_CUDA = ("eddy_cuda", "eddy_cuda11.0", "eddy_cuda10.2", "eddy_cuda9.1", "eddy_cuda8.0")
+#: The command a graph gets when no eddy binary is found (FSL's launcher name).
+EDDY_DEFAULT = "eddy"
+
+#: BIDS ``PhaseEncodingDirection`` → FSL acqparams direction vector (voxel axes).
+PE_VECTORS: dict[str, tuple[int, int, int]] = {
+    "i": (1, 0, 0),
+    "i-": (-1, 0, 0),
+    "j": (0, 1, 0),
+    "j-": (0, -1, 0),
+    "k": (0, 0, 1),
+    "k-": (0, 0, -1),
+}
+
+FSL_HELP = (
+    "Get FSL from a container image that ships it, or from FSL's conda channel: "
+    "conda install -c https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/ "
+    "-c conda-forge fsl-topup fsl-eddy fsl-bet2 fsl-flirt, then set FSLDIR to the "
+    "environment prefix (and FSLOUTPUTTYPE=NIFTI_GZ). Otherwise use --preproc python."
+)
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def _runs(path: str, *args: str, timeout: float = 20.0) -> bool:
+    """Whether an executable starts: any exit status but 126/127 (not runnable) or a signal.
+
+    FSL tools print their usage and exit non-zero without arguments, which is fine.
+    """
+    try:
+        result = subprocess.run([path, *args], capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode >= 0 and result.returncode not in (126, 127)
+
+
+def _first_on_path(names: Sequence[str]) -> str | None:
+    """Full path of the first of ``names`` that :func:`shutil.which` finds."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def fsl_available() -> tuple[bool, str]:
+    """Whether the FSL backend can run here, and why not (or what was found).
+
+    Needs ``FSLDIR`` and working ``bet``, ``flirt`` and an eddy binary (one of
+    :data:`EDDY_CPU`).  Each binary is found with :func:`shutil.which` and started
+    once (``flirt -version``, the others without arguments) to catch broken
+    installs (missing libraries: exit status 127).
+
+    Returns
+    -------
+    ok : bool
+    message : str
+        What is missing and how to get FSL; when ``ok``, the tools found (and a
+        note when ``topup`` is missing: runs with reverse phase-encoding b0s need it).
+    """
+    missing: list[str] = []
+    fsldir = os.environ.get("FSLDIR", "")
+    if not fsldir:
+        missing.append("the FSLDIR environment variable is not set")
+    found: dict[str, str] = {}
+    checks = (("bet", ("bet",), ()), ("eddy", EDDY_CPU, ()), ("flirt", ("flirt",), ("-version",)))
+    for tool, names, args in checks:
+        path = _first_on_path(names)
+        if path is None:
+            missing.append(f"{' / '.join(names)} not found on PATH")
+        elif not _runs(path, *args):
+            missing.append(f"{path} does not run")
+        else:
+            found[tool] = path
+    if missing:
+        return False, "FSL is not usable: " + "; ".join(missing) + ". " + FSL_HELP
+    version_file = Path(fsldir, "etc", "fslversion")
+    version = version_file.read_text().strip().split(":")[0] if version_file.is_file() else "?"
+    message = f"FSL {version} in {fsldir}: " + ", ".join(found.values())
+    if shutil.which("topup") is None:
+        message += "; topup not found (needed for reverse phase-encoding b0s: fsl-topup)"
+    return True, message
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether ``nvidia-smi -L`` runs and lists at least one GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        result = subprocess.run(
+            [smi, "-L"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and "GPU" in result.stdout
+
+
+def _cuda_version(name: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in re.findall(r"\d+", name[len("eddy_cuda") :]))
+
+
+def _cuda_candidates() -> list[str]:
+    """Names of CUDA eddy builds: :data:`EDDY_CUDA`, then others found on ``PATH``.
+
+    Plain ``eddy_cuda`` first (FSL links it to the build matching the system),
+    then versioned builds, newest first.
+    """
+    names = set(EDDY_CUDA)
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    if os.environ.get("FSLDIR"):
+        folders.append(str(Path(os.environ["FSLDIR"], "bin")))
+    for folder in folders:
+        try:
+            names.update(p.name for p in Path(folder).glob("eddy_cuda*"))
+        except OSError:
+            continue
+    return sorted(names, key=lambda n: (n != "eddy_cuda", [-v for v in _cuda_version(n)], n))
+
+
+def eddy_command(gpu: bool | None = None) -> str:
+    """The eddy binary to run.
+
+    Parameters
+    ----------
+    gpu : bool, optional
+        ``True``: prefer a CUDA build; ``False``: CPU only; ``None``: a CUDA build
+        when one exists and ``nvidia-smi`` reports a GPU.
+
+    Returns
+    -------
+    str
+        A CUDA build (``eddy_cuda*``) when wanted and found, else the first of
+        :data:`EDDY_CPU` found on ``PATH``, else :data:`EDDY_DEFAULT` (so that a
+        graph can be built without FSL).
+    """
+    if gpu or gpu is None:
+        cuda = next((name for name in _cuda_candidates() if shutil.which(name)), None)
+        if cuda is not None and (gpu or nvidia_gpu_present()):
+            return cuda
+        if gpu:
+            LOGGER.warning("No eddy_cuda* binary found; eddy runs on the CPU.")
+    return next((name for name in EDDY_CPU if shutil.which(name)), EDDY_DEFAULT)
+
+
+def is_cuda_command(command: str) -> bool:
+    """Whether an eddy command names a CUDA build."""
+    return Path(command).name.startswith("eddy_cuda")
+
+
+# --------------------------------------------------------------------------- acqparams
+
+
+def acquisition_parameters(pe_dirs: Sequence[str], readout_times: Sequence[float]) -> np.ndarray:
+    """FSL acqparams rows: phase-encoding vector and total readout time per row.
+
+    Parameters
+    ----------
+    pe_dirs : sequence of str
+        BIDS ``PhaseEncodingDirection`` values (``i``, ``i-``, ``j``, ``j-``,
+        ``k``, ``k-``), one per row.
+    readout_times : sequence of float
+        ``TotalReadoutTime`` in seconds, one per row (see :func:`total_readout_time`).
+
+    Returns
+    -------
+    ndarray, shape (n, 4)
+        E.g. ``j-`` with 0.05 s → ``[0, -1, 0, 0.05]``.  The vector is in the
+        voxel axes of the images as stored; topup and eddy must get the same file.
+
+    Raises
+    ------
+    ValueError
+        Unknown direction, readout time not positive, or lengths that differ.
+    """
+    pe_dirs, readout_times = list(pe_dirs), list(readout_times)
+    if len(pe_dirs) != len(readout_times):
+        raise ValueError(
+            f"acqparams: {len(pe_dirs)} phase-encoding directions but "
+            f"{len(readout_times)} readout times; give one of each per row."
+        )
+    if not pe_dirs:
+        raise ValueError("acqparams: no rows (give at least one phase-encoding direction).")
+    rows = []
+    for pe_dir, trt in zip(pe_dirs, readout_times, strict=True):
+        if pe_dir not in PE_VECTORS:
+            raise ValueError(
+                f"acqparams: unknown PhaseEncodingDirection {pe_dir!r}; "
+                f"BIDS allows {', '.join(PE_VECTORS)}."
+            )
+        trt = float(trt)
+        if not np.isfinite(trt) or trt <= 0:
+            raise ValueError(
+                f"acqparams: total readout time must be a positive number of seconds, got {trt!r}."
+            )
+        rows.append([*PE_VECTORS[pe_dir], trt])
+    return np.array(rows, dtype=float)
+
+
+def write_acqparams(path: str | os.PathLike[str], rows: Any) -> str:
+    """Write acqparams rows (see :func:`acquisition_parameters`); returns the absolute path."""
+    rows = np.atleast_2d(np.asarray(rows, dtype=float))
+    if rows.ndim != 2 or rows.shape[1] != 4 or rows.shape[0] == 0:
+        raise ValueError(f"acqparams rows must have shape (n, 4), got {rows.shape}.")
+    lines = [" ".join(f"{int(v):d}" for v in row[:3]) + f" {row[3]:.8g}" for row in rows]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path.resolve())
+
+
+def total_readout_time(metadata: Mapping[str, Any], n_pe: int | None = None) -> float:
+    """Total readout time (s) of a run, by the BIDS specification's rule.
+
+    ``TotalReadoutTime`` when given; else ``EffectiveEchoSpacing × (N − 1)`` with
+    ``N`` = ``ReconMatrixPE``, or ``n_pe`` (the image size along the
+    phase-encoding axis) when the sidecar lacks it.
+
+    Raises
+    ------
+    ValueError
+        Neither form is available (the message names the missing fields), or a
+        value is not positive.
+    """
+    if metadata.get("TotalReadoutTime") is not None:
+        return _positive(metadata["TotalReadoutTime"], "TotalReadoutTime")
+    echo_spacing = metadata.get("EffectiveEchoSpacing")
+    n_lines = metadata.get("ReconMatrixPE")
+    n_lines = n_pe if n_lines is None else n_lines
+    if echo_spacing is None or n_lines is None:
+        missing = ["TotalReadoutTime"]
+        if echo_spacing is None:
+            missing.append("EffectiveEchoSpacing")
+        if n_lines is None:
+            missing.append("ReconMatrixPE")
+        raise ValueError(
+            "cannot compute the total readout time: the sidecar lacks "
+            + ", ".join(missing)
+            + ". BIDS needs TotalReadoutTime, or EffectiveEchoSpacing with ReconMatrixPE "
+            "(or the image size along PhaseEncodingDirection): "
+            "TotalReadoutTime = EffectiveEchoSpacing × (ReconMatrixPE − 1)."
+        )
+    spacing = _positive(echo_spacing, "EffectiveEchoSpacing")
+    if int(n_lines) < 2:
+        raise ValueError(f"ReconMatrixPE must be at least 2 to give a readout time, got {n_lines}.")
+    return spacing * (int(n_lines) - 1)
+
+
+def _positive(value: Any, field: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{field} must be a positive number of seconds, got {value!r}.")
+    return number
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def mean_b0_file(in_file: str, in_bval: str, b0_threshold: float = 50.0) -> str:
+    """Mean of the b0 volumes (b < ``b0_threshold``), written as ``mean_b0.nii.gz``.
+
+    Run by a Nipype ``Function`` node in its own folder, hence the local imports.
+    """
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    bvals = np.loadtxt(in_bval, ndmin=1).ravel()
+    img = nb.load(in_file)
+    is_b0 = np.flatnonzero(bvals < b0_threshold)
+    if img.ndim != 4 or img.shape[3] != bvals.size:
+        raise ValueError(f"{in_file}: a 4-D image with {bvals.size} volumes is expected.")
+    if is_b0.size == 0:
+        raise ValueError(f"{in_bval}: no b0 volume (b < {b0_threshold:g}).")
+    total = np.zeros(img.shape[:3], dtype=np.float64)
+    for volume in is_b0:  # one volume at a time: the series may be large
+        total += np.asarray(img.dataobj[..., int(volume)], dtype=np.float64)
+    data = (total / is_b0.size).astype(np.float32)
+    out = nb.Nifti1Image(data, img.affine, img.header)
+    out.header.set_data_dtype(np.float32)
+    out.header.set_slope_inter(1.0, 0.0)
+    path = os.path.abspath("mean_b0.nii.gz")
+    nb.save(out, path)
+    return path
+
+
+def init_fsl_preproc_wf(
+    *,
+    name: str = "fsl_preproc_wf",
+    has_reverse_pe: bool,
+    omp_nthreads: int = 1,
+    use_gpu: bool | None = None,
+    b0_threshold: float = B0_THRESHOLD,
+) -> pe.Workflow:
+    """FSL preprocessing of one dMRI run: (topup →) brain mask → eddy.
+
+    With reverse phase-encoding b0s, ``topup`` (``b02b0.cnf``) estimates the
+    field from ``b0_pair``; its field coefficients and movement parameters go to
+    ``eddy`` (``--topup``), which corrects distortions, eddy currents and motion
+    in one resampling (no ``applytopup``).  The mask is ``bet -f 0.2 -m`` on the
+    mean of topup's corrected b0s.  Without them, the mask is ``bet`` on the mean
+    of the run's b0 volumes (a small ``Function`` node, b < ``b0_threshold``) and
+    eddy corrects eddy currents and motion only.
+
+    Parameters
+    ----------
+    name : str
+        Workflow name.
+    has_reverse_pe : bool
+        Whether ``b0_pair`` is given (adds the topup branch).
+    omp_nthreads : int
+        eddy's OpenMP threads (and the node's ``n_procs``).
+    use_gpu : bool, optional
+        Passed to :func:`eddy_command`; a CUDA build sets ``use_cuda``.
+    b0_threshold : float
+        b-value below which a volume is a b0 (mask without topup).
+
+    Inputs
+    ------
+    dwi, bval, bvec
+        The raw run (FSL-style gradient files).
+    acqparams
+        acqparams file (:func:`write_acqparams`).  With topup, one row per volume
+        of ``b0_pair`` in order, the same file going to eddy's ``--acqp``.
+    index
+        eddy ``--index`` file: for each DWI volume, its 1-based row in ``acqparams``.
+    b0_pair
+        4-D stack of b0s with opposite phase encoding (e.g. AP then PA), for topup.
+
+    Outputs
+    -------
+    dwi_preproc
+        eddy's corrected series.
+    bvec_rotated
+        eddy's rotated b-vectors.
+    bval
+        The b-values (unchanged).
+    mask
+        Brain mask from ``bet``.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["dwi", "bval", "bvec", "acqparams", "index", "b0_pair"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["dwi_preproc", "bvec_rotated", "bval", "mask"]),
+        name="outputnode",
+    )
+
+    command = eddy_command(use_gpu)
+    cuda = is_cuda_command(command)
+    eddy = pe.Node(
+        fsl.Eddy(num_threads=omp_nthreads, use_cuda=cuda, output_type="NIFTI_GZ"),
+        name="eddy",
+        n_procs=1 if cuda else omp_nthreads,
+    )
+    # Eddy toggles only eddy_cuda/eddy_openmp with use_cuda; run the binary found.
+    # (Set after use_cuda: changing use_cuda later resets the command.)
+    eddy.interface._cmd = command
+    bet = pe.Node(fsl.BET(frac=0.2, mask=True, output_type="NIFTI_GZ"), name="bet")
+
+    workflow.connect([
+        (inputnode, eddy, [("dwi", "in_file"), ("bval", "in_bval"), ("bvec", "in_bvec"),
+                           ("acqparams", "in_acqp"), ("index", "in_index")]),
+        (bet, eddy, [("mask_file", "in_mask")]),
+        (eddy, outputnode, [("out_corrected", "dwi_preproc"),
+                            ("out_rotated_bvecs", "bvec_rotated")]),
+        (inputnode, outputnode, [("bval", "bval")]),
+        (bet, outputnode, [("mask_file", "mask")]),
+    ])  # fmt: skip
+
+    if has_reverse_pe:
+        topup = pe.Node(fsl.TOPUP(config="b02b0.cnf", output_type="NIFTI_GZ"), name="topup")
+        mean_b0 = pe.Node(fsl.MeanImage(dimension="T", output_type="NIFTI_GZ"), name="mean_b0")
+        workflow.connect([
+            (inputnode, topup, [("b0_pair", "in_file"), ("acqparams", "encoding_file")]),
+            (topup, mean_b0, [("out_corrected", "in_file")]),
+            (mean_b0, bet, [("out_file", "in_file")]),
+            (topup, eddy, [("out_fieldcoef", "in_topup_fieldcoef"),
+                           ("out_movpar", "in_topup_movpar")]),
+        ])  # fmt: skip
+    else:
+        mean_b0 = pe.Node(
+            niu.Function(
+                function=mean_b0_file,
+                input_names=["in_file", "in_bval", "b0_threshold"],
+                output_names=["out_file"],
+            ),
+            name="mean_b0",
+        )
+        mean_b0.inputs.b0_threshold = b0_threshold
+        workflow.connect([
+            (inputnode, mean_b0, [("dwi", "in_file"), ("bval", "in_bval")]),
+            (mean_b0, bet, [("out_file", "in_file")]),
+        ])  # fmt: skip
+    return workflow
+
+
+def init_phantom_flirt_wf(*, name: str = "phantom_flirt_wf") -> pe.Workflow:
+    """Rigid FLIRT of a target phantom's mean b0 onto the source's, applied to SH maps.
+
+    6 degrees of freedom, correlation ratio.  The matrix then resamples the
+    target's 4-D SH map into the source grid (trilinear, every coefficient
+    alike, **not rotated**; see :mod:`bids_harmony.harp.registration`).
+
+    Inputs
+    ------
+    source_b0
+        Mean b0 of the source scan (the reference grid).
+    target_b0
+        Mean b0 of the target scan (moving).
+    sh_map
+        4-D SH coefficients of the target scan, in the target grid.
+
+    Outputs
+    -------
+    out_matrix_file
+        FLIRT matrix, target → source.
+    out_b0
+        Target mean b0 in the source grid.
+    out_sh
+        Target SH map in the source grid.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_b0", "target_b0", "sh_map"]), name="inputnode"
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["out_matrix_file", "out_b0", "out_sh"]), name="outputnode"
+    )
+    flirt = pe.Node(fsl.FLIRT(dof=6, cost="corratio", output_type="NIFTI_GZ"), name="flirt")
+    apply_sh = pe.Node(
+        fsl.ApplyXFM(apply_xfm=True, interp="trilinear", output_type="NIFTI_GZ"),
+        name="apply_sh",
+    )
+    workflow.connect([
+        (inputnode, flirt, [("target_b0", "in_file"), ("source_b0", "reference")]),
+        (inputnode, apply_sh, [("sh_map", "in_file"), ("source_b0", "reference")]),
+        (flirt, apply_sh, [("out_matrix_file", "in_matrix_file")]),
+        (flirt, outputnode, [("out_matrix_file", "out_matrix_file"), ("out_file", "out_b0")]),
+        (apply_sh, outputnode, [("out_file", "out_sh")]),
+    ])  # fmt: skip
+    return workflow

@@ -128,7 +128,7 @@ def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str
             )
         except RegistrationFailedError as err:
             LOGGER.warning("Excluded: %s", err)
-            excluded.append(f"sub-{run.subject} ses-{run.session}: {err}")
+            excluded.append((f"sub-{run.subject} ses-{run.session}", str(err)))
     return template, transforms
 
 
@@ -197,7 +197,7 @@ def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] |
                 masks[r.prefix], transforms[r.prefix], template, interpolator="nearestNeighbor"
             )
             > 0.5
-            for r in runs
+            for r in [*src_runs, *tgt_runs]
         ]
     ).all(0)
     results = {"labels": labels, "subjects": subjects, "template": template, "shells": {}}
@@ -281,13 +281,13 @@ def run_group(config: Config) -> int:
     config = __import__("dataclasses").replace(config, target_site=target)
     group_dir = config.output_dir / "group"
     work = config.work_dir / f"bids_harmony_{__version__}" / "group"
-    excluded: list[str] = []
+    excluded: list[tuple[str, str]] = []
     notes = list(NOTES)
     figures, table_frames, fibre_rows = {}, {}, {}
     done = 0
     for source in sources:
         for sel in select_traveling(study, source, target):
-            excluded.extend(sel.skipped)
+            excluded.extend(tuple(item.split(": ", 1)) for item in sel.skipped)
             if len(sel.subjects) < 2:
                 notes.append(
                     f"{source} -> {target}"
@@ -335,7 +335,7 @@ def run_group(config: Config) -> int:
         raise NoDataError(
             "no traveling subject has two sessions at the source and at the target site; "
             "the group level needs at least one (two or more for meaningful numbers). "
-            + " ".join(excluded)
+            + " ".join(f"{who}: {why}." for who, why in excluded)
         )
     if fibre_rows:
         frame = tables.table4(fibre_rows)

@@ -1,0 +1,130 @@
+# syntax=docker/dockerfile:1
+#
+# bids_harmony BIDS App image; build and run instructions: containers/README.md
+#
+#   docker build -t bids_harmony:0.1.0 .
+#   docker build --build-arg WITH_FSL=0 -t bids_harmony:0.1.0-nofsl .      # skip the FSL stage
+#   docker build --build-arg TORCH_VARIANT=cu128 -t bids_harmony:0.1.0-cuda .
+#
+# Stages are chosen with build args (FROM runtime-fsl-${WITH_FSL}); BuildKit (default since
+# Docker 23) and buildah build only the stages the final image needs, so WITH_FSL=0 never
+# contacts FSL's conda channel.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG MAMBA_IMAGE=mambaorg/micromamba:1.5.10
+ARG WITH_FSL=1
+
+# ---------------------------------------------------------------- FSL (conda) ----
+FROM ${MAMBA_IMAGE} AS fsl
+ARG FSL_CHANNEL=https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/
+# CPU eddy; GPU builds can use fsl-eddy-cuda-X.Y (one package per CUDA version).
+ARG FSL_EDDY=fsl-eddy
+USER root
+# With FSLDIR and FSL_CREATE_WRAPPER_SCRIPTS set, the packages' post-link scripts write
+# wrappers for the FSL commands only into $FSLDIR/share/fsl/bin (no conda python on PATH).
+ENV FSLDIR=/opt/fsl FSL_CREATE_WRAPPER_SCRIPTS=1
+RUN micromamba create --yes --prefix /opt/fsl --override-channels \
+        --channel "${FSL_CHANNEL}" --channel conda-forge \
+        fsl-topup "${FSL_EDDY}" fsl-bet2 fsl-flirt fsl-avwutils fsl-miscmaths \
+    && micromamba clean --all --yes \
+    && rm -rf /opt/fsl/include /opt/fsl/share/doc /opt/fsl/share/man \
+    && find /opt/fsl -name '*.a' -delete
+
+# --------------------------------------------------------------- Python venv ----
+FROM ${BASE_IMAGE} AS venv
+ARG TORCH_VERSION=2.13.0
+# cpu, or a CUDA variant of download.pytorch.org that has TORCH_VERSION (e.g. cu128).
+ARG TORCH_VARIANT=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+# Dependencies first, against a stub package: this layer is rebuilt only when
+# pyproject.toml changes, not on every code change. The torch above satisfies them.
+COPY pyproject.toml /src/
+RUN mkdir /src/bids_harmony \
+    && echo '__version__ = "0"' > /src/bids_harmony/__init__.py \
+    && touch /src/README.md \
+    && pip install /src \
+    && rm -rf /src/bids_harmony /src/README.md /src/build /src/*.egg-info
+COPY README.md /src/
+COPY bids_harmony /src/bids_harmony
+RUN pip install --no-deps --force-reinstall /src && rm -rf /src
+
+# -------------------------------------------------------------- TemplateFlow ----
+# Templates for `group --template MNI152NLin2009cAsym[:res-2]`: nothing is downloaded at
+# run time. Both T1w resolutions, so that the bare name also resolves offline.
+FROM ${BASE_IMAGE} AS templateflow
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    TEMPLATEFLOW_HOME=/opt/templateflow TEMPLATEFLOW_AUTOUPDATE=0
+RUN pip install "templateflow>=24.0,<26" \
+    && python -c "from templateflow import api; \
+files = [api.get('MNI152NLin2009cAsym', resolution=res, suffix=suffix, desc=desc, \
+                 extension='.nii.gz') \
+         for res in (1, 2) for suffix, desc in (('T1w', None), ('mask', 'brain'))]; \
+print(*files, sep='\n'); \
+assert all(hasattr(f, 'stat') and f.stat().st_size > 0 for f in files), files" \
+    && chmod -R a+rX /opt/templateflow
+
+# ------------------------------------------------------------------- runtime ----
+FROM ${BASE_IMAGE} AS runtime
+ARG BIDSAPP_UID=1000
+# libgomp1: OpenMP runtime for compiled extensions that do not bundle their own.
+# HOME and /work are world-writable so that `-u $(id -u):$(id -g)` works as well.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid "${BIDSAPP_UID}" --user-group --create-home --shell /bin/bash bidsapp \
+    && chmod 1777 /home/bidsapp \
+    && mkdir -p /bids /out /work \
+    && chmod 1777 /work
+# Every cache lives under /tmp: the image works read-only and under any UID.
+ENV HOME=/home/bidsapp \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONNOUSERSITE=1 \
+    MPLBACKEND=Agg \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/.cache \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    NIPYPE_NO_ET=1 \
+    TEMPLATEFLOW_HOME=/opt/templateflow \
+    TEMPLATEFLOW_AUTOUPDATE=0
+
+FROM runtime AS runtime-fsl-0
+
+FROM runtime AS runtime-fsl-1
+COPY --from=fsl /opt/fsl /opt/fsl
+# FSL's own bin/ goes last: its conda libraries and tools never shadow the system's.
+ENV FSLDIR=/opt/fsl \
+    FSLOUTPUTTYPE=NIFTI_GZ \
+    FSLMULTIFILEQUIT=TRUE \
+    PATH=/opt/fsl/share/fsl/bin:$PATH:/opt/fsl/bin
+
+# --------------------------------------------------------------------- final ----
+FROM runtime-fsl-${WITH_FSL} AS final
+ARG BIDSAPP_UID=1000
+COPY --from=templateflow /opt/templateflow /opt/templateflow
+COPY --from=venv /opt/venv /opt/venv
+# Fail the build, not the first run, on a missing library or FSL tool.
+RUN bids-harmony --version \
+    && python -c "import ants, bids, dipy, nipype, templateflow.api, torch, bids_harmony.cli.run" \
+    && if [ -n "${FSLDIR:-}" ]; then for tool in bet flirt topup; do \
+           command -v "$tool" > /dev/null || { echo "FSL: $tool not found" >&2; exit 1; }; \
+       done; fi \
+    && find /tmp -mindepth 1 -delete
+
+ARG VERSION=unknown
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="bids_harmony" \
+      org.opencontainers.image.description="BIDS App for phantom-trained (HARP) harmonization of multi-site diffusion MRI" \
+      org.opencontainers.image.source="https://github.com/bids-harmony/bids_harmony" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+WORKDIR /tmp
+USER ${BIDSAPP_UID}:${BIDSAPP_UID}
+ENTRYPOINT ["bids-harmony"]
+CMD ["--help"]

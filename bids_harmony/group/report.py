@@ -143,8 +143,9 @@ def standard_error_figure(
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(col_titles[key], fontsize=9)
-            if j == 0:
-                ax.set_ylabel(metric)
+            if j == 0:  # inside the panel: a y-label is clipped next to equal-aspect images
+                ax.text(0.03, 0.97, metric, transform=ax.transAxes, color="white",
+                        fontsize=10, fontweight="bold", va="top", ha="left")  # fmt: skip
             if key not in r:
                 ax.set_axis_off()
                 continue

@@ -10,6 +10,7 @@ one that looks finished.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -54,6 +55,15 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
         while chunk := fin.read(1 << 22):
             fout.write(chunk)
     return Path(dst)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_nifti(img: Any, path: str | os.PathLike[str]) -> Path:

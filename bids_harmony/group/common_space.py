@@ -39,7 +39,6 @@ the record last, so an interrupted run is recomputed, never half-reused.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -50,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from bids_harmony.bids.io import save_nifti, write_json
+from bids_harmony.bids.io import save_nifti, sha256_file, write_json
 from bids_harmony.errors import BadImageError
 from bids_harmony.harp.registration import (
     CORRELATION_SLACK,
@@ -130,14 +129,6 @@ class SessionTransform:
 # --------------------------------------------------------------------------- helpers
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stem(path: Path) -> str:
     name = Path(path).name
     for ext in (".nii.gz", ".nii"):
@@ -154,7 +145,7 @@ def _file_entry(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise BadImageError(f"{path}: file not found.")
-    return {"path": str(path.resolve()), "sha256": _sha256(path)}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
 def _load(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +262,7 @@ def _outputs_intact(folder: Path, outputs: Any) -> bool:
         return False
     try:
         return all(
-            (folder / name).is_file() and _sha256(folder / name) == digest
+            (folder / name).is_file() and sha256_file(folder / name) == digest
             for name, digest in outputs.items()
         )
     except OSError:
@@ -396,7 +387,7 @@ def build_fa_template(
     img.set_qform(first_affine, code=1)
     img.set_sform(first_affine, code=1)
     save_nifti(img, out_file)
-    write_json(sidecar, {**key, "output_sha256": _sha256(out_file)})
+    write_json(sidecar, {**key, "output_sha256": sha256_file(out_file)})
     logger.info("Wrote FA template %s from %d maps.", out_file, len(files))
     return out_file
 
@@ -554,7 +545,7 @@ def register_to_template(
             "forward": [p.name for p in result.forward],
             "inverse": [p.name for p in result.inverse],
             "inverse_invert": list(result.inverse_invert),
-            "outputs": {p.name: _sha256(p) for p in {*result.forward, *result.inverse}},
+            "outputs": {p.name: sha256_file(p) for p in {*result.forward, *result.inverse}},
         })  # fmt: skip
     before, after = result.correlation_before, result.correlation_after
     logger.info("Registration %s -> template (%s): FA correlation %.4f -> %.4f.",

@@ -9,7 +9,6 @@ site are used; one run per session and raw ``acq`` entity.  Each run has one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,11 +122,3 @@ def select_traveling(study: Any, source: str, target: str) -> list[Selection]:
         }
     return list(scenarios.values())
 
-
-def common_shells(derivatives: Path, runs: Sequence[Any]) -> list[str]:
-    """Shell labels fitted in every run."""
-    labels = None
-    for run in runs:
-        found = {m.label for m in run_shells(derivatives, run)}
-        labels = found if labels is None else labels & found
-    return sorted(labels or (), key=lambda s: float(s[1:]))

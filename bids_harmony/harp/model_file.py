@@ -51,6 +51,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from bids_harmony.bids.io import sha256_file
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BidsHarmonyError
 from bids_harmony.harp.network import HarpNet
@@ -126,7 +127,7 @@ def save_model(path: str | os.PathLike[str], model: HarpNet, card: Mapping[str, 
     metadata = {"format": FORMAT, "architecture": json.dumps(model.config(), sort_keys=True)}
     with _atomic(weights_path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -297,14 +298,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _atomic:

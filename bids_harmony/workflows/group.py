@@ -11,6 +11,7 @@ figures and one self-contained ``OUT/group/report.html``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -49,8 +50,6 @@ def group_sites(config: Config, study: Any) -> tuple[str, list[str]]:
                 f"{config.output_dir / 'models'}); sites: {', '.join(study.sites)}."
             )
         target = targets.pop()
-    import dataclasses
-
     return choose_sites(dataclasses.replace(config, target_site=target), study.sites)
 
 
@@ -133,21 +132,21 @@ def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str
 
 
 def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] | None:
-    from bids_harmony.evaluation.fibers import principal_directions  # noqa: F401 (fail early)
     from bids_harmony.group import evaluate as ev
     from bids_harmony.group.common_space import to_template
-    from bids_harmony.group.inputs import common_shells, run_shells
+    from bids_harmony.group.inputs import run_shells
     from bids_harmony.group.rish import apply_to_run, fit_rish_scales
 
     derivatives = config.output_dir
     runs = [r for site in sel.sessions.values() for pair in site.values() for r in pair]
-    labels = common_shells(derivatives, runs)
+    shells = {r.prefix: {m.label: m for m in run_shells(derivatives, r)} for r in runs}
+    fitted = set.intersection(*(set(by_label) for by_label in shells.values()))
+    labels = sorted(fitted, key=lambda label: float(label[1:]))  # fitted in every run
     if not labels:
         raise NoDataError(
             "the traveling subjects' sessions have no complete participant outputs in "
             f"{derivatives}; run: bids-harmony {config.bids_dir} {derivatives} participant"
         )
-    shells = {r.prefix: {m.label: m for m in run_shells(derivatives, r)} for r in runs}
     ref = min(labels, key=lambda s: abs(float(s[1:]) - 1000.0))
     template, transforms = _register(config, runs, shells, ref, work, excluded)
     subjects = [
@@ -278,7 +277,7 @@ def run_group(config: Config) -> int:
     start = time.perf_counter()
     study = discover_study(config)
     target, sources = group_sites(config, study)
-    config = __import__("dataclasses").replace(config, target_site=target)
+    config = dataclasses.replace(config, target_site=target)
     group_dir = config.output_dir / "group"
     work = config.work_dir / f"bids_harmony_{__version__}" / "group"
     excluded: list[tuple[str, str]] = []

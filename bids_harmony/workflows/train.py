@@ -10,7 +10,6 @@ training voxels (:mod:`bids_harmony.harp.pair_io`), trains
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bids_harmony.bids.io import sha256_file
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, NoDataError
 
@@ -95,14 +95,6 @@ def _stack(arrays: list[Any], field: str, n: int) -> np.ndarray | None:
     return np.concatenate(parts, axis=0)[:, :n]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _scan_record(scan: Any) -> dict[str, Any] | None:
     if scan is None:
         return None
@@ -111,7 +103,7 @@ def _scan_record(scan: Any) -> dict[str, Any] | None:
         "session": scan.session,
         "site": scan.site,
         "sh_file": Path(scan.sh_file).name,
-        "sh_sha256": _sha256(Path(scan.sh_file)),
+        "sh_sha256": sha256_file(Path(scan.sh_file)),
     }
 
 

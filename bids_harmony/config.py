@@ -26,6 +26,7 @@ class Config:
     skip_bids_validation: bool = False
     nprocs: int = 1
     omp_nthreads: int | None = None
+    plugin_file: Path | None = None
     preproc: str = "auto"
     denoise: str = "none"
     remove_gibbs: bool = False

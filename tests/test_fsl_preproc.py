@@ -10,16 +10,18 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from bids_harmony.dmri.acqparams import (
+    acquisition_parameters,
+    total_readout_time,
+    write_acqparams,
+)
 from bids_harmony.workflows import fsl_preproc
 from bids_harmony.workflows.fsl_preproc import (
-    acquisition_parameters,
     eddy_command,
     fsl_available,
     init_fsl_preproc_wf,
     init_phantom_flirt_wf,
     mean_b0_file,
-    total_readout_time,
-    write_acqparams,
 )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from bids import BIDSLayout
 from bids.layout import BIDSFile
 
+from bids_harmony.bids.fieldmaps import ReversePE, find_reverse_pe
 from bids_harmony.bids.gradients_io import read_gradients
 from bids_harmony.bids.indexing import (
     DWI_QUERY,
@@ -99,6 +100,9 @@ class DwiRun:
         Unit vectors on DWI volumes, zeros on b0 volumes (read-only arrays).
     shells : tuple of float
         Nominal b-values of the diffusion-weighted shells, increasing.
+    reverse_pe : tuple of ReversePE
+        Images with the opposite phase encoding, for TOPUP
+        (:func:`bids_harmony.bids.fieldmaps.find_reverse_pe`).
     """
 
     subject: str
@@ -116,6 +120,7 @@ class DwiRun:
     bvals: np.ndarray
     bvecs: np.ndarray
     shells: tuple[float, ...]
+    reverse_pe: tuple[ReversePE, ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -313,6 +318,16 @@ def discover(
         read_run(layout, f, gradient_files, b_tolerance=b_tolerance, b0_threshold=b0_threshold)
         for f in files
     ]
+    for piece in pieces:
+        piece["reverse_pe"] = find_reverse_pe(
+            layout,
+            piece["dwi"],
+            piece["entities"],
+            piece["metadata"],
+            piece["shape"],
+            bval_of=lambda path, entities: gradient_files.nearest(path, entities, ".bval"),
+            b0_threshold=b0_threshold,
+        )
 
     by_session: dict[SessionKey, list[tuple[Path, Mapping[str, Any]]]] = defaultdict(list)
     for piece in pieces:

@@ -55,6 +55,7 @@ def participant_derivatives(
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
 
     raw = [bids_uri("raw", run[key]) for key in ("source", "bval", "bvec")]
+    raw += [bids_uri("raw", fieldmap) for fieldmap in run.get("fieldmaps", [])]
     preproc_name = bids_name({**entities, "space": "dwi", "desc": "preproc"}, "dwi", ".nii.gz")
     mask_name = bids_name({**entities, "space": "dwi", "desc": "brain"}, "mask", ".nii.gz")
     preproc_uri = bids_uri("", folder / preproc_name)  # "bids::" is this dataset

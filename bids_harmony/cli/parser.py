@@ -255,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel run (all of them for a single run)",
     )
     perf.add_argument(
+        "--use-plugin",
+        type=_existing_file,
+        metavar="FILE",
+        help="Nipype plugin settings (YAML: 'plugin: SLURM' and 'plugin_args: {...}', as in "
+        "fMRIPrep) for running nodes on a cluster; default: MultiProc with --nprocs",
+    )
+    perf.add_argument(
         "-w",
         "--work-dir",
         type=Path,

@@ -84,6 +84,7 @@ def config_from_args(args) -> object:
         skip_bids_validation=args.skip_bids_validation,
         nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads,
+        plugin_file=args.use_plugin,
         preproc=args.preproc,
         denoise=args.denoise,
         remove_gibbs=args.remove_gibbs,

@@ -146,6 +146,7 @@ def gather_pair_arrays(
     seed: int = 0,
     min_corr: float = MIN_CORRELATION,
     registrations: MutableMapping[RegistrationKey, RigidResult] | None = None,
+    registration_method: str = "ants",
 ) -> PairArrays:
     """Register, resample and select the training voxels of a phantom pair.
 
@@ -164,6 +165,8 @@ def gather_pair_arrays(
         Cache of registrations keyed by (fixed DWI, moving DWI, seed); pass the
         same dict for every pair of a training set so each scan pair is
         registered once (shells of a multi-shell run share their registration).
+    registration_method : {"ants", "flirt"}
+        See :func:`bids_harmony.harp.registration.register_rigid`.
 
     Returns
     -------
@@ -200,6 +203,7 @@ def gather_pair_arrays(
             cache[key] = register_rigid(
                 src_b0, src_affine, b0, affine, seed=seed, min_corr=min_corr,
                 fixed_name=str(src.preproc_dwi), moving_name=str(scan.preproc_dwi),
+                method=registration_method,
             )  # fmt: skip
         results[role] = cache[key]
         coeffs, mask, affine = _scan_maps(scan)

@@ -333,8 +333,9 @@ def register_rigid(
     slack: float = CORRELATION_SLACK,
     fixed_name: str = "fixed image",
     moving_name: str = "moving image",
+    method: str = "ants",
 ) -> RigidResult:
-    """Rigidly register a moving b0 to a fixed b0 (ANTs, Mattes mutual information).
+    """Rigidly register a moving b0 to a fixed b0 (ANTs Mattes MI, or FSL FLIRT).
 
     Parameters
     ----------
@@ -352,6 +353,10 @@ def register_rigid(
         Allowed drop of the correlation below its value before registration.
     fixed_name, moving_name : str
         How the images are named in messages (file names).
+    method : {"ants", "flirt"}
+        ``antsRegistration`` (identity, then centre-of-mass initialization), or
+        one ``flirt -dof 6 -cost corratio`` run (:mod:`bids_harmony.harp.flirt`;
+        FLIRT searches rotations itself).  The correlation check is the same.
 
     Returns
     -------
@@ -372,10 +377,18 @@ def register_rigid(
             raise RegistrationError(f"{name}: the b0 must be a finite, non-constant 3-D image.")
     levels = (4, 2, 1) if min(fixed_b0.shape) >= 16 else (2, 1)
     before = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine)
+    if method not in ("ants", "flirt"):
+        raise ValueError(f"method must be 'ants' or 'flirt', got {method!r}.")
     tries = []
-    for init in _INITIALIZATIONS:
-        transform = _ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init, levels,
-                                seed, f"{moving_name} to {fixed_name}")  # fmt: skip
+    what = f"{moving_name} to {fixed_name}"
+    for init in _INITIALIZATIONS if method == "ants" else ("flirt",):
+        if method == "flirt":
+            from bids_harmony.harp.flirt import flirt_rigid
+
+            transform = flirt_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, what)
+        else:
+            transform = _ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init,
+                                    levels, seed, what)  # fmt: skip
         after = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine, transform)
         tries.append((after, transform))
         if after >= min_corr and after >= before - slack:

@@ -25,15 +25,15 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from nipype.interfaces import fsl
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_harmony.dmri.acqparams import PE_VECTORS, total_readout_time
 from bids_harmony.dmri.gradients import B0_THRESHOLD
 
 LOGGER = logging.getLogger(__name__)
@@ -44,16 +44,6 @@ EDDY_CPU = ("eddy_cpu", "eddy_openmp", "eddy")
 EDDY_CUDA = ("eddy_cuda", "eddy_cuda11.0", "eddy_cuda10.2", "eddy_cuda9.1", "eddy_cuda8.0")
 #: The command a graph gets when no eddy binary is found (FSL's launcher name).
 EDDY_DEFAULT = "eddy"
-
-#: BIDS ``PhaseEncodingDirection`` → FSL acqparams direction vector (voxel axes).
-PE_VECTORS: dict[str, tuple[int, int, int]] = {
-    "i": (1, 0, 0),
-    "i-": (-1, 0, 0),
-    "j": (0, 1, 0),
-    "j-": (0, -1, 0),
-    "k": (0, 0, 1),
-    "k-": (0, 0, -1),
-}
 
 FSL_HELP = (
     "Get FSL from a container image that ships it, or from FSL's conda channel: "
@@ -192,111 +182,111 @@ def is_cuda_command(command: str) -> bool:
     return Path(command).name.startswith("eddy_cuda")
 
 
-# --------------------------------------------------------------------------- acqparams
+# --------------------------------------------------------------------------- settings
 
 
-def acquisition_parameters(pe_dirs: Sequence[str], readout_times: Sequence[float]) -> np.ndarray:
-    """FSL acqparams rows: phase-encoding vector and total readout time per row.
+def topup_config(shape: Sequence[int]) -> str:
+    """TOPUP configuration for a voxel grid.
+
+    ``b02b0.cnf`` subsamples by 2 at its first levels and fails on an odd image
+    size ("image dimensions must be a multiple of the subsampling"), which real
+    acquisitions often have (e.g. 75 slices); ``b02b0_1.cnf`` (FSL ≥ 6.0.4) is the
+    same schedule without subsampling.
+    """
+    return "b02b0.cnf" if all(int(n) % 2 == 0 for n in shape[:3]) else "b02b0_1.cnf"
+
+
+def eddy_slm(n_directions: int) -> str:
+    """eddy ``--slm``: ``linear`` for fewer than 60 directions, as FSL's eddy guide advises.
+
+    With few directions eddy cannot tell eddy-current fields from true signal on
+    every shell without a model across volumes.
+    """
+    return "linear" if n_directions < 60 else "none"
+
+
+#: Readout time given to FSL when no sidecar has one and no TOPUP field is estimated.
+NOMINAL_READOUT_TIME = 0.05
+
+
+def fsl_run_plan(run: Any, *, b_tolerance: float, b0_threshold: float) -> dict[str, Any]:
+    """What the FSL backend needs to know about one run, from its BIDS metadata.
 
     Parameters
     ----------
-    pe_dirs : sequence of str
-        BIDS ``PhaseEncodingDirection`` values (``i``, ``i-``, ``j``, ``j-``,
-        ``k``, ``k-``), one per row.
-    readout_times : sequence of float
-        ``TotalReadoutTime`` in seconds, one per row (see :func:`total_readout_time`).
+    run : bids_harmony.bids.discovery.DwiRun
+        With ``metadata``, ``shape``, ``bvals`` and ``reverse_pe``.
+    b_tolerance, b0_threshold : float
+        Shell grouping, for eddy's ``--slm`` (:func:`eddy_slm`).
 
     Returns
     -------
-    ndarray, shape (n, 4)
-        E.g. ``j-`` with 0.05 s → ``[0, -1, 0, 0.05]``.  The vector is in the
-        voxel axes of the images as stored; topup and eddy must get the same file.
+    dict
+        ``pe_dir`` and ``readout_time`` of the run; ``reverse``: one dict per
+        reverse phase-encoding image (``path``, ``pe_dir``, ``readout_time``,
+        ``volumes``, ``kind``); ``topup_config``; ``slm``.
 
     Raises
     ------
-    ValueError
-        Unknown direction, readout time not positive, or lengths that differ.
+    InputDatasetError
+        The sidecar lacks ``PhaseEncodingDirection`` (eddy needs it), or a readout
+        time cannot be read while a reverse phase-encoding image needs it.
+
+    Notes
+    -----
+    Without a reverse phase-encoding image no field is estimated and the readout
+    time does not change eddy's result: a missing one is then replaced by
+    :data:`NOMINAL_READOUT_TIME` with a warning.  With TOPUP, an image lacking it
+    takes the run's (same protocol), which must then be known.
     """
-    pe_dirs, readout_times = list(pe_dirs), list(readout_times)
-    if len(pe_dirs) != len(readout_times):
-        raise ValueError(
-            f"acqparams: {len(pe_dirs)} phase-encoding directions but "
-            f"{len(readout_times)} readout times; give one of each per row."
+    from bids_harmony.dmri.gradients import group_shells
+    from bids_harmony.errors import InputDatasetError
+
+    where = run.sidecar or run.dwi
+    pe_dir = run.metadata.get("PhaseEncodingDirection")
+    if pe_dir not in PE_VECTORS:
+        found = "is missing" if pe_dir is None else f"is {pe_dir!r}"
+        raise InputDatasetError(
+            f"{where}: PhaseEncodingDirection {found}; FSL eddy needs it (one of "
+            f"{', '.join(PE_VECTORS)}). Add it to the sidecar (dcm2niix writes it), or use "
+            "--preproc python."
         )
-    if not pe_dirs:
-        raise ValueError("acqparams: no rows (give at least one phase-encoding direction).")
-    rows = []
-    for pe_dir, trt in zip(pe_dirs, readout_times, strict=True):
-        if pe_dir not in PE_VECTORS:
-            raise ValueError(
-                f"acqparams: unknown PhaseEncodingDirection {pe_dir!r}; "
-                f"BIDS allows {', '.join(PE_VECTORS)}."
-            )
-        trt = float(trt)
-        if not np.isfinite(trt) or trt <= 0:
-            raise ValueError(
-                f"acqparams: total readout time must be a positive number of seconds, got {trt!r}."
-            )
-        rows.append([*PE_VECTORS[pe_dir], trt])
-    return np.array(rows, dtype=float)
-
-
-def write_acqparams(path: str | os.PathLike[str], rows: Any) -> str:
-    """Write acqparams rows (see :func:`acquisition_parameters`); returns the absolute path."""
-    rows = np.atleast_2d(np.asarray(rows, dtype=float))
-    if rows.ndim != 2 or rows.shape[1] != 4 or rows.shape[0] == 0:
-        raise ValueError(f"acqparams rows must have shape (n, 4), got {rows.shape}.")
-    lines = [" ".join(f"{int(v):d}" for v in row[:3]) + f" {row[3]:.8g}" for row in rows]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return str(path.resolve())
-
-
-def total_readout_time(metadata: Mapping[str, Any], n_pe: int | None = None) -> float:
-    """Total readout time (s) of a run, by the BIDS specification's rule.
-
-    ``TotalReadoutTime`` when given; else ``EffectiveEchoSpacing × (N − 1)`` with
-    ``N`` = ``ReconMatrixPE``, or ``n_pe`` (the image size along the
-    phase-encoding axis) when the sidecar lacks it.
-
-    Raises
-    ------
-    ValueError
-        Neither form is available (the message names the missing fields), or a
-        value is not positive.
-    """
-    if metadata.get("TotalReadoutTime") is not None:
-        return _positive(metadata["TotalReadoutTime"], "TotalReadoutTime")
-    echo_spacing = metadata.get("EffectiveEchoSpacing")
-    n_lines = metadata.get("ReconMatrixPE")
-    n_lines = n_pe if n_lines is None else n_lines
-    if echo_spacing is None or n_lines is None:
-        missing = ["TotalReadoutTime"]
-        if echo_spacing is None:
-            missing.append("EffectiveEchoSpacing")
-        if n_lines is None:
-            missing.append("ReconMatrixPE")
-        raise ValueError(
-            "cannot compute the total readout time: the sidecar lacks "
-            + ", ".join(missing)
-            + ". BIDS needs TotalReadoutTime, or EffectiveEchoSpacing with ReconMatrixPE "
-            "(or the image size along PhaseEncodingDirection): "
-            "TotalReadoutTime = EffectiveEchoSpacing × (ReconMatrixPE − 1)."
-        )
-    spacing = _positive(echo_spacing, "EffectiveEchoSpacing")
-    if int(n_lines) < 2:
-        raise ValueError(f"ReconMatrixPE must be at least 2 to give a readout time, got {n_lines}.")
-    return spacing * (int(n_lines) - 1)
-
-
-def _positive(value: Any, field: str) -> float:
+    axis = "ijk".index(pe_dir[0])
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not np.isfinite(number) or number <= 0:
-        raise ValueError(f"{field} must be a positive number of seconds, got {value!r}.")
-    return number
+        readout = total_readout_time(run.metadata, n_pe=run.shape[axis])
+    except ValueError as err:
+        if run.reverse_pe:
+            raise InputDatasetError(
+                f"{where}: {err} TOPUP needs it to use {run.reverse_pe[0].path.name}."
+            ) from err
+        LOGGER.warning(
+            "%s: no readout time (%s); using %g s, which does not affect eddy without a "
+            "field map.", run.dwi.name, err, NOMINAL_READOUT_TIME,
+        )  # fmt: skip
+        readout = NOMINAL_READOUT_TIME
+    reverse = []
+    for image in run.reverse_pe:
+        try:
+            image_readout = total_readout_time(image.metadata, n_pe=run.shape[axis])
+        except ValueError:
+            LOGGER.warning("%s: no readout time; using the run's (%g s).", image.path, readout)
+            image_readout = readout
+        reverse.append({
+            "path": str(image.path),
+            "kind": image.kind,
+            "pe_dir": image.pe_dir,
+            "readout_time": image_readout,
+            "volumes": list(image.volumes),
+        })  # fmt: skip
+    shells = group_shells(run.bvals, b_tolerance=b_tolerance, b0_threshold=b0_threshold)
+    largest = max((len(shell.indices) for shell in shells), default=0)
+    return {
+        "pe_dir": pe_dir,
+        "readout_time": readout,
+        "reverse": reverse,
+        "topup_config": topup_config(run.shape),
+        "slm": eddy_slm(largest),
+    }
 
 
 # --------------------------------------------------------------------------- workflows
@@ -338,6 +328,8 @@ def init_fsl_preproc_wf(
     omp_nthreads: int = 1,
     use_gpu: bool | None = None,
     b0_threshold: float = B0_THRESHOLD,
+    topup_config: str = "b02b0.cnf",
+    slm: str = "none",
 ) -> pe.Workflow:
     """FSL preprocessing of one dMRI run: (topup →) brain mask → eddy.
 
@@ -361,6 +353,15 @@ def init_fsl_preproc_wf(
         Passed to :func:`eddy_command`; a CUDA build sets ``use_cuda``.
     b0_threshold : float
         b-value below which a volume is a b0 (mask without topup).
+    topup_config : str
+        TOPUP configuration (:func:`topup_config`).
+    slm : {"none", "linear", "quadratic"}
+        eddy's second-level model (:func:`eddy_slm`).
+
+    eddy replaces outlier slices (``--repol``) and is told the data are shelled
+    (``--data_is_shelled``): the b-values were already grouped into shells when the
+    run was discovered, and eddy's own check rejects real multi-shell data whose
+    b-values scatter by more than its tolerance.
 
     Inputs
     ------
@@ -398,7 +399,14 @@ def init_fsl_preproc_wf(
     command = eddy_command(use_gpu)
     cuda = is_cuda_command(command)
     eddy = pe.Node(
-        fsl.Eddy(num_threads=omp_nthreads, use_cuda=cuda, output_type="NIFTI_GZ"),
+        fsl.Eddy(
+            num_threads=omp_nthreads,
+            use_cuda=cuda,
+            repol=True,
+            is_shelled=True,
+            slm=slm,
+            output_type="NIFTI_GZ",
+        ),
         name="eddy",
         n_procs=1 if cuda else omp_nthreads,
     )
@@ -418,7 +426,7 @@ def init_fsl_preproc_wf(
     ])  # fmt: skip
 
     if has_reverse_pe:
-        topup = pe.Node(fsl.TOPUP(config="b02b0.cnf", output_type="NIFTI_GZ"), name="topup")
+        topup = pe.Node(fsl.TOPUP(config=topup_config, output_type="NIFTI_GZ"), name="topup")
         mean_b0 = pe.Node(fsl.MeanImage(dimension="T", output_type="NIFTI_GZ"), name="mean_b0")
         workflow.connect([
             (inputnode, topup, [("b0_pair", "in_file"), ("acqparams", "encoding_file")]),

@@ -42,7 +42,7 @@ def init_participant_wf(
         Runs to process.
     config : Config
         Settings of this invocation.
-    backend : {"python", "none"}
+    backend : {"fsl", "python", "none"}
         Resolved preprocessing backend.
     models : dict, optional
         HARP model per source site (see :func:`init_dwi_run_wf`); runs of other
@@ -53,6 +53,17 @@ def init_participant_wf(
     base_dir = config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"
     workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(base_dir))
     params = {**config.recorded(), "preproc": backend}
+    plans = {}
+    if backend == "fsl":
+        from bids_harmony.workflows.fsl_preproc import fsl_run_plan
+
+        # Every run's metadata is checked before anything runs.
+        plans = {
+            run.dwi: fsl_run_plan(
+                run, b_tolerance=config.b_tolerance, b0_threshold=config.b0_threshold
+            )
+            for run in study.runs
+        }
     for run in study.runs:
         run_info = {
             "entities": run_short_entities(run),
@@ -62,6 +73,9 @@ def init_participant_wf(
             "site": run.site,
             "is_phantom": run.is_phantom,
         }
+        if run.dwi in plans:
+            reverse = plans[run.dwi]["reverse"]
+            run_info["fieldmaps"] = [_relative(Path(i["path"]), study.bids_dir) for i in reverse]
         workflow.add_nodes(
             [
                 init_dwi_run_wf(
@@ -83,6 +97,7 @@ def init_participant_wf(
                     mem_gb=estimate_mem_gb(run.shape),
                     name=wf_name(run.prefix),
                     harp_model=models.get(run.site),
+                    fsl_plan=plans.get(run.dwi),
                 )
             ]
         )
@@ -109,11 +124,14 @@ def init_dwi_run_wf(
     mem_gb: float,
     name: str,
     harp_model: dict[str, Any] | None = None,
+    fsl_plan: dict[str, Any] | None = None,
 ) -> pe.Workflow:
     """Process one dMRI run; harmonize it too when ``harp_model`` is given.
 
     ``harp_model`` holds ``file`` (path), ``info`` (name, sha256, sites for
     sidecars), ``expect`` (SH convention the card must match) and ``device``.
+    ``fsl_plan`` (:func:`~bids_harmony.workflows.fsl_preproc.fsl_run_plan`) is
+    required with ``backend="fsl"``.
 
     Inputs
     ------
@@ -133,16 +151,26 @@ def init_dwi_run_wf(
     inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
 
-    preprocess = pe.Node(
-        PythonPreprocess(
-            denoise=denoise,
-            remove_gibbs=remove_gibbs,
-            motion_correction=motion_correction,
-            b0_threshold=b0_threshold,
-        ),
-        name=f"preprocess_{backend}",
-        mem_gb=mem_gb,
-    )
+    if backend == "fsl":
+        if fsl_plan is None:
+            raise ValueError("backend='fsl' needs fsl_plan (see fsl_run_plan)")
+        preprocess = _connect_fsl_preproc(
+            workflow, inputnode, fsl_plan, b0_threshold=b0_threshold,
+            omp_nthreads=omp_nthreads, mem_gb=mem_gb,
+        )  # fmt: skip
+    else:
+        preprocess = pe.Node(
+            PythonPreprocess(
+                denoise=denoise,
+                remove_gibbs=remove_gibbs,
+                motion_correction=motion_correction,
+                b0_threshold=b0_threshold,
+            ),
+            name=f"preprocess_{backend}",
+            mem_gb=mem_gb,
+        )
+        workflow.connect([(inputnode, preprocess, [("dwi", "in_file"), ("bval", "in_bval"),
+                                                   ("bvec", "in_bvec")])])  # fmt: skip
     shell_settings = {
         "sh_order": sh_order,
         "b_tolerance": b_tolerance,
@@ -166,7 +194,6 @@ def init_dwi_run_wf(
     gradients = [("out_file", "in_file"), ("out_bval", "in_bval"), ("out_bvec", "in_bvec"),
                  ("out_mask", "in_mask")]  # fmt: skip
     workflow.connect([
-        (inputnode, preprocess, [("dwi", "in_file"), ("bval", "in_bval"), ("bvec", "in_bvec")]),
         (preprocess, fit_sh, gradients),
         (preprocess, metrics, gradients),
         (preprocess, sink, [("out_derivative", "dwi_file"), ("out_bval", "bval_file"),
@@ -220,6 +247,73 @@ def init_dwi_run_wf(
         (metrics_harmonized, sink_harmonized, [("out_json", "metrics_json")]),
     ])  # fmt: skip
     return workflow
+
+
+def _connect_fsl_preproc(
+    workflow: pe.Workflow,
+    inputnode: pe.Node,
+    plan: dict[str, Any],
+    *,
+    b0_threshold: float,
+    omp_nthreads: int,
+    mem_gb: float,
+) -> pe.Node:
+    """Add the FSL graph to a run's workflow; returns the node with the python outputs."""
+    from bids_harmony.interfaces.fsl import FslFinalize, PrepareFslInputs
+    from bids_harmony.workflows.fsl_preproc import eddy_command, init_fsl_preproc_wf
+
+    has_reverse = bool(plan["reverse"])
+    prepare = pe.Node(
+        PrepareFslInputs(
+            pe_dir=plan["pe_dir"],
+            readout_time=plan["readout_time"],
+            reverse=plan["reverse"],
+            b0_threshold=b0_threshold,
+        ),
+        name="fsl_inputs",
+        mem_gb=mem_gb,
+    )
+    fsl_wf = init_fsl_preproc_wf(
+        name="fsl_preproc_wf",
+        has_reverse_pe=has_reverse,
+        omp_nthreads=omp_nthreads,
+        b0_threshold=b0_threshold,
+        topup_config=plan["topup_config"],
+        slm=plan["slm"],
+    )
+    steps: list[dict[str, Any]] = []
+    if has_reverse:
+        steps.append({
+            "Step": "susceptibility-distortion-estimation",
+            "Method": f"FSL topup --config={plan['topup_config']}",
+            "ReversePhaseEncoding": [Path(image["path"]).name for image in plan["reverse"]],
+        })  # fmt: skip
+    steps.append({
+        "Step": "eddy-current-and-motion-correction",
+        "Method": f"FSL {eddy_command()} --repol --data_is_shelled --slm={plan['slm']}"
+        + (" --topup" if has_reverse else ""),
+        "BVectorsRotated": True,
+    })  # fmt: skip
+    mask_source = "topup-corrected b0s" if has_reverse else "b0 volumes"
+    mask_method = f"FSL bet -f 0.2 on the mean of the {mask_source}"
+    finalize = pe.Node(
+        FslFinalize(report={"Steps": steps, "MaskMethod": mask_method}),
+        name="preprocess_fsl",
+        mem_gb=mem_gb,
+    )
+    workflow.connect([
+        (inputnode, prepare, [("dwi", "in_file"), ("bval", "in_bval")]),
+        (inputnode, fsl_wf, [("dwi", "inputnode.dwi"), ("bval", "inputnode.bval"),
+                             ("bvec", "inputnode.bvec")]),
+        (prepare, fsl_wf, [("acqparams", "inputnode.acqparams"), ("index", "inputnode.index")]),
+        (fsl_wf, finalize, [("outputnode.dwi_preproc", "in_file"),
+                            ("outputnode.bval", "in_bval"),
+                            ("outputnode.bvec_rotated", "in_bvec"),
+                            ("outputnode.mask", "in_mask")]),
+    ])  # fmt: skip
+    if has_reverse:
+        workflow.connect([(prepare, fsl_wf, [("b0_pair", "inputnode.b0_pair")])])
+    return finalize
 
 
 def run_short_entities(run: Any) -> dict[str, str]:

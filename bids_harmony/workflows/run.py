@@ -5,40 +5,41 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
-from pathlib import Path
 
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError
+from bids_harmony.workflows.execution import (
+    Progress,
+    choose_plugin,
+    ensure_bidsignore,
+    new_log_dir,
+    nipype_settings,
+    run_workflow,
+)
 
 LOGGER = logging.getLogger(__name__)
 
 
-class ProcessingError(BidsHarmonyError, RuntimeError):
-    """A workflow node failed; the message summarizes the crash files."""
-
-    exit_code = 1
-
-
-def fsl_available() -> bool:
-    """FSL is usable when ``FSLDIR`` is set and its tools are on PATH."""
-    return bool(os.environ.get("FSLDIR")) and all(shutil.which(tool) for tool in ("bet", "flirt"))
-
-
 def resolve_backend(requested: str) -> str:
-    """Pick the preprocessing backend, refusing one that cannot run here."""
-    if requested == "fsl" or (requested == "auto" and fsl_available()):
-        if requested == "auto":
-            LOGGER.warning("FSL found, but the FSL backend is not in this version; using python")
-            return "python"
-        raise BidsHarmonyError(
-            "--preproc fsl: the FSL backend is not available in this version. Use "
-            "--preproc python (dipy), or --preproc none for data already preprocessed."
-        )
-    backend = "python" if requested == "auto" else requested
-    LOGGER.info("Preprocessing backend: %s", backend)
-    return backend
+    """Pick the preprocessing backend and log it; refuse ``fsl`` when FSL cannot run.
+
+    ``auto`` is ``fsl`` when ``FSLDIR`` is set and ``bet``, ``flirt`` and eddy run
+    (:func:`~bids_harmony.workflows.fsl_preproc.fsl_available`), else ``python``.
+    """
+    if requested in ("fsl", "auto"):
+        from bids_harmony.workflows.fsl_preproc import fsl_available
+
+        ok, message = fsl_available()
+        if ok:
+            LOGGER.info("Preprocessing backend: fsl (%s)", message)
+            return "fsl"
+        if requested == "fsl":
+            raise BidsHarmonyError(f"--preproc fsl: {message}")
+        LOGGER.info("Preprocessing backend: python (FSL not used: %s)", message.split(". ")[0])
+        return "python"
+    LOGGER.info("Preprocessing backend: %s", requested)
+    return requested
 
 
 def discover_study(config: Config):
@@ -60,60 +61,6 @@ def discover_study(config: Config):
         ),
         validate=not config.skip_bids_validation,
     )
-
-
-def nipype_settings(config: Config) -> dict[str, dict[str, object]]:
-    """Execution settings of the Nipype engine for this run."""
-    return {
-        "execution": {
-            "crashdump_dir": str(config.work_dir / "crash"),
-            "crashfile_format": "txt",
-            "stop_on_first_crash": False,
-            "remove_unnecessary_outputs": False,
-            "hash_method": "content",
-            "create_report": False,
-            "parameterize_dirs": False,
-            # Our nodes take seconds; Nipype's default 2 s polling dominated small runs.
-            "poll_sleep_duration": 0.1,
-        },
-        "monitoring": {"enabled": False},
-        "logging": {
-            level: "INFO" if config.verbose else "WARNING"
-            for level in ("workflow_level", "interface_level", "utils_level")
-        },
-    }
-
-
-class Progress:
-    """Nipype status callback: one log line per finished run, and failures."""
-
-    def __init__(self, names: dict[str, str], sink_name: str = "ds_participant") -> None:
-        self.names, self.done, self.sink_name = names, 0, sink_name
-        self.failed: set[str] = set()
-
-    def __call__(self, node, status: str) -> None:
-        run = node.fullname.split(".")[-2]
-        if status == "exception":
-            self.failed.add(run)
-            LOGGER.error("FAILED: %s", node.fullname)
-        # Nipype's Linear plugin also reports "end" for nodes it skipped after a failure.
-        elif status == "end" and node.name == self.sink_name and run not in self.failed:
-            self.done += 1
-            LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
-
-
-def crash_summary(crash_dir: Path, since: float) -> str:
-    """The last line of every crash file written after ``since``."""
-    lines = []
-    for path in sorted(crash_dir.glob("crash-*.txt")):
-        if path.stat().st_mtime < since:
-            continue
-        text = path.read_text(errors="replace").strip().splitlines()
-        node = next((ln.split(":", 1)[1].strip() for ln in text if ln.startswith("Node:")), "?")
-        errors = [ln.strip() for ln in text if "Error:" in ln and not ln.startswith(" ")]
-        message = errors[-1] if errors else (text[-1] if text else "unknown error")
-        lines.append(f"  {node}: {message}\n    (details: {path})")
-    return "\n".join(lines)
 
 
 def resolve_device(requested: str) -> str:
@@ -180,32 +127,23 @@ def run_participant(config: Config) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(config.omp_nthreads)
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    nipype_config.update_config(nipype_settings(config))
+    log_dir = new_log_dir(config.output_dir)
+    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
     nipype_logging.update_logging(nipype_config)
     models = participant_models(config, study)
     workflow = init_participant_wf(study, config, backend=backend, models=models)
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
+    ensure_bidsignore(config.output_dir)
 
-    plugin, plugin_args = (
-        "Linear",
-        {"status_callback": Progress({wf_name(run.prefix): run.prefix for run in study.runs})},
+    names = {wf_name(run.prefix): run.prefix for run in study.runs}
+    plugin, plugin_args = choose_plugin(
+        config.plugin_file, config.nprocs, len(study.runs), Progress(names)
     )
-    if config.nprocs > 1 and len(study.runs) > 1:
-        plugin = "MultiProc"
-        plugin_args.update(n_procs=config.nprocs, raise_insufficient=False)
     start = time.time()
     LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)
-    try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as err:
-        summary = crash_summary(config.work_dir / "crash", start - 1)
-        raise ProcessingError(
-            f"processing failed for some runs:\n{summary or err}\n"
-            "Outputs of runs that finished are complete; rerun with the same --work-dir "
-            "to resume after fixing the problem."
-        ) from err
+    run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir, names=names)
     LOGGER.info(
         "Participant level finished in %.1f s; outputs in %s",
         time.time() - start,

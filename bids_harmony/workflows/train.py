@@ -107,7 +107,14 @@ def _scan_record(scan: Any) -> dict[str, Any] | None:
     }
 
 
-def train_site_pair(config: Config, study: Any, source: str, target: str, device: str) -> Path:
+def train_site_pair(
+    config: Config,
+    study: Any,
+    source: str,
+    target: str,
+    device: str,
+    registration: str = "ants",
+) -> Path:
     """Train and save the model of one site pair; returns the model path."""
     from bids_harmony.bids.derivatives import software_versions
     from bids_harmony.dmri.bands import n_coeffs
@@ -164,6 +171,7 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
                 min_voxels=1,
                 seed=config.seed,
                 registrations=registrations,
+                registration_method=registration,
             )
             for pair in group
         ]
@@ -233,6 +241,9 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
             "wall_time_s": round(time.perf_counter() - start, 2),
             "device": device,
             "seed": config.seed,
+            "registration": "FSL flirt -dof 6 -cost corratio"
+            if registration == "flirt"
+            else "ANTs rigid, Mattes mutual information",
         },
         "software_versions": software_versions(),
     }
@@ -251,14 +262,17 @@ def train_site_pair(config: Config, study: Any, source: str, target: str, device
 def run_train(config: Config) -> int:
     """Run the train level; returns the exit code."""
     from bids_harmony.bids.derivatives import write_dataset_description
-    from bids_harmony.workflows.run import discover_study, resolve_device
+    from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
 
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     target, sources = choose_sites(config, study.sites)
     device = resolve_device(config.device)
+    # Phantom pairs are registered with FLIRT whenever FSL preprocesses (--preproc fsl/auto).
+    registration = "flirt" if resolve_backend(config.preproc) == "fsl" else "ants"
+    LOGGER.info("Phantom registration: %s", registration)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
     for source in sources:
-        train_site_pair(config, study, source, target, device)
+        train_site_pair(config, study, source, target, device, registration)
     return 0

@@ -1,0 +1,231 @@
+"""How Nipype runs a workflow: engine settings, plugin choice, progress, crash reports.
+
+Plugins
+-------
+``--nprocs 1`` runs nodes one by one (``Linear``), more runs them in parallel
+(``MultiProc``).  ``--use-plugin FILE`` takes a YAML file in fMRIPrep's format
+for clusters::
+
+    plugin: SLURM
+    plugin_args:
+      sbatch_args: --time=02:00:00 --mem=16G
+      max_jobs: 50
+
+Crash files
+-----------
+Every run of a level gets ``OUT/logs/<timestamp>-<id>/``, where Nipype writes one
+``crash-*.txt`` per failed node; on failure ``crash_summary.txt`` there lists the
+failed runs, the node, the error and, for command-line tools such as FSL's, the
+tool's own error output.  ``logs/`` is listed in the dataset's ``.bidsignore``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bids_harmony.errors import BidsHarmonyError, InputDatasetError
+
+LOGGER = logging.getLogger(__name__)
+
+LOGS_DIR = "logs"
+
+#: Execution plugins of Nipype (``nipype.pipeline.plugins``) a plugin file may name.
+PLUGINS = (
+    "Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph",
+    "PBS", "PBSGraph", "LSF", "Condor", "DAGMan", "OAR", "IPython", "Debug",
+)  # fmt: skip
+
+
+class ProcessingError(BidsHarmonyError, RuntimeError):
+    """A workflow node failed; the message summarizes the crash files."""
+
+    exit_code = 1
+
+
+def nipype_settings(crash_dir: Path, verbose: int = 0) -> dict[str, dict[str, object]]:
+    """Execution settings of the Nipype engine for this run."""
+    return {
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+            "hash_method": "content",
+            "create_report": False,
+            "parameterize_dirs": False,
+            # Our nodes take seconds; Nipype's default 2 s polling dominated small runs.
+            "poll_sleep_duration": 0.1,
+        },
+        "monitoring": {"enabled": False},
+        "logging": {
+            level: "INFO" if verbose else "WARNING"
+            for level in ("workflow_level", "interface_level", "utils_level")
+        },
+    }
+
+
+def new_log_dir(output_dir: Path) -> Path:
+    """``OUT/logs/<YYYYmmdd-HHMMSS>-<8 hex>``: one folder per invocation (not created)."""
+    return Path(output_dir) / LOGS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def ensure_bidsignore(output_dir: Path) -> None:
+    """Add ``logs/`` to ``OUT/.bidsignore`` (the validator would flag crash files)."""
+    from bids_harmony.bids.io import write_text
+
+    path = Path(output_dir) / ".bidsignore"
+    lines = path.read_text().splitlines() if path.exists() else []
+    if f"{LOGS_DIR}/" not in lines:
+        write_text(path, "\n".join([*lines, f"{LOGS_DIR}/"]) + "\n")
+
+
+def load_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """Read a ``--use-plugin`` YAML file.
+
+    Returns
+    -------
+    plugin : str
+    plugin_args : dict
+
+    Raises
+    ------
+    InputDatasetError
+        Unreadable YAML, not a mapping, no or unknown ``plugin``, or
+        ``plugin_args`` that is not a mapping (the message names the file).
+    """
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise InputDatasetError(f"--use-plugin {path}: cannot read the YAML ({err}).") from err
+    example = "e.g.\n  plugin: SLURM\n  plugin_args:\n    sbatch_args: --time=2:00:00"
+    if not isinstance(content, dict) or "plugin" not in content:
+        raise InputDatasetError(f"--use-plugin {path}: needs a 'plugin' key, {example}")
+    plugin = str(content["plugin"])
+    known = {name.lower(): name for name in PLUGINS}
+    if plugin.lower() not in known:
+        raise InputDatasetError(
+            f"--use-plugin {path}: unknown plugin {plugin!r}; Nipype has {', '.join(PLUGINS)}."
+        )
+    args = content.get("plugin_args") or {}
+    if not isinstance(args, dict):
+        raise InputDatasetError(f"--use-plugin {path}: 'plugin_args' must be a mapping, {example}")
+    unknown = set(content) - {"plugin", "plugin_args"}
+    if unknown:
+        LOGGER.warning("--use-plugin %s: ignoring keys %s", path, ", ".join(sorted(unknown)))
+    return known[plugin.lower()], dict(args)
+
+
+def choose_plugin(
+    plugin_file: Path | None, nprocs: int, n_runs: int, callback: Any
+) -> tuple[str, dict[str, Any]]:
+    """The Nipype plugin and its arguments for this run (see the module docstring)."""
+    if plugin_file is not None:
+        plugin, args = load_plugin_file(plugin_file)
+        if plugin in ("MultiProc", "LegacyMultiProc"):
+            args.setdefault("n_procs", nprocs)
+            args.setdefault("raise_insufficient", False)
+    elif nprocs > 1 and n_runs > 1:
+        plugin, args = "MultiProc", {"n_procs": nprocs, "raise_insufficient": False}
+    else:
+        plugin, args = "Linear", {}
+    # Graph plugins submit everything at once and never call back.
+    if not plugin.endswith("Graph"):
+        args["status_callback"] = callback
+    return plugin, args
+
+
+class Progress:
+    """Nipype status callback: one log line per finished run, and failures."""
+
+    def __init__(self, names: dict[str, str], sink_name: str = "ds_participant") -> None:
+        self.names, self.done, self.sink_name = names, 0, sink_name
+        self.failed: set[str] = set()
+
+    def __call__(self, node, status: str) -> None:
+        run = run_of(node.fullname, self.names)
+        if status == "exception":
+            self.failed.add(run)
+            LOGGER.error("FAILED: %s (%s)", self.names.get(run, run), node.fullname)
+        # Nipype's Linear plugin also reports "end" for nodes it skipped after a failure.
+        elif status == "end" and node.name == self.sink_name and run not in self.failed:
+            self.done += 1
+            LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
+
+
+def run_of(fullname: str, names: dict[str, str]) -> str:
+    """The run workflow (a key of ``names``) a node's full name belongs to."""
+    parts = fullname.split(".")
+    return next((part for part in parts if part in names), parts[-2] if len(parts) > 1 else "")
+
+
+def _tool_error(lines: list[str], max_lines: int = 6) -> list[str]:
+    """The last lines a command-line tool wrote to stderr, from a Nipype crash file."""
+    if "Standard error:" not in lines:
+        return []
+    start = lines.index("Standard error:") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("Return code:")),
+               len(lines))  # fmt: skip
+    stderr = [ln.strip() for ln in lines[start:end] if ln.strip() and ln.strip() != "<empty>"]
+    return stderr[-max_lines:]
+
+
+def crash_summary(crash_dir: Path, names: dict[str, str] | None = None) -> str:
+    """A readable list of the failed nodes in ``crash_dir``'s crash files.
+
+    Each entry names the run (its BIDS prefix when ``names`` maps workflow names
+    to prefixes), the node, the last error line and, for a command-line tool,
+    the last lines of its standard error; then the crash file.
+    """
+    names = names or {}
+    entries = []
+    for path in sorted(Path(crash_dir).glob("crash-*.txt")):
+        lines = path.read_text(errors="replace").splitlines()
+        node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")), "?")
+        run = run_of(node, names)
+        errors = [ln.strip() for ln in lines if "Error:" in ln and not ln.startswith(" ")]
+        message = errors[-1] if errors else (lines[-1].strip() if lines else "unknown error")
+        entry = [f"{names.get(run, run) or '?'}: node {node.split('.')[-1]} failed", f"  {message}"]
+        tool = _tool_error(lines)
+        if tool:
+            entry.append("  tool error output:")
+            entry += [f"    {line}" for line in tool]
+        entry.append(f"  crash file: {path}")
+        entries.append("\n".join(entry))
+    return "\n".join(entries)
+
+
+def run_workflow(
+    workflow: Any,
+    *,
+    plugin: str,
+    plugin_args: dict[str, Any],
+    log_dir: Path,
+    names: dict[str, str],
+) -> None:
+    """Run a Nipype workflow; on failure write ``crash_summary.txt`` and raise.
+
+    Raises
+    ------
+    ProcessingError
+        Some nodes failed; the message is the crash summary.
+    """
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:
+        summary = crash_summary(log_dir, names) if log_dir.is_dir() else ""
+        if summary:
+            from bids_harmony.bids.io import write_text
+
+            write_text(log_dir / "crash_summary.txt", summary + "\n")
+        raise ProcessingError(
+            f"processing failed:\n{summary or err}\n"
+            + (f"Summary and crash files: {log_dir}\n" if summary else "")
+            + "Outputs of runs that finished are complete; rerun with the same --work-dir "
+            "to resume after fixing the problem."
+        ) from err

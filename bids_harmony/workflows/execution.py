@@ -165,13 +165,21 @@ def run_of(fullname: str, names: dict[str, str]) -> str:
 
 
 def _tool_error(lines: list[str], max_lines: int = 6) -> list[str]:
-    """The last lines a command-line tool wrote to stderr, from a Nipype crash file."""
-    if "Standard error:" not in lines:
+    """The last lines a command-line tool wrote to stderr, from a Nipype crash file.
+
+    Nipype ≥ 1.8 writes them under ``Stderr:`` (tab-indented, up to
+    ``Traceback:``); older releases under ``Standard error:`` (up to ``Return code:``).
+    """
+    starts = [i for i, ln in enumerate(lines) if ln.strip() in ("Stderr:", "Standard error:")]
+    if not starts:
         return []
-    start = lines.index("Standard error:") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("Return code:")),
-               len(lines))  # fmt: skip
-    stderr = [ln.strip() for ln in lines[start:end] if ln.strip() and ln.strip() != "<empty>"]
+    indented = lines[starts[-1]].strip() == "Stderr:"
+    stderr = []
+    for line in lines[starts[-1] + 1 :]:
+        if line.startswith("Return code:") or (indented and line and not line[0].isspace()):
+            break
+        if line.strip() and line.strip() != "<empty>":
+            stderr.append(line.strip())
     return stderr[-max_lines:]
 
 

@@ -1,0 +1,139 @@
+"""Nipype execution: plugin files, crash collection and summaries, resumable runs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from nipype import config as nipype_config
+from nipype.interfaces.base import CommandLine
+from nipype.interfaces.utility import IdentityInterface
+from nipype.pipeline import engine as pe
+
+from bids_harmony.cli.run import main
+from bids_harmony.errors import InputDatasetError
+from bids_harmony.workflows.execution import (
+    ProcessingError,
+    choose_plugin,
+    ensure_bidsignore,
+    load_plugin_file,
+    new_log_dir,
+    nipype_settings,
+    run_workflow,
+)
+from bids_harmony.workflows.participant import wf_name
+
+
+def test_plugin_file_slurm(tmp_path):
+    path = tmp_path / "slurm.yml"
+    path.write_text("plugin: slurm\nplugin_args:\n  sbatch_args: --time=2:00:00 --mem=8G\n"
+                    "  max_jobs: 20\n")  # fmt: skip
+    plugin, args = choose_plugin(path, nprocs=4, n_runs=10, callback=print)
+    assert plugin == "SLURM"
+    assert args == {"sbatch_args": "--time=2:00:00 --mem=8G", "max_jobs": 20,
+                    "status_callback": print}  # fmt: skip
+
+
+def test_plugin_defaults(tmp_path):
+    path = tmp_path / "multiproc.yml"
+    path.write_text("plugin: MultiProc\n")
+    plugin, args = choose_plugin(path, nprocs=3, n_runs=1, callback=None)
+    assert plugin == "MultiProc" and args["n_procs"] == 3
+    assert choose_plugin(None, nprocs=4, n_runs=2, callback=None)[0] == "MultiProc"
+    assert choose_plugin(None, nprocs=4, n_runs=1, callback=None)[0] == "Linear"
+    assert choose_plugin(None, nprocs=1, n_runs=5, callback=None)[0] == "Linear"
+    graph = tmp_path / "graph.yml"
+    graph.write_text("plugin: SLURMGraph\n")
+    assert "status_callback" not in choose_plugin(graph, 1, 1, callback=print)[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("plugin: [unclosed", "cannot read the YAML"),
+        ("- a list\n", "needs a 'plugin' key"),
+        ("plugin: Slurmy\n", "unknown plugin 'Slurmy'.*SLURM"),
+        ("plugin: SGE\nplugin_args: [1, 2]\n", "'plugin_args' must be a mapping"),
+    ],
+)
+def test_bad_plugin_files(tmp_path, text, match):
+    path = tmp_path / "plugin.yml"
+    path.write_text(text)
+    with pytest.raises(InputDatasetError, match=match) as err:
+        load_plugin_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_plugin_file_from_the_cli(small_bids, tmp_path, caplog):
+    path = tmp_path / "plugin.yml"
+    path.write_text("plugin: Nonsense\n")
+    out = tmp_path / "out"
+    code = main([str(small_bids), str(out), "participant", "--use-plugin", str(path),
+                 "-w", str(tmp_path / "work")])  # fmt: skip
+    assert code == 2 and "unknown plugin 'Nonsense'" in caplog.text
+    assert not list(out.rglob("*.nii.gz"))
+
+
+def test_crash_summary_names_the_run_and_the_tool_output(tmp_path):
+    log_dir = new_log_dir(tmp_path / "out")
+    nipype_config.update_config(nipype_settings(log_dir))
+    prefix = "sub-01_ses-GE1_dwi"
+    top = pe.Workflow(name="top", base_dir=str(tmp_path / "work"))
+    run_wf = pe.Workflow(name=wf_name(prefix))
+    tool = CommandLine(
+        "sh", args="-c 'echo starting; echo \"EDDY:::  ERROR: inconsistent acqp\" >&2; exit 3'"
+    )
+    failing = pe.Node(tool, name="eddy")
+    ok = pe.Node(IdentityInterface(fields=["x"]), name="other")
+    ok.inputs.x = 1
+    run_wf.add_nodes([failing, ok])
+    top.add_nodes([run_wf])
+    with pytest.raises(ProcessingError) as err:
+        run_workflow(top, plugin="Linear", plugin_args={}, log_dir=log_dir,
+                     names={wf_name(prefix): prefix})  # fmt: skip
+    message = str(err.value)
+    assert f"{prefix}: node eddy failed" in message
+    assert "EDDY:::  ERROR: inconsistent acqp" in message
+    assert "--work-dir" in message and str(log_dir) in message
+    summary = (log_dir / "crash_summary.txt").read_text()
+    assert prefix in summary and "crash file:" in summary
+    assert len(list(log_dir.glob("crash-*.txt"))) == 1
+
+
+def test_bidsignore(tmp_path):
+    (tmp_path / ".bidsignore").write_text("extra/\n")
+    ensure_bidsignore(tmp_path)
+    ensure_bidsignore(tmp_path)
+    assert (tmp_path / ".bidsignore").read_text() == "extra/\nlogs/\n"
+
+
+def test_failed_run_leaves_a_crash_summary_in_the_output(small_bids, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bids_harmony")
+    dwi = next(small_bids.rglob("*_dwi.nii.gz"))
+    dwi.write_bytes(dwi.read_bytes()[:-2000])
+    out = tmp_path / "out"
+    plugin = tmp_path / "linear.yml"
+    plugin.write_text("plugin: Linear\n")
+    code = main([str(small_bids), str(out), "participant", "--preproc", "python",
+                 "--use-plugin", str(plugin), "-w", str(tmp_path / "work")])  # fmt: skip
+    assert code == 1
+    (summary,) = out.glob("logs/*/crash_summary.txt")
+    text = summary.read_text()
+    assert "sub-01_ses-A: node preprocess_python failed" in text
+    assert dwi.name in text  # the error names the file
+    assert "logs/" in (out / ".bidsignore").read_text()
+    assert "with Linear" in caplog.text
+
+
+def test_tool_error_of_older_nipype_crash_files(tmp_path):
+    (tmp_path / "crash-1-node.txt").write_text(
+        "Node: wf.run_sub_02_dwi.fsl_preproc_wf.topup\n"
+        "Traceback:\nRuntimeError: Command:\ntopup --imain=b0s\nStandard output:\n\n"
+        "Standard error:\ntopup: image dimensions must be a multiple of the subsampling\n"
+        "Return code: 1\n"
+    )
+    from bids_harmony.workflows.execution import crash_summary
+
+    text = crash_summary(tmp_path, {"run_sub_02_dwi": "sub-02_dwi"})
+    assert text.startswith("sub-02_dwi: node topup failed")
+    assert "    topup: image dimensions must be a multiple of the subsampling" in text

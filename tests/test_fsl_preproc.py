@@ -20,7 +20,6 @@ from bids_harmony.workflows.fsl_preproc import (
     eddy_command,
     fsl_available,
     init_fsl_preproc_wf,
-    init_phantom_flirt_wf,
     mean_b0_file,
 )
 
@@ -137,7 +136,6 @@ def test_build_needs_no_inputs_or_fsl(no_fsl):
         assert eddy.interface.cmd == "eddy"  # default name: no eddy binary here
         assert eddy.inputs.num_threads == 3 and eddy.n_procs == 3
         assert eddy.interface.inputs.environ["OMP_NUM_THREADS"] == "3"
-    init_phantom_flirt_wf()
     assert set(os.listdir(no_fsl)) == before
 
 
@@ -195,31 +193,6 @@ def test_bet_without_reverse_pe(files):
     bet = init_fsl_preproc_wf(has_reverse_pe=False, use_gpu=False).get_node("bet")
     bet.inputs.in_file = files["mean"]
     assert "-f 0.20 -m" in bet.interface.cmdline
-
-
-def test_phantom_flirt_wf(files):
-    wf = init_phantom_flirt_wf()
-    assert edges(wf) == {
-        ("inputnode", "flirt", "target_b0", "in_file"),
-        ("inputnode", "flirt", "source_b0", "reference"),
-        ("inputnode", "apply_sh", "sh_map", "in_file"),
-        ("inputnode", "apply_sh", "source_b0", "reference"),
-        ("flirt", "apply_sh", "out_matrix_file", "in_matrix_file"),
-        ("flirt", "outputnode", "out_matrix_file", "out_matrix_file"),
-        ("flirt", "outputnode", "out_file", "out_b0"),
-        ("apply_sh", "outputnode", "out_file", "out_sh"),
-    }
-    flirt = wf.get_node("flirt")
-    flirt.inputs.in_file, flirt.inputs.reference = files["mean"], files["b0_pair"]
-    cmdline = flirt.interface.cmdline
-    assert cmdline.startswith(f"flirt -in {files['mean']} -ref {files['b0_pair']} ")
-    assert "-dof 6" in cmdline and "-cost corratio" in cmdline and "-omat " in cmdline
-    apply_sh = wf.get_node("apply_sh")
-    apply_sh.inputs.in_file, apply_sh.inputs.reference = files["sh"], files["b0_pair"]
-    apply_sh.inputs.in_matrix_file = files["mat"]
-    cmdline = apply_sh.interface.cmdline
-    assert f"-applyxfm -init {files['mat']}" in cmdline
-    assert "-interp trilinear" in cmdline and "-dof" not in cmdline
 
 
 # --------------------------------------------------------------------------- eddy binary

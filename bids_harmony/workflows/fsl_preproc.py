@@ -1,12 +1,13 @@
-"""FSL preprocessing backend: TOPUP/eddy on one dMRI run, FLIRT for phantom pairs.
+"""FSL preprocessing backend: TOPUP/eddy/BET on one dMRI run, with Nipype's FSL interfaces.
 
 Builders only wire Nipype's :mod:`nipype.interfaces.fsl` interfaces (fMRIPrep
 ``workflows/`` style); nothing is computed when a graph is built.  The helpers
 here find the FSL binaries and write the small text files FSL reads
 (``--acqp``), from BIDS metadata.
 
-Not wired into the command line yet: the participant level still uses
-:func:`bids_harmony.workflows.run.resolve_backend`, which refuses ``--preproc fsl``.
+The participant level uses it with ``--preproc fsl`` (or ``auto`` when FSL
+runs); ``train`` then registers phantom pairs with FLIRT
+(:mod:`bids_harmony.harp.flirt`).
 
 Getting FSL
 -----------
@@ -449,51 +450,4 @@ def init_fsl_preproc_wf(
             (inputnode, mean_b0, [("dwi", "in_file"), ("bval", "in_bval")]),
             (mean_b0, bet, [("out_file", "in_file")]),
         ])  # fmt: skip
-    return workflow
-
-
-def init_phantom_flirt_wf(*, name: str = "phantom_flirt_wf") -> pe.Workflow:
-    """Rigid FLIRT of a target phantom's mean b0 onto the source's, applied to SH maps.
-
-    6 degrees of freedom, correlation ratio.  The matrix then resamples the
-    target's 4-D SH map into the source grid (trilinear, every coefficient
-    alike, **not rotated**; see :mod:`bids_harmony.harp.registration`).
-
-    Inputs
-    ------
-    source_b0
-        Mean b0 of the source scan (the reference grid).
-    target_b0
-        Mean b0 of the target scan (moving).
-    sh_map
-        4-D SH coefficients of the target scan, in the target grid.
-
-    Outputs
-    -------
-    out_matrix_file
-        FLIRT matrix, target → source.
-    out_b0
-        Target mean b0 in the source grid.
-    out_sh
-        Target SH map in the source grid.
-    """
-    workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_b0", "target_b0", "sh_map"]), name="inputnode"
-    )
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=["out_matrix_file", "out_b0", "out_sh"]), name="outputnode"
-    )
-    flirt = pe.Node(fsl.FLIRT(dof=6, cost="corratio", output_type="NIFTI_GZ"), name="flirt")
-    apply_sh = pe.Node(
-        fsl.ApplyXFM(apply_xfm=True, interp="trilinear", output_type="NIFTI_GZ"),
-        name="apply_sh",
-    )
-    workflow.connect([
-        (inputnode, flirt, [("target_b0", "in_file"), ("source_b0", "reference")]),
-        (inputnode, apply_sh, [("sh_map", "in_file"), ("source_b0", "reference")]),
-        (flirt, apply_sh, [("out_matrix_file", "in_matrix_file")]),
-        (flirt, outputnode, [("out_matrix_file", "out_matrix_file"), ("out_file", "out_b0")]),
-        (apply_sh, outputnode, [("out_file", "out_sh")]),
-    ])  # fmt: skip
     return workflow

@@ -137,3 +137,21 @@ def test_tool_error_of_older_nipype_crash_files(tmp_path):
     text = crash_summary(tmp_path, {"run_sub_02_dwi": "sub-02_dwi"})
     assert text.startswith("sub-02_dwi: node topup failed")
     assert "    topup: image dimensions must be a multiple of the subsampling" in text
+
+
+def test_unwritable_output_dir_says_how_to_fix_it(small_bids, tmp_path, caplog, monkeypatch):
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    # Running as root here: the permission check cannot fail for real, so deny it.
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    code = main([str(small_bids), str(out), "participant", "-w", str(tmp_path / "work")])
+    assert code == 2
+    assert f"output directory {out} is not writable (Permission denied)" in caplog.text
+    assert "docker run -u $(id -u):$(id -g)" in caplog.text and "uid" in caplog.text
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

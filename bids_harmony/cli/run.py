@@ -8,6 +8,7 @@ this version does not provide yet.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -62,10 +63,15 @@ def check_output_dir(bids_dir: Path, output_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
+        try:
+            owner = f"{existing} belongs to uid {existing.stat().st_uid}"
+        except OSError:
+            owner = f"{existing} cannot be inspected"
         raise OutputDirectoryError(
-            f"output directory {output_dir} is not writable ({err.strerror}). Choose a "
-            "writable location, fix its permissions, or in a container run as your own "
-            "user (docker run -u $(id -u):$(id -g) ...)."
+            f"output directory {output_dir} is not writable ({err.strerror}): this process "
+            f"runs as uid {os.getuid()} and {owner}. Choose a writable location or fix its "
+            "permissions; in Docker run as your own user (docker run -u $(id -u):$(id -g) "
+            "...), in Apptainer/Singularity bind a directory you own."
         ) from err
 
 

@@ -155,3 +155,24 @@ def test_unwritable_output_dir_says_how_to_fix_it(small_bids, tmp_path, caplog, 
     assert f"output directory {out} is not writable (Permission denied)" in caplog.text
     assert "docker run -u $(id -u):$(id -g)" in caplog.text and "uid" in caplog.text
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_rerun_with_the_same_work_dir_resumes(tmp_path):
+    from tests.conftest import make_bids
+
+    bids = make_bids(tmp_path / "bids", sessions=("A", "B"))
+    broken = bids / "sub-01" / "ses-B" / "dwi" / "sub-01_ses-B_dwi.nii.gz"
+    original = broken.read_bytes()
+    broken.write_bytes(original[:-2000])  # an interrupted copy, say
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = [str(bids), str(out), "participant", "--preproc", "python", "--nprocs", "1",
+            "--no-gfa", "-w", str(work)]  # fmt: skip
+    assert main(args) == 1
+    (done,) = work.rglob("run_sub_01_ses_A/fit_sh/result_fit_sh.pklz")
+    stamp = done.stat().st_mtime_ns
+    assert list(out.rglob("sub-01_ses-A*_dwimap.nii.gz"))
+    assert not list(out.rglob("sub-01_ses-B*_dwimap.nii.gz"))
+    broken.write_bytes(original)
+    assert main(args) == 0
+    assert done.stat().st_mtime_ns == stamp  # session A came from the work directory
+    assert list(out.rglob("sub-01_ses-B*_dwimap.nii.gz"))

@@ -120,6 +120,12 @@ def run_participant(config: Config) -> int:
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     backend = resolve_backend(config.preproc)
+    python_only = [flag for flag, used in (("--denoise", config.denoise != "none"),
+                   ("--remove-gibbs", config.remove_gibbs),
+                   ("--motion-correction", config.motion_correction)) if used]  # fmt: skip
+    if python_only and backend != "python":
+        LOGGER.warning("%s: python backend only, not applied with --preproc %s",
+                       ", ".join(python_only), backend)  # fmt: skip
 
     if config.omp_nthreads is None:
         parallel_runs = max(1, min(config.nprocs, len(study.runs)))

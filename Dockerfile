@@ -8,11 +8,18 @@
 #
 # Stages are chosen with build args (FROM runtime-fsl-${WITH_FSL}); BuildKit (default since
 # Docker 23) and buildah build only the stages the final image needs, so WITH_FSL=0 never
-# contacts FSL's conda channel.
+# contacts FSL's conda channel (nor pulls MAMBA_IMAGE).
+# Offline or mirrored builds (scripts/container-smoke.sh): BASE_IMAGE may be any Debian/Ubuntu
+# image with python3 and python3-venv; TORCH_INDEX_URL, PIP_INDEX_URL and PIP_FIND_LINKS
+# point pip elsewhere; PREFETCH_TEMPLATES=0 skips the TemplateFlow download.
 
-ARG BASE_IMAGE=python:3.11-slim-bookworm
-ARG MAMBA_IMAGE=mambaorg/micromamba:1.5.10
+ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
+ARG MAMBA_IMAGE=docker.io/mambaorg/micromamba:1.5.10
 ARG WITH_FSL=1
+# Read by pip from the environment of the stages that declare them: a PyPI mirror, and
+# folders or URLs of extra wheels (e.g. a local torch wheel).
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_FIND_LINKS=
 
 # ---------------------------------------------------------------- FSL (conda) ----
 FROM ${MAMBA_IMAGE} AS fsl
@@ -30,15 +37,19 @@ RUN micromamba create --yes --prefix /opt/fsl --override-channels \
     && rm -rf /opt/fsl/include /opt/fsl/share/doc /opt/fsl/share/man \
     && find /opt/fsl -name '*.a' -delete
 
-# --------------------------------------------------------------- Python venv ----
-FROM ${BASE_IMAGE} AS venv
+# ------------------------------------------------------- Python dependencies ----
+FROM ${BASE_IMAGE} AS deps
 ARG TORCH_VERSION=2.13.0
 # cpu, or a CUDA variant of download.pytorch.org that has TORCH_VERSION (e.g. cu128).
 ARG TORCH_VARIANT=cpu
+# Index torch is installed from; e.g. a mirror, or PyPI with the wheel in PIP_FIND_LINKS.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 # Dependencies first, against a stub package: this layer is rebuilt only when
 # pyproject.toml changes, not on every code change. The torch above satisfies them.
 COPY pyproject.toml /src/
@@ -46,25 +57,35 @@ RUN mkdir /src/bids_harmony \
     && echo '__version__ = "0"' > /src/bids_harmony/__init__.py \
     && touch /src/README.md \
     && pip install /src \
-    && rm -rf /src/bids_harmony /src/README.md /src/build /src/*.egg-info
-COPY README.md /src/
-COPY bids_harmony /src/bids_harmony
-RUN pip install --no-deps --force-reinstall /src && rm -rf /src
+    && pip uninstall --yes bids_harmony \
+    && rm -rf /src
 
 # -------------------------------------------------------------- TemplateFlow ----
 # Templates for `group --template MNI152NLin2009cAsym[:res-2]`: nothing is downloaded at
 # run time. Both T1w resolutions, so that the bare name also resolves offline.
-FROM ${BASE_IMAGE} AS templateflow
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
-    TEMPLATEFLOW_HOME=/opt/templateflow TEMPLATEFLOW_AUTOUPDATE=0
-RUN pip install "templateflow>=24.0,<26" \
-    && python -c "from templateflow import api; \
+# PREFETCH_TEMPLATES=0 (no access to TemplateFlow's S3) leaves only TemplateFlow's local
+# skeleton: `group --template NAME` then fails, a template file still works.
+FROM deps AS templateflow
+ARG PREFETCH_TEMPLATES=1
+ENV TEMPLATEFLOW_HOME=/opt/templateflow TEMPLATEFLOW_AUTOUPDATE=0
+RUN if [ "${PREFETCH_TEMPLATES}" = 1 ]; then python -c "from templateflow import api; \
 files = [api.get('MNI152NLin2009cAsym', resolution=res, suffix=suffix, desc=desc, \
                  extension='.nii.gz') \
          for res in (1, 2) for suffix, desc in (('T1w', None), ('mask', 'brain'))]; \
 print(*files, sep='\n'); \
-assert all(hasattr(f, 'stat') and f.stat().st_size > 0 for f in files), files" \
+assert all(hasattr(f, 'stat') and f.stat().st_size > 0 for f in files), files"; \
+    else python -W ignore -c "import templateflow.api"; fi \
+    && test -d /opt/templateflow \
     && chmod -R a+rX /opt/templateflow
+
+# --------------------------------------------------------------- Python venv ----
+FROM deps AS venv
+# pip fetches the build backend (setuptools) for the package build.
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+COPY pyproject.toml README.md /src/
+COPY bids_harmony /src/bids_harmony
+RUN pip install --no-deps /src && rm -rf /src
 
 # ------------------------------------------------------------------- runtime ----
 FROM ${BASE_IMAGE} AS runtime

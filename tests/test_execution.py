@@ -176,3 +176,16 @@ def test_rerun_with_the_same_work_dir_resumes(tmp_path):
     assert main(args) == 0
     assert done.stat().st_mtime_ns == stamp  # session A came from the work directory
     assert list(out.rglob("sub-01_ses-B*_dwimap.nii.gz"))
+
+
+def test_read_only_output_dir(small_bids, tmp_path, caplog, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    out = tmp_path / "out"
+    assert main([str(small_bids), str(out), "participant", "-w", str(tmp_path / "w")]) == 2
+    assert "is on a read-only file system" in caplog.text and "without ':ro'" in caplog.text

@@ -7,6 +7,7 @@ this version does not provide yet.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -63,6 +64,12 @@ def check_output_dir(bids_dir: Path, output_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
+        if err.errno == errno.EROFS:
+            raise OutputDirectoryError(
+                f"output directory {output_dir} is on a read-only file system. Use a "
+                "writable location; in a container, bind it without ':ro' "
+                "(docker run -v /host/out:/out, apptainer run -B /host/out:/out)."
+            ) from err
         try:
             owner = f"{existing} belongs to uid {existing.stat().st_uid}"
         except OSError:

@@ -202,3 +202,27 @@ def test_fsl_requested_but_missing(monkeypatch, small_bids, tmp_path, caplog):
     assert code == 2
     assert "--preproc fsl: FSL is not usable" in caplog.text
     assert not any(out.rglob("*.nii.gz"))
+
+
+def test_fsl_run_failure_names_the_session(tmp_path, monkeypatch, caplog):
+    """Without FSL the graph runs up to the first FSL tool; the report names the run.
+
+    FSL is declared present (the availability check is what is bypassed, no output
+    is faked): the python nodes before FSL run for real, then the FSL tool fails.
+    """
+    from bids_harmony.workflows import fsl_preproc
+
+    monkeypatch.setattr(fsl_preproc, "fsl_available", lambda: (True, "FSL (test)"))
+    monkeypatch.setenv("FSLOUTPUTTYPE", "NIFTI_GZ")
+    root = _study_with_fieldmaps(tmp_path / "bids")
+    out, work = tmp_path / "out", tmp_path / "work"
+    code = main([str(root), str(out), "participant", "--preproc", "fsl", "--skip-bids-validation",
+                 "--nprocs", "1", "-w", str(work)])  # fmt: skip
+    assert code == 1
+    (prepared,) = work.rglob("fsl_inputs/b0_pair.nii.gz")
+    assert nb.load(prepared).shape[3] == 7
+    (summary,) = out.glob("logs/*/crash_summary.txt")
+    text = summary.read_text()
+    assert text.startswith("sub-01_ses-A: node topup failed")
+    assert "topup" in caplog.text and "crash_summary.txt" not in text
+    assert not list(out.rglob("*_dwimap.nii.gz"))

@@ -20,17 +20,22 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` and move it onto ``path`` on success.
 
     The temporary name keeps the full extension (``.nii.gz``) so writers that
-    pick a format from the name behave as for the final file.
+    pick a format from the name behave as for the final file.  ``durable``
+    flushes the file to disk before the rename (model files, which are written
+    once and loaded by every later run).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{final.name}")
     try:
         yield tmp
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, final)
     finally:
         if tmp.exists():

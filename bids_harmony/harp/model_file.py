@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from bids_harmony.bids.io import sha256_file
+from bids_harmony.bids.io import atomic_path, sha256_file
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BidsHarmonyError
 from bids_harmony.harp.network import HarpNet
@@ -125,7 +124,7 @@ def save_model(path: str | os.PathLike[str], model: HarpNet, card: Mapping[str, 
     state = model.state_dict()
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     metadata = {"format": FORMAT, "architecture": json.dumps(model.config(), sort_keys=True)}
-    with _atomic(weights_path) as tmp:
+    with atomic_path(weights_path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
     full = {
@@ -138,7 +137,7 @@ def save_model(path: str | os.PathLike[str], model: HarpNet, card: Mapping[str, 
         **_jsonable(dict(card)),
     }
     text = json.dumps(full, indent=2, allow_nan=False) + "\n"
-    with _atomic(card_path) as tmp:
+    with atomic_path(card_path, durable=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
     logger.info("Wrote HARP model %s (sha256 %s).", weights_path, digest[:12])
     return weights_path
@@ -298,27 +297,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-class _atomic:
-    """Context manager yielding a temporary path that replaces ``path`` on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        os.close(fd)
-        self.tmp = Path(name)
-        self.tmp.chmod(0o644)  # mkstemp makes 0600 files
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            with open(self.tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

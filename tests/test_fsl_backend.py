@@ -66,6 +66,7 @@ def test_reverse_pe_from_intended_for_uris_and_b0_field_ids(tmp_path, caplog):
     assert names == [f"sub-01_ses-A_dir-PA_run-{i}_epi.nii.gz" for i in (1, 2, 3)]
     assert [image.volumes for image in run.reverse_pe] == [(0, 1), (0,), (0, 1)]
     assert {image.kind for image in run.reverse_pe} == {"epi"}
+    assert "reverse phase-encoding b0s (for topup): 1 run(s)" in study.summary()
     assert "run-5_epi.nii.gz has voxel grid (12, 10, 6)" in caplog.text
 
 

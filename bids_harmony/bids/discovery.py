@@ -222,6 +222,9 @@ class Study:
             protocols = Counter(self._protocol(run) for run in runs)
             for protocol, count in sorted(protocols.items()):
                 lines.append(f"    shells: {protocol} ({count} run(s))")
+            reverse = sum(1 for run in runs if run.reverse_pe)
+            if reverse:
+                lines.append(f"    reverse phase-encoding b0s (for topup): {reverse} run(s)")
         return "\n".join(lines)
 
     def _protocol(self, run: DwiRun) -> str:

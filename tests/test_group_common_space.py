@@ -287,7 +287,7 @@ def test_register_unrelated_image_fails_high_threshold(maps, tmp_path):
 def test_average_affine_drops_rotation_and_translation(tmp_path):
     import ants
 
-    from bids_harmony.group.common_space import _average_affine_no_rigid
+    from bids_harmony.group.template import _average_affine_no_rigid
 
     files = []
     for k, (angles, scales) in enumerate(

@@ -181,4 +181,3 @@ def _outputs_intact(folder: Path, outputs: Any) -> bool:
         )
     except OSError:
         return False
-

@@ -25,8 +25,8 @@ from bids_harmony.baselines.linear_rish import LinearRISH, apply_rish_scales
 from bids_harmony.bids.derivatives import bids_uri, software_versions
 from bids_harmony.bids.io import save_nifti, write_json
 from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
-from bids_harmony.group.common_space import from_template, to_template
 from bids_harmony.group.inputs import ShellMaps
+from bids_harmony.group.warps import from_template, to_template
 
 LOGGER = logging.getLogger(__name__)
 METHOD = (

@@ -220,4 +220,3 @@ def _shape_update(mean: Any, affines: list[str], warps: list[str], prefix: Path)
     ants.image_write(wavg, warp_file)
     return ants.apply_transforms(fixed=mean, moving=mean, transformlist=[warp_file, affine_file],
                                  whichtoinvert=[False, True])  # fmt: skip
-

@@ -184,3 +184,12 @@ def test_far_apart_world_origins_fall_back_to_centre_of_mass(moved_pair, caplog)
     assert np.abs(result.translation_mm - offset).max() < 0.5 * VOXEL
     assert result.corr_before == 0.0 and result.corr_after > 0.99
     assert "centre-of-mass" not in caplog.text and "Identity init" in caplog.text
+
+
+def test_flirt_failure_falls_back_to_ants(moved_pair, registered, caplog, monkeypatch):
+    """FLIRT absent (as here) or failing: the ANTs tries give the same result as without it."""
+    monkeypatch.setenv("PATH", "/nonexistent")  # no flirt, whatever the machine has
+    fixed, fixed_aff, moving, moving_aff, _ = moved_pair
+    result = register_rigid(fixed, fixed_aff, moving, moving_aff, seed=0, method="flirt")
+    assert "FLIRT registration of" in caplog.text and "trying ANTs" in caplog.text
+    np.testing.assert_array_equal(result.transform, registered.transform)

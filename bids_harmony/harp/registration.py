@@ -355,8 +355,9 @@ def register_rigid(
         How the images are named in messages (file names).
     method : {"ants", "flirt"}
         ``antsRegistration`` (identity, then centre-of-mass initialization), or
-        one ``flirt -dof 6 -cost corratio`` run (:mod:`bids_harmony.harp.flirt`;
-        FLIRT searches rotations itself).  The correlation check is the same.
+        one ``flirt -dof 6 -cost corratio`` run first (:mod:`bids_harmony.harp.flirt`;
+        FLIRT searches rotations itself), then the ANTs tries if its result fails
+        the correlation check.  The check is the same for both.
 
     Returns
     -------
@@ -381,11 +382,16 @@ def register_rigid(
         raise ValueError(f"method must be 'ants' or 'flirt', got {method!r}.")
     tries = []
     what = f"{moving_name} to {fixed_name}"
-    for init in _INITIALIZATIONS if method == "ants" else ("flirt",):
-        if method == "flirt":
+    # A FLIRT result that fails the check falls back to ANTs' tries.
+    for init in _INITIALIZATIONS if method == "ants" else ("flirt", *_INITIALIZATIONS):
+        if init == "flirt":
             from bids_harmony.harp.flirt import flirt_rigid
 
-            transform = flirt_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, what)
+            try:
+                transform = flirt_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, what)
+            except RegistrationError as err:
+                logger.warning("%s; trying ANTs.", err)
+                continue
         else:
             transform = _ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init,
                                     levels, seed, what)  # fmt: skip

@@ -70,6 +70,20 @@ def test_reverse_pe_from_intended_for_uris_and_b0_field_ids(tmp_path, caplog):
     assert "run-5_epi.nii.gz has voxel grid (12, 10, 6)" in caplog.text
 
 
+def test_field_map_with_bvals_gives_only_its_b0s(tmp_path, caplog):
+    root = _study_with_fieldmaps(tmp_path / "bids")
+    fmap = root / "sub-01" / "ses-A" / "fmap"
+    _epi(fmap, "sub-01_ses-A_dir-PA_run-1", {"PhaseEncodingDirection": "j",
+         "IntendedFor": "ses-A/dwi/sub-01_ses-A_dwi.nii.gz"}, n=4)  # fmt: skip
+    (fmap / "sub-01_ses-A_dir-PA_run-1_epi.bval").write_text("0 1000 5 1000\n")
+    (fmap / "sub-01_ses-A_dir-PA_run-3_epi.bval").write_text("0 0 0\n")  # 2 volumes
+    (run,) = discover(root, validate=False).runs
+    volumes = {image.path.name: image.volumes for image in run.reverse_pe}
+    assert volumes["sub-01_ses-A_dir-PA_run-1_epi.nii.gz"] == (0, 2)
+    assert "sub-01_ses-A_dir-PA_run-3_epi.nii.gz" not in volumes
+    assert "has 3 values for 2 volumes" in caplog.text
+
+
 def test_reverse_pe_from_dir_pairs(tmp_path):
     root = make_bids(tmp_path / "bids", sessions=())
     rng = np.random.default_rng(0)

@@ -4,7 +4,8 @@ Two layouts are recognised, as the BIDS specification describes them:
 
 * ``fmap/*_epi`` images whose ``IntendedFor`` names the run (a path relative to
   the subject folder, or a BIDS URI ``bids::sub-…/…``), or whose
-  ``B0FieldIdentifier`` is one of the run's ``B0FieldSource`` values;
+  ``B0FieldIdentifier`` is one of the run's ``B0FieldSource`` values (all their
+  volumes, or only the b0s when a ``.bval`` file comes with them);
 * another dMRI run of the same session that differs only in ``dir-`` (e.g.
   ``dir-AP`` and ``dir-PA``), whose b0 volumes are used.
 
@@ -100,6 +101,26 @@ def _n_volumes(path: Path) -> int:
     return int(shape[3]) if len(shape) > 3 else 1
 
 
+def _epi_b0s(path: Path, b0_threshold: float, max_b0s: int) -> tuple[int, ...]:
+    """Volumes of a field map to use: all, or its b0s when a ``.bval`` comes with it.
+
+    Some scanners export the reverse-PE series as a short dMRI run (b0s and a few
+    weighted volumes) stored in ``fmap/``; TOPUP must see only the b0s.
+    """
+    n = _n_volumes(path)
+    bval = path.with_name(path.name.split(".")[0] + ".bval")
+    if not bval.is_file():
+        return tuple(range(n))
+    bvals = np.loadtxt(bval, ndmin=1).ravel()
+    if bvals.size != n:
+        LOGGER.warning("%s has %d values for %d volumes; field map skipped.", bval, bvals.size, n)
+        return ()
+    picks = tuple(int(i) for i in pick_b0s(bvals, b0_threshold, max_b0s))
+    if not picks:
+        LOGGER.warning("%s has no b0 volume: not usable for TOPUP; skipped.", path)
+    return picks
+
+
 def find_reverse_pe(
     layout: BIDSLayout,
     dwi: Path,
@@ -157,8 +178,11 @@ def find_reverse_pe(
         if not opposite_pe(pe_dir, str(fmeta.get("PhaseEncodingDirection"))):
             continue
         if _grid_matches(path, shape, dwi):
-            volumes = tuple(range(_n_volumes(path)))
-            found.append(ReversePE(path, "epi", fmeta["PhaseEncodingDirection"], fmeta, volumes))
+            volumes = _epi_b0s(path, b0_threshold, max_b0s)
+            if volumes:
+                found.append(
+                    ReversePE(path, "epi", fmeta["PhaseEncodingDirection"], fmeta, volumes)
+                )
 
     if "direction" in entities:
         others = {k: v for k, v in entities.items() if k != "direction"}

@@ -158,8 +158,9 @@ def test_prepare_fsl_inputs_stacks_b0s_and_writes_acqparams(tmp_path):
     root = _study_with_fieldmaps(tmp_path / "bids")
     (run,) = discover(root, validate=False).runs
     plan = fsl_run_plan(run, b_tolerance=50, b0_threshold=50)
-    node = PrepareFslInputs(in_file=str(run.dwi), in_bval=str(run.bval), pe_dir=plan["pe_dir"],
-                            readout_time=plan["readout_time"], reverse=plan["reverse"])  # fmt: skip
+    node = PrepareFslInputs(in_file=str(run.dwi), in_bval=str(run.bval), in_bvec=str(run.bvec),
+                            pe_dir=plan["pe_dir"], readout_time=plan["readout_time"],
+                            reverse=plan["reverse"])  # fmt: skip
     out = node.run(cwd=str(tmp_path)).outputs
     stack = nb.load(out.b0_pair)
     # the run's 2 b0s, then 2 + 1 + 2 field-map volumes
@@ -175,11 +176,19 @@ def test_prepare_fsl_inputs_stacks_b0s_and_writes_acqparams(tmp_path):
 
 def test_prepare_without_reverse_pe_has_one_row(small_bids, tmp_path):
     (run, *_) = discover(small_bids).runs
-    node = PrepareFslInputs(in_file=str(run.dwi), in_bval=str(run.bval), pe_dir="i",
-                            readout_time=0.05)  # fmt: skip
+    bvec = np.loadtxt(run.bvec)
+    bvec[:, 0] = [0.01, 0.0, 0.0]  # noise on a b0 vector
+    bvec[:, -1] *= 0.995  # a norm of 0.995
+    noisy = tmp_path / "noisy.bvec"
+    np.savetxt(noisy, bvec)
+    node = PrepareFslInputs(in_file=str(run.dwi), in_bval=str(run.bval), in_bvec=str(noisy),
+                            pe_dir="i", readout_time=0.05)  # fmt: skip
     out = node.run(cwd=str(tmp_path)).outputs
     assert Path(out.acqparams).read_text() == "1 0 0 0.05\n"
     assert not out.b0_pair
+    cleaned = np.loadtxt(out.out_bvec)
+    assert cleaned.shape == bvec.shape and not cleaned[:, 0].any()
+    np.testing.assert_allclose(np.linalg.norm(cleaned[:, -1]), 1.0, atol=1e-6)
 
 
 def test_finalize_clips_negatives_and_keeps_rotated_bvecs(small_bids, tmp_path):

@@ -25,6 +25,7 @@ from bids_harmony.interfaces.dmri import load_image, read_table, save_like, writ
 class _PrepareInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="raw DWI series")
     in_bval = File(exists=True, mandatory=True)
+    in_bvec = File(exists=True, mandatory=True)
     pe_dir = traits.Str(mandatory=True, desc="BIDS PhaseEncodingDirection of the run")
     readout_time = traits.Float(mandatory=True, desc="total readout time of the run (s)")
     reverse = traits.List(
@@ -38,6 +39,8 @@ class _PrepareOutputSpec(TraitedSpec):
     acqparams = File(exists=True, desc="--acqp rows: the run's b0s, then the reverse images")
     index = File(exists=True, desc="--index: row 1 for every volume of the run")
     b0_pair = File(desc="4-D b0s with both phase encodings, for TOPUP (with reverse images)")
+    out_bval = File(exists=True, desc="b-values as checked at discovery")
+    out_bvec = File(exists=True, desc="unit b-vectors (zeros on b0s), FSL layout")
 
 
 class PrepareFslInputs(SimpleInterface):
@@ -45,7 +48,9 @@ class PrepareFslInputs(SimpleInterface):
 
     Row 1 of ``acqparams`` is the run's own phase encoding, so that ``index`` is
     all ones; with reverse images, TOPUP reads the same file, one row per volume
-    of ``b0_pair`` (the run's b0s first).
+    of ``b0_pair`` (the run's b0s first).  eddy gets the gradient table as the
+    python backend reads it (unit b-vectors, zeros on b0s): scanners write
+    vectors of norm 0.99 or noise on b0s, which eddy would take at face value.
     """
 
     input_spec = _PrepareInputSpec
@@ -53,9 +58,17 @@ class PrepareFslInputs(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_harmony.dmri.acqparams import acquisition_parameters, pick_b0s, write_acqparams
+        from bids_harmony.dmri.gradients import validate_gradients
 
         cwd = Path(runtime.cwd)
-        bvals = np.loadtxt(self.inputs.in_bval, ndmin=1).ravel()
+        bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
+        bvals, bvecs = validate_gradients(
+            bvals, bvecs, nb.load(self.inputs.in_file).shape[3], name=self.inputs.in_bvec,
+            b0_threshold=self.inputs.b0_threshold,
+        )  # fmt: skip
+        self._results["out_bval"], self._results["out_bvec"] = write_table(
+            bvals, bvecs, cwd / "eddy_gradients"
+        )
         pe_dirs, readouts = [self.inputs.pe_dir], [self.inputs.readout_time]
         if self.inputs.reverse:
             img = nb.load(self.inputs.in_file)

@@ -302,10 +302,10 @@ def _connect_fsl_preproc(
         mem_gb=mem_gb,
     )
     workflow.connect([
-        (inputnode, prepare, [("dwi", "in_file"), ("bval", "in_bval")]),
-        (inputnode, fsl_wf, [("dwi", "inputnode.dwi"), ("bval", "inputnode.bval"),
-                             ("bvec", "inputnode.bvec")]),
-        (prepare, fsl_wf, [("acqparams", "inputnode.acqparams"), ("index", "inputnode.index")]),
+        (inputnode, prepare, [("dwi", "in_file"), ("bval", "in_bval"), ("bvec", "in_bvec")]),
+        (inputnode, fsl_wf, [("dwi", "inputnode.dwi")]),
+        (prepare, fsl_wf, [("acqparams", "inputnode.acqparams"), ("index", "inputnode.index"),
+                           ("out_bval", "inputnode.bval"), ("out_bvec", "inputnode.bvec")]),
         (fsl_wf, finalize, [("outputnode.dwi_preproc", "in_file"),
                             ("outputnode.bval", "in_bval"),
                             ("outputnode.bvec_rotated", "in_bvec"),

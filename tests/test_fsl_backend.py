@@ -77,11 +77,14 @@ def test_field_map_with_bvals_gives_only_its_b0s(tmp_path, caplog):
          "IntendedFor": "ses-A/dwi/sub-01_ses-A_dwi.nii.gz"}, n=4)  # fmt: skip
     (fmap / "sub-01_ses-A_dir-PA_run-1_epi.bval").write_text("0 1000 5 1000\n")
     (fmap / "sub-01_ses-A_dir-PA_run-3_epi.bval").write_text("0 0 0\n")  # 2 volumes
+    (fmap / "sub-01_ses-A_dir-PA_run-2_epi.bval").write_text("b0\n")  # not numeric
     (run,) = discover(root, validate=False).runs
     volumes = {image.path.name: image.volumes for image in run.reverse_pe}
     assert volumes["sub-01_ses-A_dir-PA_run-1_epi.nii.gz"] == (0, 2)
     assert "sub-01_ses-A_dir-PA_run-3_epi.nii.gz" not in volumes
     assert "has 3 values for 2 volumes" in caplog.text
+    assert "sub-01_ses-A_dir-PA_run-2_epi.nii.gz" not in volumes
+    assert "run-2_epi.bval is not a numeric table" in caplog.text
 
 
 def test_reverse_pe_from_dir_pairs(tmp_path):

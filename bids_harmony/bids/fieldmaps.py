@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nb
-import numpy as np
 from bids.layout import BIDSLayout
 
+from bids_harmony.bids.gradients_io import read_bvals
 from bids_harmony.bids.runs import name_entities
 from bids_harmony.dmri.acqparams import opposite_pe, pick_b0s
+from bids_harmony.errors import BadGradientsError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,39 +82,41 @@ def intended_paths(entries: Any, root: Path, subject_dir: Path) -> set[Path]:
     return paths
 
 
-def _grid_matches(path: Path, shape: tuple[int, ...], dwi: Path) -> bool:
+def _volume_count(path: Path, shape: tuple[int, ...], dwi: Path) -> int | None:
+    """Volumes of a candidate on the run's voxel grid; ``None`` (logged) if it is not usable."""
     try:
         other = nb.load(str(path)).shape
     except Exception as err:  # noqa: BLE001 (any unreadable header: skip the candidate)
         LOGGER.warning("Reverse phase-encoding image %s is unreadable (%s); skipped.", path, err)
-        return False
+        return None
     if tuple(other[:3]) != tuple(shape[:3]):
         LOGGER.warning(
             "%s has voxel grid %s but %s has %s: not usable for TOPUP; skipped.",
             path, tuple(other[:3]), dwi.name, tuple(shape[:3]),
         )  # fmt: skip
-        return False
-    return True
+        return None
+    return int(other[3]) if len(other) > 3 else 1
 
 
-def _n_volumes(path: Path) -> int:
-    shape = nb.load(str(path)).shape
-    return int(shape[3]) if len(shape) > 3 else 1
-
-
-def _epi_b0s(path: Path, b0_threshold: float, max_b0s: int) -> tuple[int, ...]:
-    """Volumes of a field map to use: all, or its b0s when a ``.bval`` comes with it.
+def _b0_volumes(
+    path: Path, bval: Path | None, n: int, b0_threshold: float, max_b0s: int
+) -> tuple[int, ...]:
+    """Volumes to give TOPUP: all ``n`` without a ``.bval``, else up to ``max_b0s`` b0s.
 
     Some scanners export the reverse-PE series as a short dMRI run (b0s and a few
-    weighted volumes) stored in ``fmap/``; TOPUP must see only the b0s.
+    weighted volumes) stored in ``fmap/``; TOPUP must see only the b0s.  An
+    unusable ``.bval`` skips the candidate (logged) rather than the discovery.
     """
-    n = _n_volumes(path)
-    bval = path.with_name(path.name.split(".")[0] + ".bval")
-    if not bval.is_file():
+    if bval is None:
         return tuple(range(n))
-    bvals = np.loadtxt(bval, ndmin=1).ravel()
+    try:
+        bvals = read_bvals(bval)
+    except BadGradientsError as err:
+        LOGGER.warning("%s; %s skipped.", err, path.name)
+        return ()
     if bvals.size != n:
-        LOGGER.warning("%s has %d values for %d volumes; field map skipped.", bval, bvals.size, n)
+        LOGGER.warning("%s has %d values for %d volumes; %s skipped.", bval, bvals.size, n,
+                       path.name)  # fmt: skip
         return ()
     picks = tuple(int(i) for i in pick_b0s(bvals, b0_threshold, max_b0s))
     if not picks:
@@ -177,12 +180,13 @@ def find_reverse_pe(
             continue
         if not opposite_pe(pe_dir, str(fmeta.get("PhaseEncodingDirection"))):
             continue
-        if _grid_matches(path, shape, dwi):
-            volumes = _epi_b0s(path, b0_threshold, max_b0s)
-            if volumes:
-                found.append(
-                    ReversePE(path, "epi", fmeta["PhaseEncodingDirection"], fmeta, volumes)
-                )
+        n = _volume_count(path, shape, dwi)
+        if n is None:
+            continue
+        bval = path.with_name(path.name.split(".")[0] + ".bval")
+        volumes = _b0_volumes(path, bval if bval.is_file() else None, n, b0_threshold, max_b0s)
+        if volumes:
+            found.append(ReversePE(path, "epi", fmeta["PhaseEncodingDirection"], fmeta, volumes))
 
     if "direction" in entities:
         others = {k: v for k, v in entities.items() if k != "direction"}
@@ -194,12 +198,16 @@ def find_reverse_pe(
             ometa = layout.get_metadata(other.path)
             if not opposite_pe(pe_dir, str(ometa.get("PhaseEncodingDirection"))):
                 continue
-            if not _grid_matches(path, shape, dwi):
+            n = _volume_count(path, shape, dwi)
+            if n is None:
                 continue
-            bvals = np.loadtxt(bval_of(path, own), ndmin=1)
-            volumes = tuple(int(i) for i in pick_b0s(bvals.ravel(), b0_threshold, max_b0s))
+            try:
+                bval = bval_of(path, own)
+            except BadGradientsError as err:
+                LOGGER.warning("%s; not used for TOPUP.", err)
+                continue
+            volumes = _b0_volumes(path, bval, n, b0_threshold, max_b0s)
             if not volumes:
-                LOGGER.warning("%s has no b0 volume: not usable for TOPUP; skipped.", path)
                 continue
             found.append(ReversePE(path, "dwi", ometa["PhaseEncodingDirection"], ometa, volumes))
     return tuple(sorted(found, key=lambda r: (r.kind != "epi", str(r.path))))

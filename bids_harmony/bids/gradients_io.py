@@ -49,6 +49,17 @@ def read_gradients(
     return bvals[0], bvecs.T.copy()
 
 
+def read_bvals(bval_path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a ``.bval`` file alone (e.g. next to a field map), shape (n,).
+
+    Raises
+    ------
+    BadGradientsError
+        As :func:`read_gradients` does for the ``.bval`` file.
+    """
+    return _read_table(Path(bval_path), rows=1, what="b-values")[0]
+
+
 def _read_table(path: Path, *, rows: int, what: str) -> np.ndarray:
     layout = "one row" if rows == 1 else f"{rows} rows (x, y, z)"
     fmt = f"A BIDS {path.suffix or 'gradient'} file holds {layout} of {what}, one column per volume"

@@ -61,9 +61,10 @@ class PrepareFslInputs(SimpleInterface):
         from bids_harmony.dmri.gradients import validate_gradients
 
         cwd = Path(runtime.cwd)
+        img = nb.load(self.inputs.in_file)
         bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
         bvals, bvecs = validate_gradients(
-            bvals, bvecs, nb.load(self.inputs.in_file).shape[3], name=self.inputs.in_bvec,
+            bvals, bvecs, img.shape[3], name=self.inputs.in_bvec,
             b0_threshold=self.inputs.b0_threshold,
         )  # fmt: skip
         self._results["out_bval"], self._results["out_bvec"] = write_table(
@@ -71,7 +72,6 @@ class PrepareFslInputs(SimpleInterface):
         )
         pe_dirs, readouts = [self.inputs.pe_dir], [self.inputs.readout_time]
         if self.inputs.reverse:
-            img = nb.load(self.inputs.in_file)
             picks = pick_b0s(bvals, self.inputs.b0_threshold, self.inputs.max_b0s)
             if picks.size == 0:
                 raise ValueError(

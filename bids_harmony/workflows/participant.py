@@ -260,7 +260,7 @@ def _connect_fsl_preproc(
 ) -> pe.Node:
     """Add the FSL graph to a run's workflow; returns the node with the python outputs."""
     from bids_harmony.interfaces.fsl import FslFinalize, PrepareFslInputs
-    from bids_harmony.workflows.fsl_preproc import eddy_command, init_fsl_preproc_wf
+    from bids_harmony.workflows.fsl_preproc import init_fsl_preproc_wf
 
     has_reverse = bool(plan["reverse"])
     prepare = pe.Node(
@@ -290,7 +290,9 @@ def _connect_fsl_preproc(
         })  # fmt: skip
     steps.append({
         "Step": "eddy-current-and-motion-correction",
-        "Method": f"FSL {eddy_command()} --repol --data_is_shelled --slm={plan['slm']}"
+        # The binary the graph will run (eddy_command looked for it once).
+        "Method": f"FSL {fsl_wf.get_node('eddy').interface.cmd} --repol --data_is_shelled "
+        f"--slm={plan['slm']}"
         + (" --topup" if has_reverse else ""),
         "BVectorsRotated": True,
     })  # fmt: skip

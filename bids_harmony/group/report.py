@@ -13,6 +13,8 @@ import html
 import io
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -337,6 +339,27 @@ _HOW_TO_READ = (
 )
 
 
+def _training_links(
+    out_html: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None
+) -> list[str]:
+    """"HARP training" section linking the training reports in ``models_dir``, if any."""
+    found = Path(models_dir).glob("*.html") if models_dir is not None else ()
+    pages = sorted(p for p in found if not p.name.startswith("."))  # not half-written .tmp-
+    if not pages:
+        return []
+    items = []
+    for page in pages:
+        # Relative, so the link survives moving or archiving the whole output folder.
+        href = Path(os.path.relpath(page, Path(out_html).parent)).as_posix()
+        m = re.fullmatch(r"harp_src-(.+)_tgt-(.+)", page.stem)
+        label = f"{m[1]} → {m[2]}" if m else page.stem
+        items.append(f'<li><a href="{html.escape(urllib.parse.quote(href), quote=True)}">'
+                     f"{html.escape(label)}</a></li>")  # fmt: skip
+    return ["<h2>HARP training</h2>",
+            "<p>Training reports (registration, voxels, band test, losses, scales):</p>",
+            f"<ul>{''.join(items)}</ul>"]  # fmt: skip
+
+
 def write_html_report(
     out_html: str | os.PathLike[str],
     *,
@@ -346,6 +369,7 @@ def write_html_report(
     figures: Mapping[str, str | os.PathLike[str]] | None = None,
     notes: Sequence[str] | None = None,
     excluded: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    models_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write one self-contained HTML report (no external CSS, JS, fonts or images).
 
@@ -365,6 +389,9 @@ def write_html_report(
         Caveats listed under "Notes".
     excluded : mapping or sequence of pairs, optional
         Excluded sessions ``{session: reason}``; listed (or "None") in the report.
+    models_dir : path, optional
+        Folder of the HARP models (``OUT/models``); its ``*.html`` training reports
+        are linked, relative to ``out_html``, under "HARP training".
 
     Returns
     -------
@@ -385,6 +412,7 @@ def write_html_report(
     if figures:
         parts.append("<h2>Figures</h2>")
         parts += [_figure_html(caption, path) for caption, path in figures.items()]
+    parts += _training_links(out_html, models_dir)
     parts.append("<h2>Notes</h2>")
     items = [f"<li>{esc(str(n))}</li>" for n in notes or ()]
     parts.append(f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>")

@@ -347,6 +347,7 @@ def run_group(config: Config) -> int:
         figures=figures,
         notes=notes,
         excluded=excluded,
+        models_dir=config.output_dir / "models",
     )
     LOGGER.info("Group level finished in %.1f s; report: %s", time.perf_counter() - start, html)
     return 0

@@ -23,6 +23,15 @@ already resampled there, :mod:`bids_harmony.harp.pair_io`), it is
    registration).  That difference is a property of the phantom's geometry,
    not of the tissue HARP is applied to; learned from edge voxels, it biased
    the scales of simulated human white matter by about 2 % (l = 0 and 2).
+   The erosion is *scaled to the object*: each connected component (a vial, a
+   tube, the bath) loses at most what leaves its core, so a vial 3-5 voxels
+   across keeps its centre instead of vanishing;
+5. not *partial-volume*: walls between two materials that both pass the C00
+   rule (e.g. a vial and an ice-water bath) are not boundaries of the
+   selection.  A voxel is dropped when its C00 differs from the median of its
+   3×3×3 neighbourhood by more than ``PV_SIGMAS`` robust noise standard
+   deviations (median absolute deviation of the same residual over the
+   selection) at either site.
 
 The window is on the scale of our coefficients (:mod:`bids_harmony.dmri.sh`):
 :math:`E' = (S/\bar S_0)^{1000/b} \in [0, 1]` in the real, even, legacy
@@ -44,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import binary_erosion
+from scipy import ndimage
 
 from bids_harmony.harp.pairs import PhantomPair, TrainingDataError
 
@@ -56,6 +65,8 @@ C00_WINDOW = (1.0, 2.0)
 C00_PERCENTILE = 30.0
 #: Voxels peeled off the boundary of the selection (partial volume with the bath).
 ERODE = 1
+#: Partial-volume test: largest C00 deviation from the neighbourhood median, in noise SDs.
+PV_SIGMAS = 4.0
 #: Fewest training voxels a real pair must give.
 MIN_VOXELS = 1000
 RULES = ("window", "percentile")
@@ -65,8 +76,13 @@ __all__ = [
     "C00_WINDOW",
     "ERODE",
     "MIN_VOXELS",
+    "PV_SIGMAS",
     "RULES",
     "VoxelSelection",
+    "block_validation",
+    "component_counts",
+    "partial_volume_voxels",
+    "scaled_erosion",
     "c00_bounds",
     "check_voxel_count",
     "select_training_voxels",
@@ -84,7 +100,10 @@ class VoxelSelection:
     mask : ndarray of bool, shape (X, Y, Z)
     counts : mapping of str to int
         Voxels left after each step, in order: ``grid`` (all), ``mask``,
-        ``finite``, ``window`` (the C00 rule, whichever it is), ``interior``.
+        ``finite``, ``window`` (the C00 rule, whichever it is), ``interior``,
+        ``homogeneous``.
+    components : list of dict
+        :func:`component_counts` of the C00-rule voxels.
     c00_bounds : tuple of float
         Exclusive lower and upper C00 bounds applied at both sites.
     """
@@ -92,6 +111,7 @@ class VoxelSelection:
     mask: np.ndarray
     counts: Mapping[str, int] = field(default_factory=dict)
     c00_bounds: tuple[float, float] = C00_WINDOW
+    components: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def n_voxels(self) -> int:
@@ -143,6 +163,7 @@ def voxel_selection(
     percentile: float = C00_PERCENTILE,
     rescans: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     erode: int = ERODE,
+    partial_volume: bool = True,
 ) -> VoxelSelection:
     """Training voxels of a pair with the count after each step (no minimum enforced).
 
@@ -158,7 +179,9 @@ def voxel_selection(
         Further scans on the same grid (rescans) that must be inside their mask
         and finite too; the C00 rule is not applied to them.
     erode : int
-        Voxels peeled off the boundary of the selection (0 keeps the edges).
+        Voxels peeled off the boundary of each component (0 keeps the edges).
+    partial_volume : bool
+        Drop partial-volume voxels between materials (step 5).
 
     Returns
     -------
@@ -198,13 +221,111 @@ def voxel_selection(
     counts["window"] = int(keep.sum())
     if erode < 0:
         raise ValueError(f"erode must be >= 0, got {erode}.")
-    if erode:
-        # the array border is not a material edge (phantom cylinders run through the FOV)
-        keep = binary_erosion(
-            keep, structure=np.ones((3, 3, 3), bool), iterations=erode, border_value=1
-        )
+    window = keep
+    keep = scaled_erosion(keep, erode)
     counts["interior"] = int(keep.sum())
-    return VoxelSelection(mask=keep, counts=counts, c00_bounds=(low, high))
+    if partial_volume:
+        for arr in (source, target):
+            keep &= ~partial_volume_voxels(arr[..., 0], keep)
+    counts["homogeneous"] = int(keep.sum())
+    return VoxelSelection(mask=keep, counts=counts, c00_bounds=(low, high),
+                          components=component_counts(window, keep))  # fmt: skip
+
+
+def scaled_erosion(selection: np.ndarray, erode: int) -> np.ndarray:
+    """Peel ``erode`` voxels off each connected component, keeping at least its core.
+
+    Parameters
+    ----------
+    selection : ndarray of bool, shape (X, Y, Z)
+    erode : int
+        Voxels peeled (26-neighbourhood, chessboard depth); the array border is
+        not an edge (phantom cylinders run through the field of view).
+
+    Returns
+    -------
+    ndarray of bool
+        Per component, the voxels deeper than ``erode``; a component with none
+        keeps its deepest voxels (its core).
+    """
+    selection = np.asarray(selection, dtype=bool)
+    if erode <= 0 or not selection.any():
+        return selection.copy()
+    padded = np.pad(selection, 1, mode="edge")  # the border is not an edge
+    depth = ndimage.distance_transform_cdt(padded, metric="chessboard")[1:-1, 1:-1, 1:-1]
+    labels, n = ndimage.label(selection, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return selection.copy()
+    deepest = ndimage.maximum(depth, labels, index=np.arange(1, n + 1))
+    need = np.minimum(erode + 1, np.asarray(deepest))  # per component
+    threshold = np.zeros(n + 1)
+    threshold[1:] = need
+    return selection & (depth >= threshold[labels]) & (labels > 0)
+
+
+def partial_volume_voxels(c00: np.ndarray, selection: np.ndarray) -> np.ndarray:
+    """Voxels of ``selection`` whose C00 departs from their neighbourhood (module step 5).
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+        True where ``|C00 - median_3x3x3(C00)| > PV_SIGMAS * sigma`` with the robust
+        noise SD ``sigma`` of the residual over the selection.
+    """
+    c00 = np.nan_to_num(np.asarray(c00, dtype=np.float64), nan=0.0)
+    selection = np.asarray(selection, dtype=bool)
+    out = np.zeros(selection.shape, dtype=bool)
+    if selection.sum() < 10:
+        return out
+    residual = c00 - ndimage.median_filter(c00, size=3, mode="nearest")
+    values = residual[selection]
+    sigma = 1.4826 * np.median(np.abs(values - np.median(values)))
+    if sigma <= 0:
+        return out
+    out[selection] = np.abs(values) > PV_SIGMAS * sigma
+    return out
+
+
+def component_counts(window: np.ndarray, kept: np.ndarray) -> list[dict[str, object]]:
+    """Per connected component of the C00-rule voxels: size, kept voxels, centroid.
+
+    Components are vials, tubes or a bath region (26-connected), largest first.
+    """
+    labels, n = ndimage.label(np.asarray(window, bool), structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    kept_n = ndimage.sum_labels(np.asarray(kept, bool), labels, index)
+    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, index)
+    rows = [
+        {"voxels": int(sz), "kept": int(k), "centroid_vox": [round(float(c), 1) for c in ctr]}
+        for sz, k, ctr in zip(sizes, kept_n, centres, strict=True)
+    ]
+    rows.sort(key=lambda r: -r["voxels"])
+    for i, row in enumerate(rows, 1):
+        row["component"] = i
+    return rows
+
+
+def block_validation(shape: tuple[int, ...], *, block: int = 4, fraction: float = 0.2,
+                     seed: int = 0) -> np.ndarray:
+    """Validation voxels: whole ``block``-voxel cubes of the grid drawn with ``seed``.
+
+    Every vial, tube, phantom, shell and protocol then contributes to both
+    training and validation, and the validation voxels are not the immediate
+    neighbours of training voxels (blocks, not single voxels).  The draw depends
+    only on the block coordinates, so pairs sharing a source grid agree.
+
+    Returns
+    -------
+    ndarray of bool, shape ``shape[:3]``
+    """
+    shape = tuple(int(s) for s in shape[:3])
+    n_blocks = tuple(-(-s // block) for s in shape)
+    draw = np.random.default_rng(seed).random(n_blocks) < fraction
+    idx = np.ix_(*(np.arange(s) // block for s in shape))
+    return draw[idx]
 
 
 def check_voxel_count(selection: VoxelSelection, min_voxels: int, what: str = "the pair") -> None:
@@ -221,7 +342,8 @@ def check_voxel_count(selection: VoxelSelection, min_voxels: int, what: str = "t
         f"{what}: only {selection.n_voxels} training voxel(s), {min_voxels} needed. Voxels "
         f"left after each step: {counts.get('grid', 0)} in the grid, {counts.get('mask', 0)} "
         f"inside all masks, {counts.get('finite', 0)} finite, {counts.get('window', 0)} with "
-        f"{low:g} < C00 < {high:g} at both sites, {counts.get('interior', 0)} off the edges. "
+        f"{low:g} < C00 < {high:g} at both sites, {counts.get('interior', 0)} off the edges, "
+        f"{counts.get('homogeneous', counts.get('interior', 0))} not partial-volume. "
         "Check the phantom masks and registration, the C00 rule, or --phantom-erode."
     )
 

@@ -24,6 +24,10 @@ from bids_harmony.errors import BidsHarmonyError, NoDataError
 
 LOGGER = logging.getLogger(__name__)
 
+#: Validation: cubes of this many voxels per side, this share of them.
+VALIDATION_BLOCK = 4
+VALIDATION_FRACTION = 0.2
+
 
 def choose_sites(config: Config, sites: list[str]) -> tuple[str, list[str]]:
     """Target site and the source sites to train, with errors listing the sites."""
@@ -87,14 +91,6 @@ def invivo_c00(
     return samples
 
 
-def _stack(arrays: list[Any], field: str, n: int) -> np.ndarray | None:
-    """Rows of all pairs, truncated to ``n`` coefficients; None if any pair lacks it."""
-    parts = [getattr(a, field) for a in arrays]
-    if not parts or any(part is None for part in parts):
-        return None
-    return np.concatenate(parts, axis=0)[:, :n]
-
-
 def _scan_record(scan: Any) -> dict[str, Any] | None:
     if scan is None:
         return None
@@ -105,6 +101,119 @@ def _scan_record(scan: Any) -> dict[str, Any] | None:
         "sh_file": Path(scan.sh_file).name,
         "sh_sha256": sha256_file(Path(scan.sh_file)),
     }
+
+
+#: Fewest phantom pairs that must pass registration.
+MIN_PAIRS = 1
+
+
+def _gather_all(config: Config, pairs: list, rule: str, c00: np.ndarray | None,
+                registration: str) -> tuple[list, list]:
+    """Arrays of every pair; bad pairs are excluded with a warning, never fatal."""
+    from bids_harmony.errors import BadImageError
+    from bids_harmony.harp.pair_io import PairArrays, gather_pair_arrays
+
+    cache: dict = {}  # a scan pair is registered once for all pairs and shells it is in
+    arrays = []
+    for pair in pairs:
+        try:
+            arr = gather_pair_arrays(
+                pair, rule=rule, c00_window=config.c00_window, erode=config.phantom_erode,
+                invivo_c00=c00 if rule == "percentile" else None, seed=config.seed,
+                registrations=cache, registration_method=registration,
+                validation_fraction=VALIDATION_FRACTION, validation_block=VALIDATION_BLOCK,
+            )  # fmt: skip
+        except BadImageError as err:
+            LOGGER.warning("Phantom pair %s -> %s excluded: %s", pair.source.label,
+                           pair.target.label, err)  # fmt: skip
+            empty = np.zeros((0, 45), np.float32)
+            arr = PairArrays(empty, empty, None, {}, excluded=str(err))
+        arrays.append(arr)
+    return arrays, [v for k, v in cache.items() if k[0] == "image"]
+
+
+def _rows(arrays: list, n: int) -> dict[str, dict[str, np.ndarray | None]]:
+    """Training and validation rows of the usable pairs, truncated to ``n`` coefficients."""
+    usable = [a for a in arrays if not a.excluded and a.n_voxels]
+    with_rescan = [a for a in usable if a.source_rescan is not None]
+    if with_rescan and len(with_rescan) < len(usable):
+        LOGGER.warning(
+            "%d phantom pair(s) have no usable source rescan and are left out: the "
+            "noise-aware loss needs a rescan of every training voxel.",
+            len(usable) - len(with_rescan),
+        )
+        usable = with_rescan
+    out: dict[str, dict[str, np.ndarray | None]] = {}
+    for split, pick in (("train", False), ("val", True)):
+        parts = {}
+        for field in ("source", "target", "source_rescan"):
+            if any(getattr(a, field) is None for a in usable) or not usable:
+                parts[field] = None
+                continue
+            parts[field] = np.concatenate(
+                [getattr(a, field)[a.validation == pick] for a in usable], axis=0
+            )[:, :n]
+        out[split] = parts
+    return out
+
+
+def _pair_record(pair: Any, arr: Any) -> dict[str, Any]:
+    return {
+        "phantom": pair.phantom,
+        "protocol": pair.protocol,
+        "shell_bval": pair.shell_bval,
+        "role": "excluded" if arr.excluded else "train",
+        "source": _scan_record(pair.source),
+        "target": _scan_record(pair.target),
+        "source_rescan": _scan_record(pair.source_rescan),
+        "registration": {role: r.record() for role, r in arr.registrations.items()},
+        "excluded": arr.excluded or None,
+        "voxels": {
+            "selected": arr.n_voxels,
+            "train": int((~arr.validation).sum()) if arr.n_voxels else 0,
+            "validation": int(arr.validation.sum()) if arr.n_voxels else 0,
+            "counts": dict(arr.counts),
+        },
+    }
+
+
+def _by_phantom(pairs: list, arrays: list) -> dict[str, Any]:
+    """Voxels per phantom and per component (the pair of each phantom with the most)."""
+    out: dict[str, Any] = {}
+    for pair, arr in zip(pairs, arrays, strict=True):
+        entry = out.setdefault(pair.phantom, {"selected": 0, "pairs": 0, "components": []})
+        entry["selected"] += arr.n_voxels
+        entry["pairs"] += 0 if arr.excluded else 1
+        if sum(c["kept"] for c in arr.components) > sum(c["kept"] for c in entry["components"]):
+            entry["components"] = arr.components
+            entry["components_of"] = f"{pair.source.label} -> {pair.target.label}"
+    return out
+
+
+def _check_enough(pairs: list, arrays: list, n_train: int, config: Config, source: str,
+                  target: str) -> None:
+    from bids_harmony.harp.pairs import TrainingDataError
+
+    ok = [a for a in arrays if not a.excluded]
+    if not ok:
+        reasons = sorted({a.excluded for a in arrays})
+        same = all("attenuation correlation" in r for r in reasons)
+        raise TrainingDataError(
+            f"all {len(pairs)} phantom pair(s) {source} -> {target} failed: "
+            + ("the phantom scans at the two sites do not look like the same object after "
+               "registration (is the same phantom labelled alike at both sites, with the "
+               "same acq- protocol?). " if same else "")
+            + "Reasons: " + "; ".join(reasons[:3])
+        )  # fmt: skip
+    if len(ok) < MIN_PAIRS or n_train < config.min_train_voxels:
+        raise TrainingDataError(
+            f"only {n_train} training voxels from {len(ok)} usable phantom pair(s) "
+            f"{source} -> {target} ({len(arrays) - len(ok)} excluded); "
+            f"{config.min_train_voxels} voxels are needed. Per pair: "
+            + "; ".join(f"{p.source.label}: {a.counts or a.excluded}"
+                        for p, a in zip(pairs, arrays, strict=True))
+            + ". Widen --c00-window, use --voxel-rule window, or lower --min-train-voxels."
+        )  # fmt: skip
 
 
 def train_site_pair(
@@ -119,11 +228,10 @@ def train_site_pair(
     from bids_harmony.bids.derivatives import software_versions
     from bids_harmony.dmri.bands import n_coeffs
     from bids_harmony.harp import DEFAULT_RECIPE, PAPER_RECIPE, save_model, train_harp
+    from bids_harmony.harp.baseline import fit_band_scales
     from bids_harmony.harp.catalog import MODELS_DIR, model_stem
     from bids_harmony.harp.model_file import sh_convention
-    from bids_harmony.harp.pair_io import gather_pair_arrays
-    from bids_harmony.harp.pairs import TrainingDataError, find_phantom_pairs
-    from bids_harmony.harp.voxels import validation_split
+    from bids_harmony.harp.pairs import find_phantom_pairs
 
     pairs = find_phantom_pairs(
         study,
@@ -138,7 +246,6 @@ def train_site_pair(
             f"no phantom pair {source} → {target} was fitted at SH order {config.sh_order}; "
             "protocols with fewer directions than coefficients cannot train this model."
         )
-    train_pairs, val_pairs = validation_split(pairs, seed=config.seed)
     rule = config.voxel_rule
     c00 = invivo_c00(study, config.output_dir, source) if rule in ("auto", "percentile") else None
     if rule == "auto":
@@ -148,108 +255,83 @@ def train_site_pair(
             f"--voxel-rule percentile needs participant outputs of in-vivo {source} sessions; "
             "run the participant level on them or use --voxel-rule window."
         )
-    LOGGER.info(
-        "%s → %s: %d phantom pair(s) for training, %d for validation; voxel rule %s",
-        source,
-        target,
-        len(train_pairs),
-        len(val_pairs),
-        rule,
-    )
-
-    registrations: dict = {}  # shared: a scan registered once serves every pair it is in
+    LOGGER.info("%s → %s: %d phantom pair(s); voxel rule %s; validation on %d-voxel blocks",
+                source, target, len(pairs), rule, VALIDATION_BLOCK)  # fmt: skip
+    start = time.perf_counter()
+    arrays, images = _gather_all(config, pairs, rule, c00, registration)
     n = n_coeffs(config.sh_order)
-
-    def gather(group):
-        arrays = [
-            gather_pair_arrays(
-                pair,
-                rule=rule,
-                c00_window=config.c00_window,
-                erode=config.phantom_erode,
-                invivo_c00=c00 if rule == "percentile" else None,
-                min_voxels=1,
-                seed=config.seed,
-                registrations=registrations,
-                registration_method=registration,
-            )
-            for pair in group
-        ]
-        return {
-            field: _stack(arrays, field, n) for field in ("source", "target", "source_rescan")
-        }, arrays
-
-    train_data, train_arrays = gather(train_pairs)
-    val_data, val_arrays = gather(val_pairs)
-    n_train = len(train_data["source"])
-    if n_train < config.min_train_voxels:
-        raise TrainingDataError(
-            f"only {n_train} valid phantom voxels for {source} → {target} (need "
-            f"{config.min_train_voxels}); per pair: "
-            + "; ".join(
-                f"{p.source.label}: {a.counts}"
-                for p, a in zip(train_pairs, train_arrays, strict=True)
-            )
-            + ". Widen --c00-window, use --voxel-rule window, or lower --min-train-voxels."
-        )
+    data = _rows(arrays, n)
+    train, val = data["train"], data["val"]
+    n_train = 0 if train["source"] is None else len(train["source"])
+    _check_enough(pairs, arrays, n_train, config, source, target)
+    excluded = [(p, a) for p, a in zip(pairs, arrays, strict=True) if a.excluded]
+    if excluded:
+        LOGGER.warning("%d of %d phantom pair(s) excluded from training: %s", len(excluded),
+                       len(pairs), "; ".join(f"{p.source.label} -> {p.target.label} ({a.excluded})"
+                                             for p, a in excluded[:5]))  # fmt: skip
     recipe = PAPER_RECIPE if config.harp_recipe == "paper" else DEFAULT_RECIPE
     recipe = dataclasses.replace(recipe, seed=config.seed)
     if config.harp_iterations:
         recipe = dataclasses.replace(recipe, iterations=config.harp_iterations)
-    start = time.perf_counter()
+    has_val = val["source"] is not None and len(val["source"]) > 0
     result = train_harp(
-        train_data["source"],
-        train_data["target"],
-        source_rescan=train_data["source_rescan"],
-        val_source=val_data["source"],
-        val_target=val_data["target"],
-        val_source_rescan=val_data["source_rescan"],
+        train["source"],
+        train["target"],
+        source_rescan=train["source_rescan"],
+        val_source=val["source"] if has_val else None,
+        val_target=val["target"] if has_val else None,
+        val_source_rescan=val["source_rescan"] if has_val else None,
         recipe=recipe,
         sh_order=config.sh_order,
         device=device,
         progress=sys.stderr.isatty(),
     )
+    baseline = fit_band_scales(train["source"], train["target"], train["source_rescan"])
     card = {
         "source_site": source,
         "target_site": target,
         "sh_convention": sh_convention(config.sh_order),
         "training": {
-            "pairs": [
-                {
-                    "phantom": p.phantom,
-                    "protocol": p.protocol,
-                    "shell_bval": p.shell_bval,
-                    "role": role,
-                    "source": _scan_record(p.source),
-                    "target": _scan_record(p.target),
-                    "source_rescan": _scan_record(p.source_rescan),
-                }
-                for group, role in ((train_pairs, "train"), (val_pairs, "validation"))
-                for p in group
+            "pairs": [_pair_record(p, a) for p, a in zip(pairs, arrays, strict=True)],
+            "excluded_pairs": [
+                {"pair": f"{p.source.label} -> {p.target.label}", "reason": a.excluded}
+                for p, a in excluded
             ],
             "voxel_selection": {
                 "rule": rule,
                 "c00_window": list(config.c00_window),
                 "erode": config.phantom_erode,
-                "counts": [a.counts for a in [*train_arrays, *val_arrays]],
+                "by_phantom": _by_phantom(pairs, arrays),
+            },
+            "validation": {
+                "scheme": "spatial blocks of every pair (every phantom, shell and protocol "
+                "trains); the saved model is the one trained on the other blocks",
+                "block_voxels": VALIDATION_BLOCK,
+                "fraction": VALIDATION_FRACTION,
             },
             "n_train_voxels": result.n_train,
             "n_validation_voxels": result.n_val,
             "recipe": dataclasses.asdict(result.recipe),
             "history": result.history,
             "final_validation_loss": result.final_val_loss,
+            "band_snr": list(result.band_snr),
+            "noise_fraction": list(result.noise_fraction),
+            "held_bands": list(result.held_bands),
+            "final_validation_scales": list(result.final_val_scales),
+            "baseline_scales": [round(float(v), 6) for v in baseline],
             "wall_time_s": round(time.perf_counter() - start, 2),
             "device": device,
             "seed": config.seed,
-            "registration": "FSL flirt -dof 6 -cost corratio"
-            if registration == "flirt"
-            else "ANTs rigid, Mattes mutual information",
+            "registration": "multi-start search on the attenuation contrast, then "
+            + ("FSL flirt -dof 6 -cost corratio or " if registration == "flirt" else "")
+            + "ANTs rigid (Mattes mutual information); SH rotated into the source frame",
         },
         "software_versions": software_versions(),
     }
     path = save_model(
         config.output_dir / MODELS_DIR / model_stem(source, target), result.model, card
     )
+    _write_report(path, card, pairs, arrays, images, result.model)
     LOGGER.info(
         "Saved %s (validation loss %.4g, %.1f s)",
         path,
@@ -257,6 +339,17 @@ def train_site_pair(
         card["training"]["wall_time_s"],
     )
     return path
+
+
+def _write_report(path: Path, card: dict, pairs: list, arrays: list, images: list,
+                  model: Any) -> None:
+    """The training report next to the model (views of the registrations, scales vs C00)."""
+    from bids_harmony.harp.report_data import report_inputs
+    from bids_harmony.harp.train_report import write_train_report
+
+    views, samples = report_inputs(pairs, arrays, images, model, card)
+    out = write_train_report(path.with_suffix(".html"), card, views, samples)
+    LOGGER.info("Training report: %s", out)
 
 
 def run_train(config: Config) -> int:

@@ -1,0 +1,71 @@
+r"""A global per-band scale: the simplest phantom-trained harmonization (a baseline).
+
+One scale per SH order band for the whole phantom, fitted on the same registered
+phantom voxels as HARP and debiased for noise with the source rescan:
+
+.. math:: \hat g_l = \frac{\sum_{v, m \in l} C_{lm}(v)\, T_{lm}(v)}
+                          {\sum_{v, m \in l} C_{lm}(v)\, C'_{lm}(v)}
+
+The numerator estimates :math:`g_l E[a^2]` and the denominator :math:`E[a^2]`
+(the noise of two scans is independent), so, unlike least squares
+(:math:`\sum CT / \sum C^2`), noisy high orders are not shrunk.  Without a rescan
+the denominator is :math:`\sum C^2` (regression dilution).  A voxel-wise network
+must beat this to be worth its parameters (issue: HARP on unseen phantom studies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bids_harmony.dmri.bands import band_orders, band_slices, order_from_n_coeffs
+
+__all__ = ["apply_band_scales_global", "fit_band_scales"]
+
+
+def fit_band_scales(
+    source: np.ndarray,
+    target: np.ndarray,
+    source_rescan: np.ndarray | None = None,
+    *,
+    min_snr: float = 5.0,
+) -> np.ndarray:
+    """Noise-debiased global scale per band.
+
+    Parameters
+    ----------
+    source, target : ndarray, shape (N, n)
+        Paired coefficients.
+    source_rescan : ndarray, shape (N, n), optional
+    min_snr : float
+        Bands whose noise-corrected power :math:`\\sum CC'` is below this many
+        standard errors get scale 1 (no measurable signal).
+
+    Returns
+    -------
+    ndarray, shape (n_bands,)
+    """
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    order = order_from_n_coeffs(source.shape[1])
+    scales = np.ones(len(band_orders(order)))
+    for i, band in enumerate(band_slices(order)):
+        c, t = source[:, band], target[:, band]
+        if source_rescan is None:
+            denom_terms = (c * c).sum(axis=1)
+        else:
+            denom_terms = (c * np.asarray(source_rescan, dtype=np.float64)[:, band]).sum(axis=1)
+        denom = denom_terms.sum()
+        se = denom_terms.std() * np.sqrt(len(denom_terms)) if len(denom_terms) > 1 else np.inf
+        if denom > 0 and denom > min_snr * se:
+            scales[i] = (c * t).sum() / denom
+    return scales
+
+
+def apply_band_scales_global(coeffs: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``coeffs[..., band l] * scales[l]`` for every band; shape ``(..., n)``."""
+    coeffs = np.asarray(coeffs)
+    order = order_from_n_coeffs(coeffs.shape[-1])
+    out = coeffs.copy()
+    for scale, band in zip(scales, band_slices(order), strict=False):
+        out[..., band] *= scale
+    return out

@@ -1,0 +1,300 @@
+r"""Multi-start rigid pose search for phantom scans (numpy/scipy; no I/O).
+
+Phantoms are put back by hand between sites and rescans: centimetres and tens of
+degrees apart, most of it about the bore (z) axis.  Vial layouts are nearly
+rotationally symmetric, so a local optimizer started from the identity (or from
+the centres of mass) falls into the wrong symmetric pose.  This module scores a
+grid of rotations, each with the translation that maps the fixed object's centroid
+onto the moving object's centroid, and returns the best few poses as starts for a
+local refinement (:func:`bids_harmony.harp.registration.register_rigid`, ANTs).
+
+Score
+-----
+Pearson correlation of the fixed contrast and the moving contrast sampled through
+the candidate transform, on a subsample of the fixed object's voxels (every
+``stride``-th voxel in-plane).  The contrast should be one that a phantom makes
+site-stable, such as the diffusion attenuation
+(:func:`attenuation_contrast`): receive bias fields, receiver gain and TE cancel
+in it, where they change a b0.
+
+Conventions
+-----------
+As in :mod:`bids_harmony.harp.registration`: a transform :math:`T` is a 4×4 world
+(RAS, mm) matrix mapping a point of the fixed image to the same point of the
+moving image.  Candidate :math:`T(x) = R (x - c_f) + c_m` with :math:`R` from
+extrinsic x, y, z Euler angles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+__all__ = [
+    "PoseCandidate",
+    "attenuation_contrast",
+    "candidate_angles",
+    "contrast_similarity",
+    "search_poses",
+]
+
+#: Powell polish of each returned candidate: start steps (degrees, mm) and tolerance.
+POLISH_STEP = (2.0, 2.0)
+POLISH_XTOL = 0.05
+
+#: Rotations about the bore axis (z) searched, degrees.
+Z_ANGLES = tuple(range(-30, 31, 5))
+#: Rotations about x and y searched, degrees.
+TILT_ANGLES = (-24, -16, -8, 0, 8, 16, 24)
+
+
+@dataclass(frozen=True)
+class PoseCandidate:
+    """A start for the local refinement.
+
+    Attributes
+    ----------
+    transform : ndarray, shape (4, 4)
+        Fixed-to-moving world transform.
+    angles_deg : tuple of 3 float
+        Extrinsic x, y, z Euler angles of its rotation.
+    score : float
+        Correlation of the contrasts through it.
+    """
+
+    transform: np.ndarray
+    angles_deg: tuple[float, float, float]
+    score: float
+
+
+def attenuation_contrast(
+    mean_b0: np.ndarray, mean_dwi: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    r"""Mean diffusion attenuation :math:`\bar S_\mathrm{dw} / \bar S_0`, clipped to [0, 1].
+
+    Parameters
+    ----------
+    mean_b0, mean_dwi : ndarray, shape (X, Y, Z)
+        Mean of the b0 and of the diffusion-weighted volumes.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Object mask; default: voxels whose b0 is above 10 % of its 99th percentile.
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z)
+        0 outside the mask.  Multiplicative effects (coil field, receiver gain,
+        T2 weighting of a one-compartment material) cancel.
+    """
+    b0 = np.asarray(mean_b0, dtype=np.float64)
+    dwi = np.asarray(mean_dwi, dtype=np.float64)
+    if mask is None:
+        mask = b0 > 0.1 * np.percentile(b0[np.isfinite(b0)], 99)
+    mask = np.asarray(mask, dtype=bool) & (b0 > 0) & np.isfinite(b0) & np.isfinite(dwi)
+    out = np.zeros(b0.shape, dtype=np.float32)
+    out[mask] = np.clip(dwi[mask] / b0[mask], 0.0, 1.0)
+    return out
+
+
+def candidate_angles(
+    z_angles: Sequence[float] = Z_ANGLES, tilt_angles: Sequence[float] = TILT_ANGLES
+) -> np.ndarray:
+    """Euler angle triples (x, y, z) in degrees of the search grid, shape (K, 3)."""
+    grid = np.array(np.meshgrid(tilt_angles, tilt_angles, z_angles, indexing="ij"), dtype=float)
+    return grid.reshape(3, -1).T
+
+
+def _world_points(mask: np.ndarray, affine: np.ndarray, stride: int) -> np.ndarray:
+    sub = np.zeros_like(mask)
+    sub[::stride, ::stride, :] = mask[::stride, ::stride, :]
+    vox = np.argwhere(sub).astype(float)
+    return vox @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    vox = np.argwhere(mask).astype(float)
+    return affine[:3, :3] @ vox.mean(axis=0) + affine[:3, 3]
+
+
+def _transform(angles: np.ndarray, c_fixed: np.ndarray, c_moving: np.ndarray) -> np.ndarray:
+    rot = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    out = np.eye(4)
+    out[:3, :3] = rot
+    out[:3, 3] = c_moving - rot @ c_fixed
+    return out
+
+
+def _score(fixed_values, points, moving, moving_inv, transform) -> float:
+    pts = points @ transform[:3, :3].T + transform[:3, 3]
+    vox = pts @ moving_inv[:3, :3].T + moving_inv[:3, 3]
+    inside = np.all((vox >= -0.5) & (vox <= np.asarray(moving.shape) - 0.5), axis=1)
+    if inside.sum() < 0.5 * len(vox) or inside.sum() < 10:
+        return -1.0
+    sampled = ndimage.map_coordinates(moving, vox[inside].T, order=1, mode="nearest")
+    a = fixed_values[inside] - fixed_values[inside].mean()
+    b = sampled - sampled.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else -1.0
+
+
+def search_poses(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    moving_mask: np.ndarray,
+    *,
+    angles: np.ndarray | None = None,
+    n_best: int = 3,
+    min_separation_deg: float = 10.0,
+    stride: int = 2,
+    smooth_mm: float = 3.0,
+    polish: bool = True,
+) -> list[PoseCandidate]:
+    """Best rigid poses of a grid search, as starts for a local refinement.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (X, Y, Z) and (X', Y', Z')
+        Contrast images (e.g. :func:`attenuation_contrast`).
+    fixed_affine, moving_affine : ndarray, shape (4, 4)
+        Voxel-to-world (RAS, mm).
+    fixed_mask, moving_mask : ndarray of bool
+        Object masks; their centroids set each candidate's translation.
+    angles : ndarray, shape (K, 3), optional
+        Euler angles to try (default :func:`candidate_angles`).
+    n_best : int
+        How many candidates to return.
+    min_separation_deg : float
+        Returned candidates differ by at least this rotation angle, so the
+        refinement starts in distinct basins.
+    stride : int
+        In-plane subsampling of the fixed voxels scored.
+    smooth_mm : float
+        Gaussian FWHM (mm) applied to both contrasts first: widens the basin of
+        each candidate.
+    polish : bool
+        Bring each returned candidate to the local optimum of the score (Powell).
+
+    Returns
+    -------
+    list of PoseCandidate
+        Best first; the identity-rotation candidate is always scored.
+    """
+    fixed_mask = np.asarray(fixed_mask, dtype=bool)
+    moving_mask = np.asarray(moving_mask, dtype=bool)
+    if not fixed_mask.any() or not moving_mask.any():
+        return []
+    fixed_s = _smooth(np.asarray(fixed, dtype=np.float64), fixed_affine, smooth_mm)
+    moving_s = _smooth(np.asarray(moving, dtype=np.float64), moving_affine, smooth_mm)
+    points = _world_points(fixed_mask, fixed_affine, stride)
+    fixed_inv = np.linalg.inv(fixed_affine)
+    vox = np.rint(points @ fixed_inv[:3, :3].T + fixed_inv[:3, 3]).astype(int)
+    fixed_values = fixed_s[tuple(vox.T)]
+    c_f = _centroid(fixed_mask, fixed_affine)
+    c_m = _centroid(moving_mask, moving_affine)
+    moving_inv = np.linalg.inv(moving_affine)
+    angles = candidate_angles() if angles is None else np.asarray(angles, dtype=float)
+    scored = []
+    for ang in angles:
+        transform = _transform(ang, c_f, c_m)
+        score = _score(fixed_values, points, moving_s, moving_inv, transform)
+        scored.append((score, ang, transform))
+    scored.sort(key=lambda s: -s[0])
+    chosen: list[PoseCandidate] = []
+    for score, ang, transform in scored:
+        if all(
+            _angle_between(transform[:3, :3], c.transform[:3, :3]) >= min_separation_deg
+            for c in chosen
+        ):
+            chosen.append(PoseCandidate(transform, tuple(float(a) for a in ang), score))
+        if len(chosen) == n_best:
+            break
+    if polish:
+        chosen = [
+            _polish(c, fixed_values, points, moving_s, moving_inv, c_f, c_m) for c in chosen
+        ]
+        chosen.sort(key=lambda c: -c.score)
+    return chosen
+
+
+def _polish(
+    cand: PoseCandidate,
+    fixed_values: np.ndarray,
+    points: np.ndarray,
+    moving: np.ndarray,
+    moving_inv: np.ndarray,
+    c_f: np.ndarray,
+    c_m: np.ndarray,
+) -> PoseCandidate:
+    """Powell search of the six rigid parameters around a grid candidate.
+
+    The grid is 5-8 degrees apart; a local optimizer of the image metric (ANTs)
+    started that far away can stop in a shallow plateau of a thin slab, so the
+    candidate is first brought to the nearest optimum of the same score.
+    """
+    from scipy.optimize import minimize
+
+    start = np.concatenate([np.asarray(cand.angles_deg, dtype=float), np.zeros(3)])
+
+    def make(params: np.ndarray) -> np.ndarray:
+        transform = _transform(params[:3], c_f, c_m)
+        transform[:3, 3] += params[3:]
+        return transform
+
+    def cost(params: np.ndarray) -> float:
+        return -_score(fixed_values, points, moving, moving_inv, make(params))
+
+    step_deg, step_mm = POLISH_STEP
+    result = minimize(
+        cost, start, method="Powell",
+        options={"xtol": POLISH_XTOL, "ftol": 1e-6, "maxfev": 600,
+                 "direc": np.diag([step_deg] * 3 + [step_mm] * 3)},
+    )  # fmt: skip
+    if -result.fun <= cand.score:
+        return cand
+    return PoseCandidate(make(result.x), tuple(float(a) for a in result.x[:3]), float(-result.fun))
+
+
+def _angle_between(a: np.ndarray, b: np.ndarray) -> float:
+    cos = (np.trace(a.T @ b) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def _smooth(image: np.ndarray, affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
+    if fwhm_mm <= 0:
+        return image
+    voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel
+    return ndimage.gaussian_filter(image, sigma, mode="nearest")
+
+
+def contrast_similarity(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    transform: np.ndarray | None = None,
+    *,
+    smooth_mm: float = 3.0,
+) -> float:
+    """Correlation of two contrasts through ``transform`` inside the fixed mask.
+
+    The acceptance test of a phantom registration: the score of
+    :func:`search_poses` on every fixed-mask voxel.  -1 when fewer than half of
+    the mask voxels map inside the moving field of view.
+    """
+    fixed_mask = np.asarray(fixed_mask, dtype=bool)
+    if not fixed_mask.any():
+        return -1.0
+    fixed_s = _smooth(np.asarray(fixed, dtype=np.float64), fixed_affine, smooth_mm)
+    moving_s = _smooth(np.asarray(moving, dtype=np.float64), moving_affine, smooth_mm)
+    points = _world_points(fixed_mask, fixed_affine, 1)
+    values = fixed_s[fixed_mask]
+    transform = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
+    return _score(values, points, moving_s, np.linalg.inv(moving_affine), transform)

@@ -1,17 +1,38 @@
 """``bids-harmony-simulate``: write a simulated two-site BIDS study.
 
 Heavy imports (numpy, dipy, nibabel) happen only after the arguments are parsed,
-so ``--help`` is instant.
+so ``--help`` is instant.  A phantom scenario of the zoo (``--scenario``) can be
+changed piece by piece by the phantom options; every value is checked before
+anything is written (bad values: exit code 2 and a message naming the option).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from bids_harmony.simulate.zoo import PhantomScenario
 
 SIZES = ("tiny", "demo", "full")
+#: Sites of the studies this command writes (source first).
+CLI_SITES = ("GE", "Prisma")
+#: Option of each :class:`~bids_harmony.simulate.zoo.PhantomScenario` field.
+FIELD_OPTIONS = {
+    "name": "--scenario",
+    "designs": "--phantom",
+    "protocols": "--phantom-protocols",
+    "reposition_mm": "--reposition",
+    "reposition_deg": "--reposition",
+    "tilt_deg": "--tilt",
+    "temperature_delta_c": "--temperature-delta",
+    "bias_field": "--bias-field",
+    "phantom_slices": "--phantom-slices",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,17 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
             "site, with known physical site effects) and write it as a raw BIDS dataset "
             "with its ground truth under sourcedata/simulation."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "The phantom options change the chosen --scenario (each defaults to the\n"
+            "scenario's value); the traveling subjects are the same in every scenario.\n"
+            "Example:\n"
+            "  bids-harmony-simulate out --scenario nist-fibre --reposition 10 15 \\\n"
+            "      --temperature-delta Prisma=2 --bias-field Prisma=1.5"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("out_dir", metavar="OUT", type=Path, help="dataset directory to write")
+    parser.add_argument(
+        "out_dir", metavar="OUT", type=Path, nargs="?", help="dataset directory to write"
+    )
     parser.add_argument(
         "--size",
         choices=SIZES,
         default="tiny",
         help="tiny: seconds, for tests; demo: ~64x64x40 voxels, under a minute; "
-        "full: 146x146x90 voxels at 1.5 mm like the HARP paper (many GB)",
+        "full: 146x146x90 voxels at 1.5 mm like the HARP paper (many GB) (default: tiny)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random quantity")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every random quantity (default: 0)"
+    )
     parser.add_argument(
         "--force", action="store_true", help="write into a non-empty OUT (files are overwritten)"
     )
@@ -44,17 +76,158 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not write the noise-free image of each run (they can be regenerated)",
     )
+    zoo = parser.add_argument_group(
+        "phantom scenario", "a preset of the phantom zoo, then changes to it"
+    )
+    zoo.add_argument(
+        "--scenario",
+        metavar="NAME",
+        default="default",
+        help="phantom scenario of the zoo, see --list-scenarios (default: 'default', "
+        "the study without zoo changes)",
+    )
+    zoo.add_argument(
+        "--list-scenarios", action="store_true", help="list the phantom scenarios and exit"
+    )
+    zoo.add_argument(
+        "--phantom",
+        metavar="DESIGN[,DESIGN...]",
+        help="one design per phantom: mixed, fibre, nist, nist-small "
+        "(e.g. nist,fibre for two phantoms)",
+    )
+    zoo.add_argument(
+        "--phantom-protocols",
+        metavar="P[,P...]",
+        help="phantom protocols: b1000, b2000, multishell, b1500dir30",
+    )
+    zoo.add_argument(
+        "--reposition",
+        nargs=2,
+        type=float,
+        metavar=("MM", "DEG"),
+        help="reposition the phantoms in every session: translation up to MM mm per "
+        "axis and rotation up to DEG degrees about the bore (z) axis",
+    )
+    zoo.add_argument(
+        "--tilt", type=float, metavar="DEG", help="phantom tilt up to DEG degrees about x and y"
+    )
+    zoo.add_argument(
+        "--temperature-delta",
+        action="append",
+        metavar="SITE=C",
+        help="phantoms at SITE are C degrees Celsius warmer (negative: colder) than "
+        "nominal; repeatable",
+    )
+    zoo.add_argument(
+        "--bias-field",
+        action="append",
+        metavar="SITE=X",
+        help="multiply the receive-field inhomogeneity of SITE by X; repeatable",
+    )
+    zoo.add_argument("--phantom-slices", type=int, metavar="N", help="slices of the phantom images")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log messages (-vv: debug)"
     )
     return parser
 
 
+def _site_values(
+    parser: argparse.ArgumentParser, option: str, items: list[str], unit: str
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        site, sep, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not sep or site not in CLI_SITES or not math.isfinite(value):
+            parser.error(
+                f"argument {option}: expected SITE={unit} with SITE one of "
+                f"{', '.join(CLI_SITES)} and a number, not {item!r}"
+            )
+        out[site] = value
+    return out
+
+
+def _scenario(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PhantomScenario:
+    """The zoo scenario of ``--scenario`` with the phantom options applied."""
+    import dataclasses
+
+    from bids_harmony.simulate import DESIGNS, PROTOCOLS, ZOO, ScenarioError
+
+    def fail(option: str, message: str) -> NoReturn:
+        parser.error(f"argument {option}: {message}")
+
+    if args.scenario not in ZOO:
+        fail("--scenario", f"unknown scenario {args.scenario!r}; choose from {', '.join(ZOO)}")
+    base = ZOO[args.scenario]
+    changes: dict[str, Any] = {}
+    for option, attr, field, known in (
+        ("--phantom", "phantom", "designs", DESIGNS),
+        ("--phantom-protocols", "phantom_protocols", "protocols", PROTOCOLS),
+    ):
+        text = getattr(args, attr)
+        if text is None:
+            continue
+        names = [n.strip() for n in text.split(",")]
+        bad = [n for n in names if n not in known]
+        if bad:
+            fail(
+                option,
+                f"unknown value(s) {', '.join(map(repr, bad))}; choose from {', '.join(known)}",
+            )
+        changes[field] = tuple(names)
+    if args.reposition is not None:
+        if min(args.reposition) < 0:
+            fail("--reposition", "MM and DEG are magnitudes and must be >= 0")
+        changes["reposition_mm"], changes["reposition_deg"] = args.reposition
+    if args.tilt is not None:
+        if args.tilt < 0:
+            fail("--tilt", "DEG is a magnitude and must be >= 0")
+        changes["tilt_deg"] = args.tilt
+    for option, attr, field, unit in (
+        ("--temperature-delta", "temperature_delta", "temperature_delta_c", "C"),
+        ("--bias-field", "bias_field", "bias_field", "X"),
+    ):
+        if getattr(args, attr):
+            merged = dict(getattr(base, field))
+            merged.update(_site_values(parser, option, getattr(args, attr), unit))
+            if field == "bias_field" and min(merged.values()) < 0:
+                fail(option, "X multiplies the inhomogeneity and must be >= 0")
+            changes[field] = tuple(merged.items())
+    if args.phantom_slices is not None:
+        if args.phantom_slices < 1:
+            fail("--phantom-slices", "N must be a positive number of slices")
+        changes["phantom_slices"] = args.phantom_slices
+    if not changes:
+        return base
+    try:
+        return dataclasses.replace(base, name=f"{base.name}+custom", **changes)
+    except ScenarioError as err:
+        fail(FIELD_OPTIONS.get(err.field, "--scenario"), str(err))
+
+
+def _list_scenarios() -> int:
+    from bids_harmony.simulate import ZOO
+
+    width = max(map(len, ZOO))
+    for name, scenario in ZOO.items():
+        print(f"{name:<{width}}  {scenario.description} [{scenario.summary()}]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.list_scenarios:
+        return _list_scenarios()
+    if args.out_dir is None:
+        parser.error("the following arguments are required: OUT")
+    scenario = _scenario(parser, args)
 
     from bids_harmony.errors import BidsHarmonyError
 
@@ -76,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             force=args.force,
             write_noiseless=args.write_noiseless,
+            scenario=scenario,
         )
     except BidsHarmonyError as err:
         print(f"bids-harmony-simulate: error: {err}", file=sys.stderr)

@@ -28,10 +28,9 @@ already resampled there, :mod:`bids_harmony.harp.pair_io`), it is
    across keeps its centre instead of vanishing;
 5. not *partial-volume*: walls between two materials that both pass the C00
    rule (e.g. a vial and an ice-water bath) are not boundaries of the
-   selection.  A voxel is dropped when its C00 differs from the median of its
-   3×3×3 neighbourhood by more than ``PV_SIGMAS`` robust noise standard
-   deviations (median absolute deviation of the same residual over the
-   selection) at either site.
+   selection.  A voxel is dropped when, at either site, its C00 is more than
+   ``PV_SIGMAS`` robust noise standard deviations above the minimum *and* below
+   the maximum of its 3×3×3 neighbourhood (:func:`partial_volume_voxels`).
 
 The window is on the scale of our coefficients (:mod:`bids_harmony.dmri.sh`):
 :math:`E' = (S/\bar S_0)^{1000/b} \in [0, 1]` in the real, even, legacy
@@ -55,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from bids_harmony.harp.pairs import PhantomPair, TrainingDataError
+from bids_harmony.harp.pairs import TrainingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ C00_PERCENTILE = 30.0
 #: Voxels peeled off the boundary of the selection (partial volume with the bath).
 ERODE = 1
 #: Partial-volume test: largest C00 deviation from the neighbourhood median, in noise SDs.
-PV_SIGMAS = 4.0
+PV_SIGMAS = 3.0
 #: Fewest training voxels a real pair must give.
 MIN_VOXELS = 1000
 RULES = ("window", "percentile")
@@ -86,7 +85,6 @@ __all__ = [
     "c00_bounds",
     "check_voxel_count",
     "select_training_voxels",
-    "validation_split",
     "voxel_selection",
 ]
 
@@ -264,25 +262,33 @@ def scaled_erosion(selection: np.ndarray, erode: int) -> np.ndarray:
 
 
 def partial_volume_voxels(c00: np.ndarray, selection: np.ndarray) -> np.ndarray:
-    """Voxels of ``selection`` whose C00 departs from their neighbourhood (module step 5).
+    """Voxels of ``selection`` whose C00 lies between two materials (module step 5).
+
+    A voxel on a wall mixes the materials on either side, so its C00 is well
+    inside the range of its 3×3×3 neighbourhood; an interior voxel is at one end
+    of that range, within noise.  (A median test would not see a wall: the
+    median of a ramp is its middle.)
 
     Returns
     -------
     ndarray of bool, shape (X, Y, Z)
-        True where ``|C00 - median_3x3x3(C00)| > PV_SIGMAS * sigma`` with the robust
-        noise SD ``sigma`` of the residual over the selection.
+        True where ``C00 - min > k σ`` and ``max - C00 > k σ`` over the
+        neighbourhood, ``k = PV_SIGMAS``, with the robust noise SD ``σ`` of the
+        residual to the neighbourhood median over the selection.
     """
     c00 = np.nan_to_num(np.asarray(c00, dtype=np.float64), nan=0.0)
     selection = np.asarray(selection, dtype=bool)
     out = np.zeros(selection.shape, dtype=bool)
     if selection.sum() < 10:
         return out
-    residual = c00 - ndimage.median_filter(c00, size=3, mode="nearest")
-    values = residual[selection]
-    sigma = 1.4826 * np.median(np.abs(values - np.median(values)))
+    residual = (c00 - ndimage.median_filter(c00, size=3, mode="nearest"))[selection]
+    sigma = 1.4826 * np.median(np.abs(residual - np.median(residual)))
     if sigma <= 0:
-        return out
-    out[selection] = np.abs(values) > PV_SIGMAS * sigma
+        sigma = 1e-6 * max(float(np.abs(c00[selection]).max()), 1e-12)
+    low = ndimage.minimum_filter(c00, size=3, mode="nearest")
+    high = ndimage.maximum_filter(c00, size=3, mode="nearest")
+    margin = PV_SIGMAS * sigma
+    out[selection] = ((c00 - low > margin) & (high - c00 > margin))[selection]
     return out
 
 
@@ -360,6 +366,7 @@ def select_training_voxels(
     percentile: float = C00_PERCENTILE,
     erode: int = ERODE,
     min_voxels: int = MIN_VOXELS,
+    partial_volume: bool = True,
 ) -> np.ndarray:
     """Boolean mask of the HARP training voxels of a pair (see the module docstring).
 
@@ -379,6 +386,8 @@ def select_training_voxels(
         Voxels peeled off the boundary of the selection.
     min_voxels : int
         Fewest voxels accepted.
+    partial_volume : bool
+        Drop partial-volume voxels between materials.
 
     Returns
     -------
@@ -399,61 +408,7 @@ def select_training_voxels(
         invivo_c00=invivo_c00,
         percentile=percentile,
         erode=erode,
+        partial_volume=partial_volume,
     )
     check_voxel_count(selection, min_voxels)
     return selection.mask
-
-
-def validation_split(
-    pairs: Sequence[PhantomPair], *, seed: int
-) -> tuple[list[PhantomPair], list[PhantomPair]]:
-    """Hold out one phantom (or, with one phantom, one protocol) for validation.
-
-    With two or more phantoms, all pairs of one phantom drawn with ``seed`` are
-    held out, so no scan of the validation phantom is seen in training.  With a
-    single phantom, all pairs of one protocol (raw ``acq`` label, every shell of
-    it) are held out; when the runs carry no distinct ``acq`` labels, one shell
-    b-value is held out instead.  The draw is deterministic for a seed and does
-    not depend on the order of ``pairs``.
-
-    Parameters
-    ----------
-    pairs : sequence of PhantomPair
-    seed : int
-
-    Returns
-    -------
-    train, val : list of PhantomPair
-        In the order of ``pairs``.
-
-    Raises
-    ------
-    TrainingDataError
-        One phantom with a single protocol and shell: nothing can be held out
-        without validating on the training data.
-    """
-    if not pairs:
-        raise TrainingDataError("no phantom pairs to split into training and validation.")
-    phantoms = sorted({p.phantom for p in pairs})
-    if len(phantoms) > 1:
-        units, unit_of, what = phantoms, (lambda p: p.phantom), "phantom"
-    elif len({p.protocol for p in pairs}) > 1:
-        units = sorted({p.protocol or "" for p in pairs})
-        unit_of, what = (lambda p: p.protocol or ""), "protocol"
-    elif len({p.shell_bval for p in pairs}) > 1:
-        units = sorted({p.shell_bval for p in pairs})
-        unit_of, what = (lambda p: p.shell_bval), "shell"
-    else:
-        raise TrainingDataError(
-            f"cannot hold out validation data: all {len(pairs)} pair(s) show phantom "
-            f"sub-{phantoms[0]} with one protocol and shell. Scan a second phantom or "
-            "protocol, or train without validation."
-        )
-    held = units[int(np.random.default_rng(seed).integers(len(units)))]
-    train = [p for p in pairs if unit_of(p) != held]
-    val = [p for p in pairs if unit_of(p) == held]
-    logger.info(
-        "Validation: %s %s held out (%d pair(s)); %d training pair(s).",
-        what, held or "without acq label", len(val), len(train),
-    )  # fmt: skip
-    return train, val

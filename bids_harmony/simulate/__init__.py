@@ -24,32 +24,51 @@ Ground truth (``sourcedata/simulation``, described in its ``README.md``):
 (:class:`TissueModel` in the reference pose), ``_dseg`` (0 background, 1 CSF,
 2 GM, 3 WM; phantoms: 1 bath, 2+i vial i), ``_desc-brain_mask`` and
 ``_desc-truth_{FA,MD}`` images; per session ``_pose.json`` and the same maps in
-that pose; per run ``_desc-noiseless_dwi.nii.gz`` (site effects, no noise).
+that pose (phantoms: ``_phantom.json`` with the session's temperature offset); per
+run ``_desc-noiseless_dwi.nii.gz`` (site effects, no noise).
+
+Phantom zoo (:mod:`.zoo`): a :class:`PhantomScenario` chooses the phantom designs
+(``mixed``, ``fibre``, ``nist``, ``nist-small``), protocols, per-session poses,
+temperatures and the sites' coil inhomogeneity; :data:`ZOO` holds named ones
+(``default`` is the study above).  Humans are the same in every scenario.
 
 Public API
 ----------
 simulate_study(out_dir, *, size="tiny", seed=0, sites=SITES, force=False,
-               write_noiseless=True) -> StudyInfo
-    Write the whole study.
-simulate_session(subject, session, *, size="tiny", seed=0, protocols=None) -> SessionData
+               write_noiseless=True, scenario=None) -> StudyInfo
+    Write the whole study (``scenario``: a PhantomScenario, a ZOO name, or None
+    for ``ZOO["default"]``).
+simulate_session(subject, session, *, size="tiny", seed=0, protocols=None,
+                 scenario=None) -> SessionData
     One session in memory (for benchmarks), identical to that session of the study.
 noiseless_signal(tissue, site, bvals, bvecs, *, protocol) -> ndarray (X, Y, Z, V)
     Noise-free image of any tissue model at any site with any gradient table.
-regenerate_noiseless(root, subject, session, acq, *, site=None, bvals=None, bvecs=None)
+regenerate_noiseless(root, subject, session, acq, *, site=None, bvals=None, bvecs=None,
+                     temperature_delta_c=None)
     The same from a written dataset's ground truth (e.g. a source run as the
     target site would have measured it: the ideal harmonization).
 
 Module map: :mod:`.tissue` (grids, poses, compartment model), :mod:`.gradients`,
-:mod:`.phantom`, :mod:`.brain`, :mod:`.site_effects`, :mod:`.signal_model` (numerics, no
-I/O); :mod:`.study` (layout, keyed random streams, sessions); :mod:`.dataset`
-(whole study); :mod:`.docs` (README texts); :mod:`.bids_writer` (the only module
-touching files).
+:mod:`.phantom_spec`, :mod:`.phantom`, :mod:`.phantom_nist`, :mod:`.brain`,
+:mod:`.site_effects`, :mod:`.signal_model` (numerics, no I/O); :mod:`.zoo`
+(scenarios); :mod:`.layout` (sizes, protocols, labels); :mod:`.study` (keyed
+random streams, sessions); :mod:`.dataset` (whole study); :mod:`.regenerate`
+(signals from the ground truth); :mod:`.docs` (README texts); :mod:`.bids_writer`
+(the only module touching files).
 """
 
 from __future__ import annotations
 
-from bids_harmony.simulate.bids_writer import read_pose, read_site, read_spec, read_tissue
-from bids_harmony.simulate.dataset import RunInfo, StudyInfo, regenerate_noiseless, simulate_study
+from bids_harmony.simulate.bids_writer import (
+    read_phantom_state,
+    read_pose,
+    read_site,
+    read_spec,
+    read_tissue,
+)
+from bids_harmony.simulate.dataset import RunInfo, StudyInfo, simulate_study
+from bids_harmony.simulate.phantom import DESIGNS, PhantomSpec, Vial, draw_phantom
+from bids_harmony.simulate.regenerate import regenerate_noiseless
 from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.site_effects import SiteParams, draw_site
 from bids_harmony.simulate.study import (
@@ -65,23 +84,33 @@ from bids_harmony.simulate.study import (
     subject_spec,
 )
 from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
+from bids_harmony.simulate.zoo import ZOO, PhantomScenario, ScenarioError, get_scenario
 
 __all__ = [
+    "DESIGNS",
     "PROTOCOLS",
     "SITES",
     "SIZES",
+    "ZOO",
     "Grid",
+    "PhantomScenario",
+    "PhantomSpec",
     "Pose",
     "RunData",
     "RunInfo",
+    "ScenarioError",
     "SessionData",
     "SiteParams",
     "StudyInfo",
     "TissueModel",
+    "Vial",
+    "draw_phantom",
     "draw_site",
+    "get_scenario",
     "gradient_table",
     "noiseless_signal",
     "object_tissue",
+    "read_phantom_state",
     "read_pose",
     "read_site",
     "read_spec",

@@ -272,10 +272,17 @@ def write_tissue_maps(base: Path, prefix: str, tissue: TissueModel) -> None:
 
 
 def write_session_truth(
-    root: Path, subject: str, session: str, pose: Pose, tissue: TissueModel
+    root: Path,
+    subject: str,
+    session: str,
+    pose: Pose,
+    tissue: TissueModel,
+    phantom: dict[str, Any] | None = None,
 ) -> None:
-    """Pose JSON and the posed tissue maps of one session."""
+    """Pose JSON, phantom state JSON (phantoms) and the posed tissue maps of a session."""
     base = gt_dir(root, subject, session)
+    if phantom is not None:
+        write_json(base / f"sub-{subject}_ses-{session}_phantom.json", phantom)
     write_json(
         base / f"sub-{subject}_ses-{session}_pose.json",
         {
@@ -335,6 +342,17 @@ def read_pose(root: Path, subject: str, session: str) -> Pose:
     """Session pose written by :func:`write_session_truth`."""
     data = read_json(gt_dir(root, subject, session) / f"sub-{subject}_ses-{session}_pose.json")
     return Pose(tuple(data["angles_deg"]), tuple(data["translation_mm"]))
+
+
+def read_phantom_state(root: Path, subject: str, session: str) -> dict[str, Any]:
+    """Phantom state of a session (``temperature_delta_c``, …) from its ``_phantom.json``.
+
+    Datasets written before the file existed read as at nominal temperature.
+    """
+    path = gt_dir(root, subject, session) / f"sub-{subject}_ses-{session}_phantom.json"
+    if not path.is_file():
+        return {"temperature_delta_c": 0.0}
+    return read_json(path)
 
 
 def read_tissue(path: Path) -> TissueModel:

@@ -1,6 +1,9 @@
 """Write a whole simulated study as a BIDS dataset, and regenerate its signals.
 
 The file operations are delegated to :mod:`bids_harmony.simulate.bids_writer`.
+A :class:`~bids_harmony.simulate.zoo.PhantomScenario` (default ``ZOO["default"]``)
+chooses what the phantoms are and do; it is recorded in ``simulation.json``, and
+each phantom session's temperature in its ``_phantom.json``.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from bids_harmony import __version__
 from bids_harmony.errors import OutputDirectoryError
 from bids_harmony.simulate import bids_writer as bw
 from bids_harmony.simulate.brain import BrainSpec
-from bids_harmony.simulate.docs import DATASET_README, GROUND_TRUTH_README, site_lines, site_table
-from bids_harmony.simulate.phantom import PhantomSpec
-from bids_harmony.simulate.signal_model import noiseless_signal
+from bids_harmony.simulate.docs import (
+    DATASET_README,
+    GROUND_TRUTH_README,
+    phantom_lines,
+    site_lines,
+    site_table,
+)
+from bids_harmony.simulate.phantom import PhantomSpec, temperature_factor
+from bids_harmony.simulate.regenerate import regenerate_noiseless as regenerate_noiseless
 from bids_harmony.simulate.study import (
     SITES,
     RunData,
@@ -32,13 +38,16 @@ from bids_harmony.simulate.study import (
     object_tissue,
     parse_session,
     protocols_for,
+    resolve_scenario,
     simulate_session,
     site_params,
     study_sessions,
+    study_site,
     study_subjects,
     subject_spec,
 )
 from bids_harmony.simulate.tissue import Grid, Pose
+from bids_harmony.simulate.zoo import PhantomScenario
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +82,7 @@ class StudyInfo:
     runs: tuple[RunInfo, ...]
     ground_truth: Path
     seconds: float
+    scenario: str = "default"
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -84,6 +94,7 @@ class StudyInfo:
                 f"  phantoms: {', '.join('sub-' + p for p in self.phantoms)}",
                 f"  subjects: {', '.join('sub-' + s for s in self.subjects)}",
                 f"  sessions: {', '.join('ses-' + s for s in self.sessions)}",
+                f"  phantom scenario: {self.scenario}",
                 f"  runs:     {len(self.runs)} dwi runs, {n_files} files, {self.seconds:.1f} s",
                 f"  ground truth: {self.ground_truth}",
             ]
@@ -188,6 +199,25 @@ def _submit_run(
     return RunInfo(sub, ses, data.site.label, run.acq, int(run.image.shape[-1]), *paths, clean)
 
 
+def _phantom_state(data: SessionData, scenario: PhantomScenario) -> dict[str, Any] | None:
+    """Content of a phantom session's ``_phantom.json`` (None for humans)."""
+    if not isinstance(data.spec, PhantomSpec):
+        return None
+    return {
+        "design": data.spec.design,
+        "scenario": scenario.name,
+        "temperature_delta_c": data.temperature_delta_c,
+        "diffusivity_factor": round(temperature_factor(data.temperature_delta_c), 9),
+        "repositioned": scenario.repositions,
+        "pose": f"sub-{data.subject}_ses-{data.session}_pose.json",
+        "Description": "Phantom state in this session. temperature_delta_c: offset (degC) "
+        "from the design's nominal temperature (mixed/fibre: room temperature; nist: "
+        "0 degC ice water); every phantom diffusivity (bath, vials, fibres) is multiplied "
+        "by diffusivity_factor = 1 + 0.024 * temperature_delta_c. The posed maps of this "
+        "folder include it; the subject-level tissue model and maps are nominal.",
+    }
+
+
 def simulate_study(
     out_dir: str | Path,
     *,
@@ -196,6 +226,7 @@ def simulate_study(
     sites: tuple[str, ...] = SITES,
     force: bool = False,
     write_noiseless: bool = True,
+    scenario: PhantomScenario | str | None = None,
 ) -> StudyInfo:
     """Simulate and write a two-site phantom + traveling-subject BIDS study.
 
@@ -214,33 +245,49 @@ def simulate_study(
         Write into a non-empty directory.
     write_noiseless : bool
         Also write each run's noise-free image under ``sourcedata/simulation``.
+    scenario : PhantomScenario or str, optional
+        Phantom scenario, or the name of a :data:`~bids_harmony.simulate.zoo.ZOO`
+        entry (default ``"default"``: the study as before scenarios existed).
 
     Returns
     -------
     StudyInfo
+
+    Raises
+    ------
+    ScenarioError
+        The scenario names a site outside ``sites`` or an unknown protocol (checked
+        before anything is written).
     """
     start = time.perf_counter()
     root = Path(out_dir)
     get_size(size)
+    scenario = resolve_scenario(scenario, tuple(sites))
     _check_output(root, force)
     root.mkdir(parents=True, exist_ok=True)
-    phantoms, humans = study_subjects(size)
+    phantoms, humans = study_subjects(size, scenario)
     sessions = study_sessions(sites)
-    site_objs = [site_params(s, seed) for s in sites]
+    site_objs = [study_site(s, seed, scenario) for s in sites]
     runs: list[RunInfo] = []
     participants = []
     writer = _BackgroundWriter()
     try:
         for subject in phantoms + humans:
-            spec = subject_spec(subject, size, seed)
+            spec = subject_spec(subject, size, seed, scenario)
             participants.append(_participant(subject, spec))
-            grid = object_grid(spec, size)
+            grid = object_grid(spec, size, scenario)
             ref = object_tissue(spec, grid, Pose())
             writer.submit(bw.write_subject_truth, root, subject, grid, spec, ref)
             for session in sessions:
-                data = simulate_session(subject, session, size=size, seed=seed)
+                data = simulate_session(subject, session, size=size, seed=seed, scenario=scenario)
                 writer.submit(
-                    bw.write_session_truth, root, subject, session, data.pose, data.tissue
+                    bw.write_session_truth,
+                    root,
+                    subject,
+                    session,
+                    data.pose,
+                    data.tissue,
+                    _phantom_state(data, scenario),
                 )
                 for run in data.runs:
                     runs.append(_submit_run(writer, root, data, run, grid, write_noiseless))
@@ -250,17 +297,24 @@ def simulate_study(
     for site in site_objs:
         bw.write_site(root, site)
     fmt = {"size": size, "seed": seed, "version": __version__}
+    call = f"size={size!r}, seed={seed}"
+    if scenario.name != "default":  # keeps the default study's description as it was
+        call += f", scenario={scenario.name!r}"
     bw.write_dataset_files(
         root,
         name=f"bids_harmony simulated two-site study ({size})",
-        description=f"bids_harmony.simulate.simulate_study(size={size!r}, seed={seed})",
+        description=f"bids_harmony.simulate.simulate_study({call})",
         readme=DATASET_README.format(
             **fmt,
             site_lines=site_lines(site_objs),
             sessions=", ".join(sessions),
-            phantoms=", ".join(phantoms),
+            phantom_lines=phantom_lines(
+                phantoms,
+                scenario.phantom_designs(len(phantoms)),
+                protocols_for(phantoms[0], size, scenario),
+                scenario,
+            ),
             humans=", ".join(humans),
-            phantom_protocols=", ".join(f"acq-{p}" for p in protocols_for(phantoms[0], size)),
         ),
         participants=participants,
     )
@@ -280,6 +334,7 @@ def simulate_study(
             "phantoms": list(phantoms),
             "subjects": list(humans),
             "sessions": list(sessions),
+            "scenario": scenario.to_dict(),
             "runs": [
                 {
                     "subject": r.subject,
@@ -305,45 +360,7 @@ def simulate_study(
         tuple(runs),
         gt,
         time.perf_counter() - start,
+        scenario.name,
     )
     LOGGER.info("simulated %d runs in %.1f s", len(runs), info.seconds)
     return info
-
-
-def regenerate_noiseless(
-    root: str | Path,
-    subject: str,
-    session: str,
-    acq: str,
-    *,
-    site: str | None = None,
-    bvals: NDArray | None = None,
-    bvecs: NDArray | None = None,
-) -> NDArray[np.float32]:
-    """Noise-free signal of a written run's object, as seen by any site and table.
-
-    Parameters
-    ----------
-    root : path
-        Root of a dataset written by :func:`simulate_study`.
-    subject, session, acq : str
-        The run whose object pose (session) and protocol (``acq``) are used.
-    site : str, optional
-        Site imaging the object (default: the session's own site).  With the
-        target site this is the ideal harmonization of a source-site run.
-    bvals, bvecs : ndarray, optional
-        Gradient table, shapes (V,) and (V, 3) (default: the run's own table).
-
-    Returns
-    -------
-    ndarray of float32, shape (X, Y, Z, V)
-    """
-    root = Path(root)
-    subject = subject.removeprefix("sub-")
-    session = session.removeprefix("ses-")
-    grid, spec = bw.read_spec(root, subject)
-    tissue = object_tissue(spec, grid, bw.read_pose(root, subject, session))
-    site_obj = bw.read_site(root, site or parse_session(session)[0])
-    if bvals is None or bvecs is None:
-        bvals, bvecs = bw.read_table(root, subject, session, acq)
-    return noiseless_signal(tissue, site_obj, bvals, bvecs, protocol=acq)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
+from bids_harmony.simulate.phantom import DESIGNS
 from bids_harmony.simulate.site_effects import SiteParams
+from bids_harmony.simulate.zoo import PhantomScenario
 
 DATASET_README = """\
 bids_harmony simulated two-site diffusion MRI study ({size}, seed {seed})
@@ -17,9 +20,7 @@ Design
 ------
 - Sites: {site_lines}
 - Sessions: two per site (scan-rescan): {sessions}.
-- Phantoms ({phantoms}): a water-filled cylinder with vials of isotropic PVP
-  solutions and single/crossing hollow-fibre bundles, scanned with one run per
-  protocol ({phantom_protocols}); positioned consistently (sub-voxel shifts only).
+{phantom_lines}
 - Traveling subjects ({humans}): human-like heads (CSF, folded GM ribbon, deep GM,
   WM bundles with crossings), one multi-shell run (acq-multishell: b=1000 and
   b=2000 s/mm2, 60 directions each), with a small head movement between sessions.
@@ -58,13 +59,18 @@ In `sub-<id>/` (reference pose, the identity):
 In `sub-<id>/ses-<ses>/`:
 
 - `sub-<id>_ses-<ses>_pose.json`: rigid object-to-scanner transform of the session;
+- phantoms: `sub-<id>_ses-<ses>_phantom.json`: design, scenario and the phantom's
+  temperature offset from nominal (`temperature_delta_c`, degC) with the factor
+  `1 + 0.024 dT` applied to all its diffusivities in this session (the maps of
+  this folder include it; the subject-level files are at nominal temperature);
 - the same `_dseg`, `_desc-brain_mask`, `_desc-truth_FA`, `_desc-truth_MD` maps in
   the session's pose;
 - `sub-<id>_ses-<ses>_acq-<acq>_desc-noiseless_dwi.nii.gz`: the run without noise
   (all site effects applied, float32), same grid and table as the raw run.
 
-At the top: `simulation.json` (size, seed, sites, subjects, sessions, runs) and
-`site-<site>_params.json` (all parameters of a site, see the table below).
+At the top: `simulation.json` (size, seed, sites, subjects, sessions, the phantom
+scenario, runs) and `site-<site>_params.json` (all parameters of a site as
+simulated, including a scenario's coil-inhomogeneity multiplier; see the table).
 
 Labels: brains 0 background (incl. scalp and skull), 1 CSF, 2 GM, 3 WM (the
 largest fraction); phantoms 0 outside, 1 bath water, 2+i vial i.  True FA/MD are
@@ -102,6 +108,36 @@ sig = regenerate_noiseless(root, "01", "GE1", "multishell", site="Prisma")
 
 or, lower level, `read_spec` + `read_pose` + `object_tissue` + `noiseless_signal`.
 """
+
+
+def phantom_lines(
+    phantoms: Sequence[str],
+    designs: Sequence[str],
+    protocols: Sequence[str],
+    scenario: PhantomScenario,
+) -> str:
+    """README bullets on the phantoms: designs, protocols, poses and the scenario."""
+    if scenario.repositions:
+        poses = (
+            f"repositioned by hand in every session (up to {scenario.reposition_mm:g} mm "
+            f"per axis, {scenario.reposition_deg:g} deg about the bore axis, "
+            f"{scenario.tilt_deg:g} deg tilt)"
+        )
+    else:
+        poses = "positioned consistently (sub-voxel shifts only)"
+    kinds = "; ".join(f"{p}: {d} ({DESIGNS[d]})" for p, d in zip(phantoms, designs, strict=True))
+    bullets = [
+        f"Phantoms ({', '.join(phantoms)}), each a cylinder of vials in a bath: {kinds}. "
+        f"One run per protocol ({', '.join('acq-' + p for p in protocols)}); {poses}.",
+        f"Phantom scenario `{scenario.name}` (bids-harmony-simulate --list-scenarios): "
+        f"{scenario.summary()}.",
+    ]
+    return "\n".join(
+        textwrap.fill(
+            b, width=80, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False
+        )
+        for b in bullets
+    )
 
 
 def site_lines(sites: Sequence[SiteParams]) -> str:

@@ -1,99 +1,82 @@
 """Diffusion phantoms: a water-filled cylinder holding vials of known diffusion.
 
-Vials are cylinders along the scanner z axis, arranged as a centre vial and rings.
+Vials are cylinders along the object z axis, arranged as a centre vial and rings.
 Each vial holds one of:
 
-* ``pvp`` — isotropic polyvinylpyrrolidone solution, ``D`` from 0.3 to 1.9 µm²/ms
-  (T1/T2 shorter at higher concentration);
+* ``pvp`` — isotropic polyvinylpyrrolidone solution (T1/T2 shorter at higher
+  concentration);
 * ``fibre`` — hollow textile fibres along one axis (restricted, anisotropic) with
   inter-fibre water;
 * ``crossing`` — two fibre populations crossing at 45–90°.
 
-Fibre axes are spread over the sphere (several distinct orientations per phantom),
-so an SH mapping trained on the phantom sees many orientations.  The bath is doped
-water at room temperature (``D ≈ 2.0 µm²/ms``).
+Designs (:data:`DESIGNS`, chosen by name in :func:`draw_phantom`):
+
+* ``mixed`` (the default) — fibre, crossing and PVP vials (D 0.35–1.8 µm²/ms) in doped
+  water at room temperature (``D ≈ 2.0 µm²/ms``); fibre axes spread over the sphere,
+  so an SH mapping trained on it sees many orientations;
+* ``fibre`` — only fibre and crossing vials (like the HCP/HPD fibre phantoms), same
+  geometry and bath as ``mixed``;
+* ``nist``, ``nist-small`` — the NIST/QIBA isotropic phantom in an ice-water bath
+  (:mod:`bids_harmony.simulate.phantom_nist`).
+
+Temperature: water diffusivity changes by about 2.4 %/°C near room temperature
+(:func:`temperature_factor`); :func:`scale_diffusivities` applies it to a posed
+phantom, leaving relaxation and geometry unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
+from bids_harmony.simulate.phantom_nist import NIST_DESIGNS, draw_nist
+from bids_harmony.simulate.phantom_spec import (
+    CROSSING_ANGLES_DEG,
+    PhantomSpec,
+    Vial,
+    ring_centres,
+    spread_axes,
+    unit_axis,
+)
 from bids_harmony.simulate.tissue import N_COMPARTMENTS, Grid, Pose, TissueModel, assemble, ramp
+
+__all__ = [
+    "CROSSING_ANGLES_DEG",
+    "DESIGNS",
+    "DIFFUSIVITY_PER_DEGREE",
+    "PhantomSpec",
+    "Vial",
+    "draw_phantom",
+    "phantom_tissue",
+    "scale_diffusivities",
+    "temperature_factor",
+]
 
 #: Vial kinds cycled through the positions (offset by phantom number).
 VIAL_CYCLE: tuple[str, ...] = ("fibre", "crossing", "pvp", "fibre", "crossing", "fibre", "pvp")
-CROSSING_ANGLES_DEG: tuple[float, ...] = (90.0, 60.0, 45.0, 75.0)
+#: Vial kinds of the fibre design: every other vial a crossing.
+FIBRE_CYCLE: tuple[str, ...] = ("crossing", "fibre")
+#: Phantom designs and a one-line description of each.
+DESIGNS: dict[str, str] = {
+    "mixed": "fibre, crossing and PVP vials in doped water at room temperature",
+    "fibre": "fibre and crossing (45-90 deg) tubes only, in water at room temperature",
+    "nist": "NIST/QIBA isotropic phantom: 13 PVP vials (0-50 %) in ice water at 0 C",
+    "nist-small": "the NIST phantom with small vials (radius 1.5 voxels)",
+}
+#: Relative change of water diffusivity per °C near room temperature.
+DIFFUSIVITY_PER_DEGREE = 0.024
 
 
-@dataclass(frozen=True)
-class Vial:
-    """One vial: position, radius and contents (diffusivities in mm²/s, times in ms)."""
-
-    kind: str
-    centre_mm: tuple[float, float]
-    radius_mm: float
-    d_iso: float
-    fibre_fraction: float
-    fibre_axes: tuple[tuple[float, float, float], ...]
-    fibre_split: float
-    fibre_d_par: float
-    fibre_d_perp: float
-    pd: float
-    t1: float
-    t2: float
-
-
-@dataclass(frozen=True)
-class PhantomSpec:
-    """Geometry and materials of a phantom (object frame, mm)."""
-
-    name: str
-    container_radius_mm: float
-    bath_d: float
-    bath_t1: float
-    bath_t2: float
-    vials: tuple[Vial, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return {"type": "phantom", **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PhantomSpec:
-        """Inverse of :meth:`to_dict`."""
-        vials = []
-        for v in data["vials"]:
-            v = dict(v)
-            v["centre_mm"] = tuple(v["centre_mm"])
-            v["fibre_axes"] = tuple(tuple(a) for a in v["fibre_axes"])
-            vials.append(Vial(**v))
-        keys = ("name", "container_radius_mm", "bath_d", "bath_t1", "bath_t2")
-        return cls(vials=tuple(vials), **{k: data[k] for k in keys})
-
-
-def _unit(v: NDArray) -> tuple[float, float, float]:
-    v = np.asarray(v, dtype=float)
-    v = v / np.linalg.norm(v)
-    return tuple(round(float(c), 8) for c in v)
-
-
-def _spread_axes(n: int, rng: np.random.Generator) -> NDArray:
-    """``n`` well-separated axes: a randomly rotated golden-spiral half sphere."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - i / n  # upper hemisphere
-    phi = np.pi * (1.0 + 5**0.5) * i
-    pts = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], -1)
-    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-    return pts @ q.T
-
-
-def draw_phantom(number: int, rng: np.random.Generator, *, n_vials: int) -> PhantomSpec:
-    """Draw a phantom design.
+def draw_phantom(
+    number: int,
+    rng: np.random.Generator,
+    *,
+    n_vials: int,
+    design: str = "mixed",
+    grid: Grid | None = None,
+) -> PhantomSpec:
+    """Draw a phantom of a given design.
 
     Parameters
     ----------
@@ -101,27 +84,52 @@ def draw_phantom(number: int, rng: np.random.Generator, *, n_vials: int) -> Phan
         Phantom number (shifts the vial-kind cycle so phantoms differ).
     rng : numpy.random.Generator
     n_vials : int
-        7 (centre + ring of 6, larger vials) or more (adds an outer ring).
+        ``mixed``/``fibre``: 7 (centre + ring of 6, larger vials) or more (adds an
+        outer ring).  The NIST designs always have 13 vials.
+    design : str
+        A key of :data:`DESIGNS`.  ``mixed`` draws exactly what this function drew
+        before designs existed (same random draws).
+    grid : Grid, optional
+        Grid the phantom is imaged on: the NIST designs shrink to fit its in-plane
+        field of view and size their small vials in its voxels.
+
+    Raises
+    ------
+    KeyError
+        Unknown design.
+    """
+    if design == "mixed":
+        return _draw_vial_phantom(number, rng, n_vials, VIAL_CYCLE, design)
+    if design == "fibre":
+        return _draw_vial_phantom(number, rng, n_vials, FIBRE_CYCLE, design)
+    if design in NIST_DESIGNS:
+        return draw_nist(number, rng, design=design, grid=grid)
+    raise KeyError(f"unknown phantom design {design!r}; known: {sorted(DESIGNS)}")
+
+
+def _draw_vial_phantom(
+    number: int, rng: np.random.Generator, n_vials: int, cycle: tuple[str, ...], design: str
+) -> PhantomSpec:
+    """The room-temperature vial phantom (``mixed`` and ``fibre`` designs).
+
+    The order of the random draws is fixed (ring phases, PVP diffusivities, fibre
+    axes, per-vial contents, bath): ``mixed`` phantoms of older studies reproduce.
     """
     container = 74.0
     if n_vials <= 7:
         radius, rings = 16.0, [(0.0, 1), (38.0, n_vials - 1)]
     else:
         radius, rings = 12.0, [(0.0, 1), (30.0, 6), (56.0, n_vials - 7)]
-    centres = []
-    for ring_r, count in rings:
-        phase = rng.uniform(0, 2 * np.pi)
-        for j in range(count):
-            ang = phase + 2 * np.pi * j / max(count, 1)
-            centres.append((round(ring_r * np.cos(ang), 4), round(ring_r * np.sin(ang), 4)))
-    kinds = [VIAL_CYCLE[(j + 2 * (number - 1)) % len(VIAL_CYCLE)] for j in range(n_vials)]
+    centres = ring_centres(rings, rng)
+    kinds = [cycle[(j + 2 * (number - 1)) % len(cycle)] for j in range(n_vials)]
+    # drawn even without PVP vials (fibre design) to keep the stream layout
     n_pvp = max(1, kinds.count("pvp"))
     pvp_d = np.linspace(0.35e-3, 1.8e-3, n_pvp) * rng.uniform(0.95, 1.05, n_pvp)
-    axes = _spread_axes(n_vials, rng)
+    axes = spread_axes(n_vials, rng)
     vials = []
     n_cross = 0
     for j, (kind, centre) in enumerate(zip(kinds, centres, strict=True)):
-        ax1 = _unit(axes[j])
+        ax1 = unit_axis(axes[j])
         common = {"kind": kind, "centre_mm": centre, "radius_mm": radius}
         if kind == "pvp":
             d = float(pvp_d[kinds[:j].count("pvp")])
@@ -146,7 +154,7 @@ def draw_phantom(number: int, rng: np.random.Generator, *, n_vials: int) -> Phan
             n_cross += 1
             perp = np.cross(ax1, rng.standard_normal(3))
             perp /= np.linalg.norm(perp)
-            ax2 = _unit(np.cos(angle) * np.asarray(ax1) + np.sin(angle) * perp)
+            ax2 = unit_axis(np.cos(angle) * np.asarray(ax1) + np.sin(angle) * perp)
             split = float(rng.choice([0.5, 0.6]))
         else:
             ax2, split = ax1, 1.0
@@ -171,7 +179,31 @@ def draw_phantom(number: int, rng: np.random.Generator, *, n_vials: int) -> Phan
         bath_t1=round(float(rng.uniform(700.0, 1000.0)), 3),
         bath_t2=round(float(rng.uniform(400.0, 600.0)), 3),
         vials=tuple(vials),
+        design=design,
     )
+
+
+def temperature_factor(delta_c: float) -> float:
+    """Diffusivity multiplier of water ``delta_c`` °C away from the nominal temperature.
+
+    .. math:: D(T_0 + \\Delta T) \\approx D(T_0)\\,(1 + 0.024\\,\\Delta T)
+
+    (self-diffusion of water rises ~2.4 %/°C near room temperature; PVP solutions
+    and the water in fibre phantoms follow it closely).
+    """
+    return 1.0 + DIFFUSIVITY_PER_DEGREE * float(delta_c)
+
+
+def scale_diffusivities(tissue: TissueModel, factor: float) -> TissueModel:
+    """``tissue`` with every compartment's ``d_par`` and ``d_perp`` times ``factor``.
+
+    Used on phantoms only (all compartments are phantom materials); the product is
+    taken in float32 so a regenerated signal matches the written one exactly.
+    """
+    if factor == 1.0:
+        return tissue
+    f = np.float32(factor)
+    return dataclasses.replace(tissue, d_par=tissue.d_par * f, d_perp=tissue.d_perp * f)
 
 
 def phantom_tissue(spec: PhantomSpec, grid: Grid, pose: Pose) -> TissueModel:

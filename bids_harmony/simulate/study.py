@@ -10,12 +10,16 @@ target), two sessions per site (``ses-GE1``, ``ses-GE2``, ``ses-Prisma1``,
 ``acq-multishell``; demo/full add ``acq-b1500dir30``); traveling humans get one
 multi-shell run (``acq-multishell``: b=1000 and b=2000, 60 directions each), the
 same protocol as the phantoms' ``acq-multishell`` run.
+
+A :class:`~bids_harmony.simulate.zoo.PhantomScenario` (default ``ZOO["default"]``)
+chooses the phantom designs, protocols, poses and temperatures and the sites' coil
+inhomogeneity; it draws only from its own keyed streams, so the humans of every
+scenario are those of the default study.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -26,7 +30,24 @@ from numpy.typing import NDArray
 from bids_harmony.errors import NoDataError
 from bids_harmony.simulate.brain import BrainSpec, brain_tissue, draw_brain
 from bids_harmony.simulate.gradients import acquisition_table, dispersed_directions
-from bids_harmony.simulate.phantom import PhantomSpec, draw_phantom, phantom_tissue
+from bids_harmony.simulate.layout import (  # re-exported: the study's public layout
+    PROTOCOLS,
+    SESSIONS_PER_SITE,
+    SITES,
+    dwi_sidecar,
+    get_size,
+    parse_session,
+    parse_subject,
+)
+from bids_harmony.simulate.layout import SIZES as SIZES
+from bids_harmony.simulate.layout import Protocol as Protocol
+from bids_harmony.simulate.layout import StudySize as StudySize
+from bids_harmony.simulate.phantom import (
+    PhantomSpec,
+    draw_phantom,
+    phantom_tissue,
+    scale_diffusivities,
+)
 from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.site_effects import (
     VENDORS,
@@ -35,77 +56,20 @@ from bids_harmony.simulate.site_effects import (
     noisy_image,
 )
 from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
+from bids_harmony.simulate.zoo import (
+    ZOO,
+    PhantomScenario,
+    biased_site,
+    get_scenario,
+    reposition_pose,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-SITES: tuple[str, ...] = ("GE", "Prisma")
-SESSIONS_PER_SITE = 2
 _VENDOR_INDEX = {name: i for i, name in enumerate(VENDORS)}
-# key domains of keyed_rng
-_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE = range(1, 7)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A diffusion protocol: shells (s/mm²) and directions per shell."""
-
-    name: str
-    shells: tuple[float, ...]
-    n_dirs: int
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "b1000": Protocol("b1000", (1000.0,), 60),
-    "b2000": Protocol("b2000", (2000.0,), 60),
-    "multishell": Protocol("multishell", (1000.0, 2000.0), 60),
-    "b1500dir30": Protocol("b1500dir30", (1500.0,), 30),
-}
+# key domains of keyed_rng (append new ones: existing streams must not shift)
+_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION = range(1, 8)
 _PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
-
-
-@dataclass(frozen=True)
-class StudySize:
-    """Grids and counts of a study size."""
-
-    name: str
-    human_grid: Grid
-    phantom_grid: Grid
-    n_subjects: int
-    n_phantoms: int
-    n_vials: int
-    phantom_protocols: tuple[str, ...]
-    human_protocols: tuple[str, ...] = ("multishell",)
-
-
-SIZES: dict[str, StudySize] = {
-    "tiny": StudySize(
-        "tiny",
-        Grid((20, 20, 12), (11.0, 11.0, 11.0)),
-        Grid((36, 36, 4), (4.5, 4.5, 4.5)),
-        3,
-        2,
-        7,
-        ("b1000", "b2000", "multishell"),
-    ),
-    "demo": StudySize(
-        "demo",
-        Grid((64, 64, 40), (3.4375, 3.4375, 3.5)),
-        Grid((64, 64, 10), (3.4375, 3.4375, 3.5)),
-        3,
-        2,
-        13,
-        ("b1000", "b2000", "multishell", "b1500dir30"),
-    ),
-    "full": StudySize(
-        "full",
-        Grid((146, 146, 90), (1.5, 1.5, 1.5)),
-        Grid((146, 146, 40), (1.5, 1.5, 1.5)),
-        5,
-        3,
-        17,
-        ("b1000", "b2000", "multishell", "b1500dir30"),
-    ),
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,7 +86,11 @@ class RunData:
 
 @dataclass(frozen=True, eq=False)
 class SessionData:
-    """One simulated session: the object as posed, the site and its runs."""
+    """One simulated session: the object as posed, the site and its runs.
+
+    ``temperature_delta_c`` is a phantom's temperature offset from nominal (°C) in
+    this session, already applied to ``tissue``; 0 for humans.
+    """
 
     subject: str
     session: str
@@ -131,6 +99,7 @@ class SessionData:
     spec: BrainSpec | PhantomSpec
     tissue: TissueModel
     runs: tuple[RunData, ...] = field(default=())
+    temperature_delta_c: float = 0.0
 
 
 def keyed_rng(seed: int, *key: int) -> np.random.Generator:
@@ -138,30 +107,20 @@ def keyed_rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(key)))
 
 
-def get_size(size: str) -> StudySize:
-    """The :class:`StudySize` called ``size``."""
-    try:
-        return SIZES[size]
-    except KeyError:
-        raise NoDataError(f"unknown study size {size!r}; choose from {sorted(SIZES)}") from None
+def resolve_scenario(
+    scenario: PhantomScenario | str | None, sites: tuple[str, ...] | None = None
+) -> PhantomScenario:
+    """The scenario to use: ``None`` → ``ZOO["default"]``, a name → that zoo entry.
 
-
-def parse_subject(label: str) -> tuple[bool, int]:
-    """``"phantom01"`` → ``(True, 1)``, ``"sub-03"`` → ``(False, 3)``."""
-    match = re.fullmatch(r"(?:sub-)?(phantom)?(\d+)", label)
-    if not match:
-        raise NoDataError(f"subject label {label!r} is neither 'NN' nor 'phantomNN'")
-    return match.group(1) is not None, int(match.group(2))
-
-
-def parse_session(label: str) -> tuple[str, int]:
-    """``"ses-Prisma2"`` → ``("Prisma", 2)``."""
-    match = re.fullmatch(r"(?:ses-)?([A-Za-z]+)(\d+)", label)
-    if not match or match.group(1) not in VENDORS:
-        raise NoDataError(
-            f"session label {label!r} is not <site><n> with a site in {list(VENDORS)}"
-        )
-    return match.group(1), int(match.group(2))
+    Raises :class:`~bids_harmony.simulate.zoo.ScenarioError` when it names a
+    protocol that does not exist or (with ``sites``) a site outside the study.
+    """
+    if scenario is None:
+        scenario = ZOO["default"]
+    elif isinstance(scenario, str):
+        scenario = get_scenario(scenario)
+    scenario.check(sites=sites if sites is not None else VENDORS, protocols=PROTOCOLS)
+    return scenario
 
 
 @lru_cache(maxsize=16)
@@ -173,6 +132,12 @@ def site_params(site: str, seed: int) -> SiteParams:
 @lru_cache(maxsize=16)
 def _site_directions(site: str, seed: int, n: int) -> NDArray:
     return dispersed_directions(n, keyed_rng(seed, _DIRS, _VENDOR_INDEX[site], n))
+
+
+def study_site(site: str, seed: int, scenario: PhantomScenario | None = None) -> SiteParams:
+    """Site parameters of ``site`` with the scenario's receive-field multiplier applied."""
+    params = site_params(site, seed)
+    return params if scenario is None else biased_site(params, scenario.bias(site))
 
 
 def gradient_table(site: SiteParams, protocol: str, seed: int) -> tuple[NDArray, NDArray]:
@@ -192,19 +157,40 @@ def gradient_table(site: SiteParams, protocol: str, seed: int) -> tuple[NDArray,
     return bvals, np.round(bvecs, 6) + 0.0
 
 
-def subject_spec(subject: str, size: str, seed: int) -> BrainSpec | PhantomSpec:
-    """Anatomy (brain) or design (phantom) of ``subject``."""
+def phantom_grid(size: str, scenario: PhantomScenario | None = None) -> Grid:
+    """Phantom image grid at ``size`` (slices from the scenario when it sets them)."""
+    grid = get_size(size).phantom_grid
+    if scenario is None or scenario.phantom_slices is None:
+        return grid
+    return Grid((grid.shape[0], grid.shape[1], scenario.phantom_slices), grid.voxel_size)
+
+
+def subject_spec(
+    subject: str, size: str, seed: int, scenario: PhantomScenario | str | None = None
+) -> BrainSpec | PhantomSpec:
+    """Anatomy (brain) or design (phantom; design from the scenario) of ``subject``."""
     is_phantom, number = parse_subject(subject)
     rng = keyed_rng(seed, _SUBJECT, int(not is_phantom), number)
-    if is_phantom:
-        return draw_phantom(number, rng, n_vials=get_size(size).n_vials)
-    return draw_brain(number, rng)
-
-
-def object_grid(spec: BrainSpec | PhantomSpec, size: str) -> Grid:
-    """Image grid of ``spec`` at ``size``."""
+    if not is_phantom:
+        return draw_brain(number, rng)
+    scenario = resolve_scenario(scenario)
     sz = get_size(size)
-    return sz.phantom_grid if isinstance(spec, PhantomSpec) else sz.human_grid
+    designs = scenario.phantom_designs(sz.n_phantoms)
+    if not 1 <= number <= len(designs):
+        raise NoDataError(
+            f"scenario {scenario.name!r} has {len(designs)} phantom(s); no phantom{number:02d}"
+        )
+    grid = phantom_grid(size, scenario)
+    return draw_phantom(number, rng, n_vials=sz.n_vials, design=designs[number - 1], grid=grid)
+
+
+def object_grid(
+    spec: BrainSpec | PhantomSpec, size: str, scenario: PhantomScenario | None = None
+) -> Grid:
+    """Image grid of ``spec`` at ``size``."""
+    if isinstance(spec, PhantomSpec):
+        return phantom_grid(size, scenario)
+    return get_size(size).human_grid
 
 
 def object_tissue(spec: BrainSpec | PhantomSpec, grid: Grid, pose: Pose) -> TissueModel:
@@ -214,15 +200,29 @@ def object_tissue(spec: BrainSpec | PhantomSpec, grid: Grid, pose: Pose) -> Tiss
     return brain_tissue(spec, grid, pose)
 
 
-def session_pose(subject: str, session: str, grid: Grid, seed: int) -> Pose:
+def session_pose(
+    subject: str,
+    session: str,
+    grid: Grid,
+    seed: int,
+    scenario: PhantomScenario | None = None,
+    spec: PhantomSpec | None = None,
+) -> Pose:
     """Position of the object in a session.
 
-    Phantoms are positioned consistently (sub-voxel shift, no rotation); heads move
-    by up to 3° about each axis and 4 mm along each axis.
+    Phantoms are positioned consistently (sub-voxel shift, no rotation) unless the
+    scenario repositions them (:func:`~bids_harmony.simulate.zoo.reposition_pose`,
+    which needs the phantom's ``spec`` for its container radius); heads move by up
+    to 3° about each axis and 4 mm along each axis.
     """
     is_phantom, number = parse_subject(subject)
     site, repeat = parse_session(session)
     rng = keyed_rng(seed, _POSE, int(not is_phantom), number, _VENDOR_INDEX[site], repeat)
+    if is_phantom and scenario is not None and scenario.repositions:
+        if spec is None:
+            raise ValueError("session_pose: a repositioning scenario needs the phantom spec")
+        rng = keyed_rng(seed, _REPOSITION, number, _VENDOR_INDEX[site], repeat)
+        return reposition_pose(scenario, rng, grid, spec.container_radius_mm)
     if is_phantom:
         shift = rng.uniform(-0.4, 0.4, 3) * np.asarray(grid.voxel_size)
         return Pose((0.0, 0.0, 0.0), tuple(round(float(v), 4) for v in shift))
@@ -230,41 +230,16 @@ def session_pose(subject: str, session: str, grid: Grid, seed: int) -> Pose:
     return Pose(angles, tuple(round(float(v), 4) for v in rng.uniform(-4.0, 4.0, 3)))
 
 
-def protocols_for(subject: str, size: str) -> tuple[str, ...]:
-    """Protocols acquired for ``subject`` at ``size``."""
+def protocols_for(
+    subject: str, size: str, scenario: PhantomScenario | None = None
+) -> tuple[str, ...]:
+    """Protocols acquired for ``subject`` at ``size`` (phantoms: the scenario's if set)."""
     sz = get_size(size)
-    return sz.phantom_protocols if parse_subject(subject)[0] else sz.human_protocols
-
-
-def dwi_sidecar(site: SiteParams, protocol: str, grid: Grid) -> dict[str, Any]:
-    """BIDS sidecar of a ``dwi`` run (times in seconds)."""
-    te, tr = site.timing(protocol)
-    accel = 2
-    ees = site.echo_spacing_s / accel
-    proto = PROTOCOLS[protocol]
-    return {
-        "Manufacturer": site.manufacturer,
-        "ManufacturersModelName": site.model,
-        "DeviceSerialNumber": site.serial,
-        "SoftwareVersions": site.software,
-        "MagneticFieldStrength": site.field_strength,
-        "ReceiveCoilName": site.coil,
-        "InstitutionName": f"bids_harmony simulated site {site.label}",
-        "SeriesDescription": f"DTI {protocol} {proto.n_dirs}dir",
-        "ScanningSequence": "EP",
-        "MRAcquisitionType": "2D",
-        "EchoTime": round(te / 1000.0, 6),
-        "RepetitionTime": round(tr / 1000.0, 6),
-        "FlipAngle": 90,
-        "PhaseEncodingDirection": site.phase_encoding_direction,
-        "EffectiveEchoSpacing": round(ees, 8),
-        "TotalReadoutTime": round(ees * (grid.shape[1] - 1), 8),
-        "ParallelReductionFactorInPlane": accel,
-        "MultibandAccelerationFactor": 2,
-        "PartialFourier": 0.75,
-        "SliceThickness": grid.voxel_size[2],
-        "SliceEncodingDirection": "k",
-    }
+    if not parse_subject(subject)[0]:
+        return sz.human_protocols
+    if scenario is not None and scenario.protocols:
+        return scenario.protocols
+    return sz.phantom_protocols
 
 
 def simulate_session(
@@ -274,6 +249,7 @@ def simulate_session(
     size: str = "tiny",
     seed: int = 0,
     protocols: tuple[str, ...] | None = None,
+    scenario: PhantomScenario | str | None = None,
 ) -> SessionData:
     """Simulate one session in memory (no files), exactly as in the whole study.
 
@@ -288,24 +264,33 @@ def simulate_session(
     seed : int
     protocols : tuple of str, optional
         Subset of runs (default: all protocols of this subject kind).
+    scenario : PhantomScenario or str, optional
+        Phantom scenario or the name of a :data:`~bids_harmony.simulate.zoo.ZOO`
+        entry (default ``"default"``).
 
     Returns
     -------
     SessionData
-        The posed tissue model, the site and per run the table, the int16 image
-        (X, Y, Z, V) and its noise-free float32 version.
+        The posed tissue model (phantoms: at the session's temperature), the site
+        and per run the table, the int16 image (X, Y, Z, V) and its noise-free
+        float32 version.
     """
     subject = subject.removeprefix("sub-")
     session = session.removeprefix("ses-")
     site_label, repeat = parse_session(session)
     is_phantom, number = parse_subject(subject)
-    spec = subject_spec(subject, size, seed)
-    grid = object_grid(spec, size)
-    pose = session_pose(subject, session, grid, seed)
+    scenario = resolve_scenario(scenario)
+    spec = subject_spec(subject, size, seed, scenario)
+    grid = object_grid(spec, size, scenario)
+    pose = session_pose(subject, session, grid, seed, scenario, spec if is_phantom else None)
     tissue = object_tissue(spec, grid, pose)
-    site = site_params(site_label, seed)
+    delta_t = 0.0
+    if is_phantom:  # the phantom's temperature at this site; heads are always at 37 °C
+        delta_t = scenario.temperature_delta(site_label)
+        tissue = scale_diffusivities(tissue, scenario.diffusivity_factor(site_label))
+    site = study_site(site_label, seed, scenario)
     runs = []
-    for protocol in protocols or protocols_for(subject, size):
+    for protocol in protocols or protocols_for(subject, size, scenario):
         if protocol not in PROTOCOLS:
             raise NoDataError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
         bvals, bvecs = gradient_table(site, protocol, seed)
@@ -324,13 +309,16 @@ def simulate_session(
             RunData(protocol, bvals, bvecs, image, clean, dwi_sidecar(site, protocol, grid))
         )
         LOGGER.info("simulated sub-%s ses-%s acq-%s: %s", subject, session, protocol, image.shape)
-    return SessionData(subject, session, site, pose, spec, tissue, tuple(runs))
+    return SessionData(subject, session, site, pose, spec, tissue, tuple(runs), delta_t)
 
 
-def study_subjects(size: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def study_subjects(
+    size: str, scenario: PhantomScenario | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(phantom labels, human labels)`` of a study of ``size``."""
     sz = get_size(size)
-    phantoms = tuple(f"phantom{i:02d}" for i in range(1, sz.n_phantoms + 1))
+    n_phantoms = len((scenario or ZOO["default"]).phantom_designs(sz.n_phantoms))
+    phantoms = tuple(f"phantom{i:02d}" for i in range(1, n_phantoms + 1))
     humans = tuple(f"{i:02d}" for i in range(1, sz.n_subjects + 1))
     return phantoms, humans
 

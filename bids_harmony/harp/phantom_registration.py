@@ -132,6 +132,7 @@ class PhantomRegistration:
             "accepted": self.accepted,
             "reason": self.reason,
             "method": self.method,
+            "transform": np.round(np.asarray(self.transform, dtype=float), 6).tolist(),
         }
 
 

@@ -1,0 +1,68 @@
+"""Regenerate noise-free signals from a written study's ground truth.
+
+Only the files under ``sourcedata/simulation`` and the run's gradient table are
+read, so any site can image any session's object (the ideal harmonization of a
+source-site run is the target site imaging the same posed object).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bids_harmony.simulate import bids_writer as bw
+from bids_harmony.simulate.layout import parse_session
+from bids_harmony.simulate.phantom import PhantomSpec, scale_diffusivities, temperature_factor
+from bids_harmony.simulate.signal_model import noiseless_signal
+from bids_harmony.simulate.study import object_tissue
+
+
+def regenerate_noiseless(
+    root: str | Path,
+    subject: str,
+    session: str,
+    acq: str,
+    *,
+    site: str | None = None,
+    bvals: NDArray | None = None,
+    bvecs: NDArray | None = None,
+    temperature_delta_c: float | None = None,
+) -> NDArray[np.float32]:
+    """Noise-free signal of a written run's object, as seen by any site and table.
+
+    Parameters
+    ----------
+    root : path
+        Root of a dataset written by
+        :func:`~bids_harmony.simulate.dataset.simulate_study`.
+    subject, session, acq : str
+        The run whose object pose (session) and protocol (``acq``) are used.
+    site : str, optional
+        Site imaging the object (default: the session's own site).  With the
+        target site this is the ideal harmonization of a source-site run.
+    bvals, bvecs : ndarray, optional
+        Gradient table, shapes (V,) and (V, 3) (default: the run's own table).
+    temperature_delta_c : float, optional
+        Phantom temperature offset (°C) from nominal (default: the session's own,
+        from its ``_phantom.json``; 0 gives the phantom at nominal temperature).
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z, V)
+    """
+    root = Path(root)
+    subject = subject.removeprefix("sub-")
+    session = session.removeprefix("ses-")
+    grid, spec = bw.read_spec(root, subject)
+    tissue = object_tissue(spec, grid, bw.read_pose(root, subject, session))
+    if isinstance(spec, PhantomSpec):
+        if temperature_delta_c is None:
+            state = bw.read_phantom_state(root, subject, session)
+            temperature_delta_c = float(state["temperature_delta_c"])
+        tissue = scale_diffusivities(tissue, temperature_factor(temperature_delta_c))
+    site_obj = bw.read_site(root, site or parse_session(session)[0])
+    if bvals is None or bvecs is None:
+        bvals, bvecs = bw.read_table(root, subject, session, acq)
+    return noiseless_signal(tissue, site_obj, bvals, bvecs, protocol=acq)

@@ -99,9 +99,18 @@ def test_model_file_and_card(trained):
     assert card["source_site"] == "SIGNAPremier" and card["target_site"] == "Prisma"
     assert card["sh_convention"]["sh_order"] == 8 and card["sh_convention"]["b_ref"] == 1000
     training = card["training"]
-    assert {p["role"] for p in training["pairs"]} == {"train", "validation"}
+    assert {p["role"] for p in training["pairs"]} == {"train"}
     assert all(p["source"]["sh_sha256"] for p in training["pairs"])
     assert training["n_train_voxels"] >= 200 and training["history"]["val_total"]
+    # every phantom trains and validates (spatial blocks), with counts per component
+    by_phantom = training["voxel_selection"]["by_phantom"]
+    assert set(by_phantom) == {"phantom01", "phantom02"}
+    assert all(v["selected"] > 0 and v["components"] for v in by_phantom.values())
+    assert all(p["voxels"]["train"] > 0 for p in training["pairs"])
+    assert all(p["registration"]["target"]["accepted"] for p in training["pairs"])
+    assert len(training["baseline_scales"]) == 5 and training["n_validation_voxels"] > 0
+    report = model_file.with_suffix(".html").read_text()
+    assert "data:image/png;base64" in report and "Registration" in report
     model, _ = load_model(model_file, expect={"sh_order": 8, "b_ref": 1000.0})
     assert model.config()["sh_order"] == 8
 
@@ -250,3 +259,46 @@ def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypat
     assert main([str(bids), str(out), "group", "-w", str(root / "work")]) == 0
     report = (out / "group" / "report.html").read_text()
     assert "sub-03 ses-GE2" in report and "0.8 -&gt; 0.1" in report
+
+
+def _copy_outputs(out: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "derivatives"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "group"))
+    return copy
+
+
+def test_train_excludes_an_unregistrable_pair_and_goes_on(trained, tmp_path, caplog):
+    """A target phantom scan that is not the phantom (here: pure noise) is excluded."""
+    bids, out, _ = trained
+    copy = _copy_outputs(out, tmp_path)
+    bad = next(copy.glob("sub-phantom01/ses-Prisma1/dwi/*acq-b1000_space-dwi_desc-preproc_dwi"
+                         ".nii.gz"))  # fmt: skip
+    img = nb.load(bad)
+    noise = np.random.default_rng(0).uniform(0, 1000, img.shape).astype(np.float32)
+    nb.save(nb.Nifti1Image(noise, img.affine), bad)
+    args = [str(bids), str(copy), "train", "--target-site", "Prisma", "--harp-iterations", "60",
+            "-w", str(tmp_path / "w")]  # fmt: skip
+    assert main(args) == 0
+    card = json.loads(next((copy / "models").glob("*.json")).read_text())["training"]
+    excluded = card["excluded_pairs"]
+    assert excluded and all("ses-Prisma1" in e["pair"] and "acq-b1000" in e["pair"]
+                            for e in excluded)  # fmt: skip
+    assert all("correlation" in e["reason"] for e in excluded)
+    assert any(p["role"] == "train" for p in card["pairs"])
+    assert "excluded" in caplog.text
+
+
+def test_one_phantom_with_one_protocol_trains(trained, tmp_path):
+    bids, out, _ = trained
+    copy = _copy_outputs(out, tmp_path)
+    filters = tmp_path / "filter.json"
+    filters.write_text('{"dwi": {"acquisition": "b1000"}}')
+    args = [str(bids), str(copy), "train", "--target-site", "Prisma", "--harp-iterations", "60",
+            "--participant-label", "phantom02", "--bids-filter-file", str(filters),
+            "--min-train-voxels", "100",
+            "-w", str(tmp_path / "w")]  # fmt: skip
+    assert main(args) == 0
+    card = json.loads(next((copy / "models").glob("*.json")).read_text())["training"]
+    assert {p["phantom"] for p in card["pairs"]} == {"phantom02"}
+    assert {p["protocol"] for p in card["pairs"]} == {"b1000"}
+    assert card["n_train_voxels"] > 0 and card["n_validation_voxels"] > 0

@@ -161,7 +161,8 @@ def _registration_errors(bids: Path, out: Path, card: dict) -> list[dict]:
     return rows
 
 
-def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int) -> dict:
+def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int,
+                 iterations: int | None = None) -> dict:
     work = root / scenario
     bids, out, log = work / "bids", work / "derivatives", work / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,9 @@ def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int) -
     result: dict = {"scenario": scenario, "size": size, "seed": seed}
     try:
         times["train_s"] = _run(["bids-harmony", str(bids), str(out), "train", "--target-site",
-                                 TARGET, "--seed", str(seed), "--skip-bids-validation"], log)
+                                 TARGET, "--seed", str(seed), "--skip-bids-validation",
+                                 *(["--harp-iterations", str(iterations)] if iterations else [])],
+                                log)
     except RuntimeError as err:
         result["train_error"] = str(err)
         result["times"] = times
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", nargs="*", help="zoo scenarios (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--harp-iterations", type=int, help="default: the recipe's (1000)")
     args = parser.parse_args(argv)
     from bids_harmony.simulate.zoo import ZOO
 
@@ -255,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     results_file = args.out_dir / "harp_zoo.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for scenario in scenarios:
-        result = run_scenario(args.out_dir, scenario, args.size, args.seed, args.nprocs)
+        result = run_scenario(args.out_dir, scenario, args.size, args.seed, args.nprocs,
+                              args.harp_iterations)
         results[scenario] = result
         results_file.write_text(json.dumps(results, indent=1))
         _print(result)

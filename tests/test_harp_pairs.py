@@ -261,7 +261,6 @@ def tiny_phantoms(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
     from bids_harmony.harp.pair_io import gather_pair_arrays
-    from bids_harmony.harp.voxels import validation_split
     from bids_harmony.simulate.study import get_size, session_pose
 
     study, out = tiny_phantoms
@@ -275,15 +274,13 @@ def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
     reverse = find_phantom_pairs(study, out, source_site=target, target_site=source)
     assert len(reverse) == 32 and reverse[0].source.site == target
 
-    train, val = validation_split(pairs, seed=0)
-    assert len(train) == len(val) == 16 and len({p.phantom for p in val}) == 1
-
     grid = get_size("tiny").phantom_grid
     flip = np.array([-1.0, 1.0, 1.0])  # poses are along the voxel axes, storage is LAS
     cache: dict = {}
     for pair in pairs:
-        arrays = gather_pair_arrays(pair, min_voxels=150, registrations=cache)
-        assert arrays.counts["mask"] > 3000 and arrays.n_voxels > 150
+        arrays = gather_pair_arrays(pair, registrations=cache)
+        assert not arrays.excluded
+        assert arrays.counts["mask"] > 900 and arrays.n_voxels > 20
         assert np.isfinite(arrays.target).all() and arrays.source_rescan is not None
         for role in ("target", "source_rescan"):
             scan = getattr(pair, role)
@@ -292,5 +289,7 @@ def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
             result = arrays.registrations[role]
             # in-plane within a quarter voxel (7 mm); vials run along z, so z is free
             assert np.abs(result.translation_mm[:2] - truth[:2]).max() < 0.25 * 7.0
-            assert result.corr_after > max(result.corr_before - 0.01, 0.9)
-    assert len(cache) == 2 * 3 * 2 * 3  # phantoms x runs x source sessions x others
+            assert result.accepted and result.similarity_after > 0.9
+            assert result.similarity_after >= result.similarity_before - 0.01
+    registrations = [key for key in cache if len(key) == 3]
+    assert len(registrations) == 2 * 3 * 2 * 3  # phantoms x runs x source sessions x others

@@ -15,14 +15,19 @@ from bids_harmony.registration.multistart import attenuation_contrast
 def _phantom(subject: str, session: str) -> tuple[PhantomImage, np.ndarray]:
     from bids_harmony.simulate import simulate_session
     from bids_harmony.simulate.study import object_grid
+    from bids_harmony.simulate.zoo import PhantomScenario
 
-    data = simulate_session(subject, session, size="demo", seed=0, protocols=("b1000",))
+    # a 70 mm slab, as a phantom scan covers its phantom: a thin one hardly shows tilts
+    scenario = PhantomScenario("thick", phantom_slices=20)
+    data = simulate_session(
+        subject, session, size="demo", seed=0, protocols=("b1000",), scenario=scenario
+    )
     run = data.runs[0]
     image = run.image.astype(np.float64)
     b0 = image[..., run.bvals < 50].mean(-1)
     dwi = image[..., run.bvals > 500].mean(-1)
     mask = b0 > 0.2 * np.percentile(b0, 99)
-    affine = object_grid(data.spec, "demo").affine
+    affine = object_grid(data.spec, "demo", scenario).affine
     pose = np.eye(4)
     pose[:3, 3] = data.pose.translation_mm
     return PhantomImage(attenuation_contrast(b0, dwi, mask), mask, affine, b0, subject), pose

@@ -1,16 +1,12 @@
-r"""Rigid registration of phantom scans: target b0 onto source b0 (antspyx).
+r"""Rigid registration helpers (antspyx): b0-to-b0 rigid fits, resampling, ANTs plumbing.
 
 HARP learns a voxel-wise mapping, so every training voxel needs the *same* point
-of the phantom at both sites.  The target (and rescan) b0 is rigidly registered
-to the source b0 and the target maps are resampled into the source grid
-(DESIGN.md §3, "Phantom pairs").
-
-Only positions move: the SH coefficients are resampled coefficient by
-coefficient and **not rotated**.  Phantoms are positioned consistently at every
-site (the design rule, and the simulator's poses: sub-voxel shifts, no
-rotation), so the small residual rotation of a rigid fit is registration noise,
-not a change of fibre orientation; rotating the SH would only add interpolation
-in the angular domain.
+of the phantom at both sites.  Phantom pairs are registered by
+:func:`bids_harmony.harp.phantom_registration.register_phantom` (multi-start
+search on the attenuation contrast, an acceptance test, SH rotation), which uses
+the ANTs conversion and resampling helpers of this module.  :func:`register_rigid`
+is a plain b0-to-b0 rigid registration (identity, then centre-of-mass start) with
+a b0-correlation check, for images that differ by a few millimetres.
 
 Conventions
 -----------

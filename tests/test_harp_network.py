@@ -174,3 +174,17 @@ def test_apply_band_scales_leading_shapes_and_order_8():
         apply_band_scales(coeffs, scales, sh_order=6)
     with pytest.raises(ValueError):
         apply_band_scales(rng.normal(size=(3, 44)), scales)
+
+
+def test_centre_scales_the_output_and_round_trips_through_the_config():
+    net = HarpNet(centre=[0.98, 1.02, 1.0, 1.0, 1.0])
+    x = torch.randn(7, 45)
+    # the head starts at zero: an untrained centred network applies its centre
+    torch.testing.assert_close(net(x), torch.tensor([[0.98, 1.02, 1.0, 1.0, 1.0]] * 7))
+    again = HarpNet.from_config(net.config())
+    torch.testing.assert_close(again.centre, net.centre)
+    assert "centre" not in net.state_dict()  # the tensor file keeps its keys
+    old = {k: v for k, v in net.config().items() if k != "centre"} | {"version": 1}
+    torch.testing.assert_close(HarpNet.from_config(old).centre, torch.ones(5))
+    with pytest.raises(ValueError, match="centre"):
+        HarpNet(centre=[1.0, 1.0])

@@ -193,3 +193,20 @@ def test_bad_inputs(pairs):
         train_harp(pairs.source[:1000], pairs.target[:999], **kwargs)
     with pytest.raises(ValueError, match="val_target"):
         train_harp(pairs.source[:1000], pairs.target[:1000], val_source=pairs.source[:10], **kwargs)
+
+
+def test_centred_training_keeps_held_bands_at_one(pairs):
+    from bids_harmony.harp.baseline import fit_band_scales
+
+    baseline = fit_band_scales(pairs.source, pairs.target, pairs.source_rescan)
+    # the noise-debiased global scale recovers the simulated gains of the measurable bands
+    np.testing.assert_allclose(baseline[:3], GAINS[:3], rtol=0.01)
+    result = train_harp(
+        pairs.source[:4000], pairs.target[:4000], source_rescan=pairs.source_rescan[:4000],
+        recipe=_recipe(iterations=30), architecture=SMALL, progress=False,
+        centre=[1.05, 1.05, 1.05, 1.05, 1.05],
+    )  # fmt: skip
+    centre = result.model.centre.tolist()
+    for ell, value in zip((0, 2, 4, 6, 8), centre, strict=True):
+        assert value == pytest.approx(1.0 if ell in result.held_bands else 1.05)
+    assert 8 in result.held_bands

@@ -14,6 +14,8 @@ The output :math:`z` (one unit per band) gives bounded scales
 .. math:: s_l = 1 + b \tanh z_l, \qquad s_l \in [1 - b, 1 + b], \; b = 0.1,
 
 applied band-wise: :math:`C^\mathrm{har}_{lm} = s_l \, C^\mathrm{src}_{lm}` (Eq. 1).
+Our training centres the scales on one phantom-wide scale per band,
+:math:`s_l = c_l (1 + b \tanh z_l)` (``centre``; all 1 is the paper's network).
 
 The authors express the network as 1×1 ``Conv2d`` layers on ``(slices, 45, H, W)``
 batches; here it is plain ``Linear`` layers on ``(voxels, 45)`` rows, which is the
@@ -37,7 +39,8 @@ __all__ = ["HarpNet", "apply_band_scales", "band_index"]
 
 PAPER_HIDDEN = (160, 240, 320, 360, 480, 520, 600)
 PAPER_SKIP_INTO = (3, 5, 7)
-ARCHITECTURE_VERSION = 1
+#: 2 adds ``centre`` (one scale per band the network's output is centred on).
+ARCHITECTURE_VERSION = 2
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -57,6 +60,12 @@ class HarpNet(nn.Module):
         ``h``.  Layer 1 always sees ``x``; valid values are ``2..len(hidden)``.
     scale_bound : float
         :math:`b` in :math:`s = 1 + b \\tanh z`, in ``(0, 1)``.
+    centre : sequence of float, optional
+        One scale per band that the output is centred on, :math:`s_l = c_l (1 + b
+        \\tanh z_l)` (default all 1, the paper's network).  Training centres it
+        on the global per-band scale of the phantom
+        (:func:`bids_harmony.harp.baseline.fit_band_scales`), so the network
+        learns the voxel-wise departures from one scale per band.
     generator : torch.Generator, optional
         Source of the initial weights (default: a generator seeded with 0, so
         ``HarpNet()`` is deterministic and the global RNG is never touched).
@@ -75,6 +84,7 @@ class HarpNet(nn.Module):
         skip_into: Sequence[int] = PAPER_SKIP_INTO,
         scale_bound: float = 0.1,
         *,
+        centre: Sequence[float] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -105,6 +115,13 @@ class HarpNet(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(width, self.n_bands, device="meta")
         self.to_empty(device="cpu")  # allocate without drawing from the global RNG
+        centre_values = [1.0] * self.n_bands if centre is None else [float(c) for c in centre]
+        if len(centre_values) != self.n_bands or not all(
+            0.0 < c < 10.0 and math.isfinite(c) for c in centre_values
+        ):
+            raise ValueError(f"centre must hold {self.n_bands} positive scales, got {centre}")
+        # in the architecture (JSON), not the weights: the tensor file keeps its keys
+        self.register_buffer("centre", torch.tensor(centre_values), persistent=False)
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -133,7 +150,7 @@ class HarpNet(nn.Module):
         Returns
         -------
         Tensor, shape (N, n_bands)
-            :math:`1 + b \\tanh z`, within ``[1 - b, 1 + b]``.
+            :math:`c (1 + b \\tanh z)`, within ``c [1 - b, 1 + b]``.
         """
         if x.ndim != 2 or x.shape[1] != self.n_coeffs:
             raise ValueError(f"expected input of shape (N, {self.n_coeffs}), got {tuple(x.shape)}")
@@ -142,7 +159,7 @@ class HarpNet(nn.Module):
             if i in self.skip_into:
                 h = torch.cat([x, h], dim=1)
             h = torch.relu(layer(h))
-        return 1.0 + self.scale_bound * torch.tanh(self.head(h))
+        return self.centre * (1.0 + self.scale_bound * torch.tanh(self.head(h)))
 
     def harmonize(self, x: torch.Tensor) -> torch.Tensor:
         """Harmonized coefficients ``apply_band_scales(x, self(x))``, shape (N, n_coeffs)."""
@@ -160,8 +177,9 @@ class HarpNet(nn.Module):
             "skip_into": list(self.skip_into),
             "skip_layout": "concat_input_first",
             "scale_bound": self.scale_bound,
+            "centre": [round(float(c), 8) for c in self.centre.tolist()],
             "activation": "relu",
-            "output": "1 + scale_bound * tanh",
+            "output": "centre * (1 + scale_bound * tanh)",
         }
 
     @classmethod
@@ -186,6 +204,7 @@ class HarpNet(nn.Module):
                 hidden=config["hidden"],
                 skip_into=config["skip_into"],
                 scale_bound=float(config["scale_bound"]),
+                centre=config.get("centre"),  # version 1 files: all 1
             )
         except KeyError as err:
             raise ValueError(f"architecture lacks the entry {err}") from None

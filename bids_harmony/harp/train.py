@@ -35,10 +35,11 @@ Such bands, whose noise-corrected power :math:`\overline{CC'}` is below
 ``recipe.min_band_snr`` standard errors (:func:`~bids_harmony.harp._loss.band_power_snr`),
 are *held*: their data term is dropped and their scale is trained to 1, with a
 warning (the source is left as is where the phantom cannot tell what to do).  The
-other bands get a weak prior :math:`\lambda_l \overline{(s_l - 1)^2}`,
+other bands get a weak prior :math:`\lambda_l \overline{(s_l - c_l)^2}` towards the
+network's centre :math:`c_l` (1, or the global per-band scale),
 :math:`\lambda_l` = ``recipe.identity_prior`` standard errors, which makes the
-constant-scale optimum :math:`(\overline{CT} + \lambda_l)/(\overline{CC'} + \lambda_l)`:
-a band 100 standard errors above zero moves by 4 % of its distance to 1.
+constant-scale optimum :math:`(\overline{CT} + \lambda_l c_l)/(\overline{CC'} + \lambda_l)`:
+a band 100 standard errors above zero moves by 4 % of its distance to :math:`c_l`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,7 @@ def train_harp(
     recipe: TrainingRecipe = DEFAULT_RECIPE,
     sh_order: int | None = None,
     scale_bound: float = 0.1,
+    centre: Sequence[float] | None = None,
     architecture: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -183,7 +185,11 @@ def train_harp(
     sh_order : int, optional
         Checked against the coefficient count; inferred when omitted.
     scale_bound : float
-        :math:`b` of the scales :math:`1 + b \\tanh z`.
+        :math:`b` of the scales :math:`c (1 + b \\tanh z)`.
+    centre : sequence of float, optional
+        :math:`c`, one scale per band (default 1), e.g. the global per-band
+        scale (:func:`bids_harmony.harp.baseline.fit_band_scales`); held bands
+        get 1.  The prior pulls the scales towards it.
     architecture : mapping, optional
         Other :class:`HarpNet` arguments (``hidden``, ``skip_into``).
     device : str or torch.device
@@ -233,12 +239,17 @@ def train_harp(
         )
     device = torch.device(device)
     gen = torch.Generator().manual_seed(recipe.seed)
-    model = HarpNet(order, scale_bound=scale_bound, generator=gen, **dict(architecture or {}))
     data = Pairs(source, target, rescan, device)
     val_data = Pairs(*val, device) if val is not None and len(val[0]) else None
     loss = BandLoss(order, device)
     orders = band_orders(order)
     terms = _BandTerms(data, loss, recipe, noise_aware)
+    if centre is not None:  # held bands stay at 1: the phantom cannot tell their gain
+        centre = [1.0 if ell in terms.held else float(c)
+                  for ell, c in zip(orders, centre, strict=True)]  # fmt: skip
+    model = HarpNet(order, scale_bound=scale_bound, generator=gen, centre=centre,
+                    **dict(architecture or {}))  # fmt: skip
+    terms.centre = model.centre.to(device)
     val_noise_aware = noise_aware and val_data is not None and val_data.rescan is not None
     if noise_aware and val_data is not None and not val_noise_aware:
         logger.info("The validation voxels have no rescan: validation loss is plain MSE.")
@@ -321,6 +332,7 @@ class _BandTerms:
         orders = list(range(0, 2 * loss.average.shape[1], 2))
         self.data_weight = torch.ones(len(orders), device=data.source.device)
         self.noise = self.prior = None
+        self.centre = torch.ones(len(orders), device=data.source.device)
         self.fraction = self.snr = (math.nan,) * len(orders)
         self.held: tuple[int, ...] = ()
         if data.rescan is None:
@@ -378,7 +390,7 @@ class _Loop:
         _, per_band = self.loss(scales, scaled, target, self.terms.noise)
         total = per_band @ self.terms.data_weight
         if self.terms.prior is not None:
-            total = total + torch.square(scales - 1.0).mean(dim=0) @ self.terms.prior
+            total = total + torch.square(scales - self.terms.centre).mean(dim=0) @ self.terms.prior
         if not torch.isfinite(total):
             raise HarpTrainingError(
                 f"the training loss became {total.item()} at iteration {it}; lower the "

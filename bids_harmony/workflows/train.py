@@ -274,6 +274,9 @@ def train_site_pair(
     if config.harp_iterations:
         recipe = dataclasses.replace(recipe, iterations=config.harp_iterations)
     has_val = val["source"] is not None and len(val["source"]) > 0
+    baseline = fit_band_scales(train["source"], train["target"], train["source_rescan"])
+    # the default recipe learns departures from one scale per band (the paper's: from 1)
+    centre = None if config.harp_recipe == "paper" else baseline
     result = train_harp(
         train["source"],
         train["target"],
@@ -283,10 +286,10 @@ def train_site_pair(
         val_source_rescan=val["source_rescan"] if has_val else None,
         recipe=recipe,
         sh_order=config.sh_order,
+        centre=centre,
         device=device,
         progress=sys.stderr.isatty(),
     )
-    baseline = fit_band_scales(train["source"], train["target"], train["source_rescan"])
     card = {
         "source_site": source,
         "target_site": target,

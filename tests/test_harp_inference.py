@@ -140,3 +140,16 @@ def test_from_file(model, tmp_path):
     np.testing.assert_allclose(
         predictor.predict_scales(coeffs), _reference(model, coeffs), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("inputs", ["coefficients", "rish"])
+def test_predictor_applies_the_centre_and_the_inputs_of_the_model(inputs):
+    net = HarpNet(inputs=inputs, centre=[0.9, 1.1, 1.0, 1.02, 1.0])
+    torch.nn.init.normal_(net.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(300, 45, generator=torch.Generator().manual_seed(2))
+    x[:, 0] += 2.0
+    with torch.no_grad():
+        expected = net(x).numpy()
+    got = HarpPredictor(net, precision="float32").predict_scales(x.numpy())
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert abs(np.median(got[:, 0]) - 0.9) < 0.1  # around the centre, not around 1

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bids_harmony.errors import BadImageError
-from bids_harmony.harp.network import HarpNet, band_index
+from bids_harmony.harp.network import HarpNet, band_index, rish_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class _Kernel:
     def __init__(
         self, model: HarpNet, low: torch.dtype, fp32_tail: int, device: torch.device
     ) -> None:
-        k, n_layers = model.n_coeffs, len(model.layers)
+        k, n_layers = model.n_inputs, len(model.layers)
+        # the rotation invariants, when the model takes them instead of the coefficients
+        self.onehot = model.band_onehot.to(device) if model.inputs == "rish" else None
         fed = [1, *model.skip_into]  # layers that see the input x
         x_parts, x_bias, self.layers = [], [], []
         offset = 0
@@ -80,10 +82,13 @@ class _Kernel:
         self.head_weight = _t(model.head.weight.detach().float(), torch.float32, device)
         self.head_bias = model.head.bias.detach().float().to(device)
         self.bound = model.scale_bound
+        self.centre = model.centre.detach().float().to(device)
         self.low = low
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Scales (n, n_bands), float32, of float32 rows ``x`` (n, n_coeffs)."""
+        if self.onehot is not None:
+            x = rish_inputs(x, self.onehot)
         proj = {torch.float32: torch.addmm(self.x_bias, x, self.x_weight)}
         proj[self.low] = proj[torch.float32].to(self.low)
         h = x
@@ -97,7 +102,7 @@ class _Kernel:
             else:
                 h = torch.relu_(torch.addmm(bias, h, weight))
         z = torch.addmm(self.head_bias, h.float(), self.head_weight)
-        return torch.tanh_(z).mul_(self.bound).add_(1.0)
+        return torch.tanh_(z).mul_(self.bound).add_(1.0).mul_(self.centre)
 
 
 def _t(weight: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

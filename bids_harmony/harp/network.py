@@ -35,11 +35,12 @@ from torch import nn
 
 from bids_harmony.dmri.bands import MAX_ORDER, band_orders, n_coeffs, order_from_n_coeffs
 
-__all__ = ["HarpNet", "apply_band_scales", "band_index"]
+__all__ = ["HarpNet", "apply_band_scales", "band_index", "rish_inputs"]
 
 PAPER_HIDDEN = (160, 240, 320, 360, 480, 520, 600)
 PAPER_SKIP_INTO = (3, 5, 7)
-#: 2 adds ``centre`` (one scale per band the network's output is centred on).
+#: 2 adds ``centre`` (one scale per band the network's output is centred on) and
+#: ``inputs`` (coefficients, or their rotation invariants).
 ARCHITECTURE_VERSION = 2
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -66,6 +67,12 @@ class HarpNet(nn.Module):
         on the global per-band scale of the phantom
         (:func:`bids_harmony.harp.baseline.fit_band_scales`), so the network
         learns the voxel-wise departures from one scale per band.
+    inputs : {"coefficients", "rish"}
+        What the layers see: the SH coefficients (the paper), or their rotation
+        invariants (:meth:`features`: C00 and the amplitude of every other band
+        relative to it).  A phantom shows a handful of fibre orientations; a
+        network on coefficients must learn from them that a rotated voxel needs
+        the same scales, and on brain voxels (every orientation) it did not.
     generator : torch.Generator, optional
         Source of the initial weights (default: a generator seeded with 0, so
         ``HarpNet()`` is deterministic and the global RNG is never touched).
@@ -85,6 +92,7 @@ class HarpNet(nn.Module):
         scale_bound: float = 0.1,
         *,
         centre: Sequence[float] | None = None,
+        inputs: str = "coefficients",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -107,9 +115,13 @@ class HarpNet(nn.Module):
             )
         if not 0.0 < self.scale_bound < 1.0:
             raise ValueError(f"scale_bound must be in (0, 1), got {scale_bound}")
-        layers, width = [], self.n_coeffs
+        if inputs not in ("coefficients", "rish"):
+            raise ValueError(f"inputs must be 'coefficients' or 'rish', got {inputs!r}")
+        self.inputs = inputs
+        self.n_inputs = self.n_coeffs if inputs == "coefficients" else self.n_bands
+        layers, width = [], self.n_inputs
         for i, out in enumerate(self.hidden, start=1):
-            fan_in = width + (self.n_coeffs if i in self.skip_into else 0)
+            fan_in = width + (self.n_inputs if i in self.skip_into else 0)
             layers.append(nn.Linear(fan_in, out, device="meta"))
             width = out
         self.layers = nn.ModuleList(layers)
@@ -122,6 +134,8 @@ class HarpNet(nn.Module):
             raise ValueError(f"centre must hold {self.n_bands} positive scales, got {centre}")
         # in the architecture (JSON), not the weights: the tensor file keeps its keys
         self.register_buffer("centre", torch.tensor(centre_values), persistent=False)
+        onehot = np.eye(self.n_bands, dtype=np.float32)[band_index(self.sh_order)]
+        self.register_buffer("band_onehot", torch.from_numpy(onehot), persistent=False)
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -154,12 +168,24 @@ class HarpNet(nn.Module):
         """
         if x.ndim != 2 or x.shape[1] != self.n_coeffs:
             raise ValueError(f"expected input of shape (N, {self.n_coeffs}), got {tuple(x.shape)}")
+        x = self.features(x)
         h = x
         for i, layer in enumerate(self.layers, start=1):
             if i in self.skip_into:
                 h = torch.cat([x, h], dim=1)
             h = torch.relu(layer(h))
         return self.centre * (1.0 + self.scale_bound * torch.tanh(self.head(h)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        r"""What the layers see: ``x`` itself, or its rotation invariants.
+
+        With ``inputs="rish"``: :math:`[C_{00}, \sqrt{P_2}/C_{00}, \dots, \sqrt{P_L}/C_{00}]`,
+        :math:`P_l = \sum_m C_{lm}^2` (the RISH feature of band :math:`l`), shape
+        ``(N, n_bands)``.
+        """
+        if self.inputs == "coefficients":
+            return x
+        return rish_inputs(x, self.band_onehot)
 
     def harmonize(self, x: torch.Tensor) -> torch.Tensor:
         """Harmonized coefficients ``apply_band_scales(x, self(x))``, shape (N, n_coeffs)."""
@@ -178,6 +204,7 @@ class HarpNet(nn.Module):
             "skip_layout": "concat_input_first",
             "scale_bound": self.scale_bound,
             "centre": [round(float(c), 8) for c in self.centre.tolist()],
+            "inputs": self.inputs,
             "activation": "relu",
             "output": "centre * (1 + scale_bound * tanh)",
         }
@@ -205,6 +232,7 @@ class HarpNet(nn.Module):
                 skip_into=config["skip_into"],
                 scale_bound=float(config["scale_bound"]),
                 centre=config.get("centre"),  # version 1 files: all 1
+                inputs=config.get("inputs", "coefficients"),
             )
         except KeyError as err:
             raise ValueError(f"architecture lacks the entry {err}") from None
@@ -220,6 +248,25 @@ class HarpNet(nn.Module):
             f"sh_order={self.sh_order}, hidden={self.hidden}, skip_into={self.skip_into}, "
             f"scale_bound={self.scale_bound}"
         )
+
+
+def rish_inputs(x: torch.Tensor, band_onehot: torch.Tensor) -> torch.Tensor:
+    """Rotation invariants of SH rows: C00 and each band's amplitude relative to it.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, n_coeffs)
+    band_onehot : Tensor, shape (n_coeffs, n_bands)
+        1 where a coefficient belongs to a band.
+
+    Returns
+    -------
+    Tensor, shape (N, n_bands)
+    """
+    power = torch.square(x) @ band_onehot
+    c00 = x[:, :1]
+    ratio = torch.sqrt(power[:, 1:] + 1e-12) / torch.clamp(torch.abs(c00), min=1e-3)
+    return torch.cat([c00, ratio], dim=1)
 
 
 def band_index(sh_order: int = MAX_ORDER) -> np.ndarray:

@@ -275,8 +275,11 @@ def train_site_pair(
         recipe = dataclasses.replace(recipe, iterations=config.harp_iterations)
     has_val = val["source"] is not None and len(val["source"]) > 0
     baseline = fit_band_scales(train["source"], train["target"], train["source_rescan"])
-    # the default recipe learns departures from one scale per band (the paper's: from 1)
-    centre = None if config.harp_recipe == "paper" else baseline
+    # the default recipe learns departures from one scale per band (the paper's: from 1),
+    # from rotation-invariant inputs (the paper's: the 45 coefficients)
+    paper = config.harp_recipe == "paper"
+    centre = None if paper else baseline
+    architecture = None if paper else {"inputs": "rish"}
     result = train_harp(
         train["source"],
         train["target"],
@@ -287,6 +290,7 @@ def train_site_pair(
         recipe=recipe,
         sh_order=config.sh_order,
         centre=centre,
+        architecture=architecture,
         device=device,
         progress=sys.stderr.isatty(),
     )

@@ -167,13 +167,16 @@ def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int,
     bids, out, log = work / "bids", work / "derivatives", work / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
     times = {}
-    if not (bids / "dataset_description.json").exists():
+    if not (work / "simulate.done").exists():
         times["simulate_s"] = _run(["bids-harmony-simulate", str(bids), "--size", size,
                                     "--seed", str(seed), "--scenario", scenario, "--force"], log)
-    if not (out / "dataset_description.json").exists():
+        (work / "simulate.done").write_text("ok\n")
+    done = work / "participant.done"  # an interrupted run leaves partial outputs
+    if not done.exists():
         times["participant_s"] = _run(["bids-harmony", str(bids), str(out), "participant",
                                        "--nprocs", str(nprocs), "-w", str(work / "work"),
                                        "--skip-bids-validation"], log)  # fmt: skip
+        done.write_text(f"{times['participant_s']:.1f}\n")
     model = out / "models" / f"harp_src-{SOURCE}_tgt-{TARGET}.safetensors"
     result: dict = {"scenario": scenario, "size": size, "seed": seed}
     try:

@@ -188,3 +188,26 @@ def test_centre_scales_the_output_and_round_trips_through_the_config():
     torch.testing.assert_close(HarpNet.from_config(old).centre, torch.ones(5))
     with pytest.raises(ValueError, match="centre"):
         HarpNet(centre=[1.0, 1.0])
+
+
+def test_rish_inputs_are_rotation_invariant_and_clamped_to_the_phantom_range():
+    from scipy.spatial.transform import Rotation
+
+    from bids_harmony.dmri.sh_rotation import rotate_sh
+
+    low, high = [1.0, 0.0, 0.0, 0.0, 0.0], [2.0, 0.3, 0.1, 0.05, 0.05]
+    net = HarpNet(inputs="rish", input_range=(low, high), hidden=(16, 16), skip_into=(2,))
+    torch.nn.init.normal_(net.head.weight, std=0.5)
+    x = torch.randn(50, 45, generator=torch.Generator().manual_seed(0)) * 0.1
+    x[:, 0] = torch.linspace(0.5, 3.0, 50)
+    q = Rotation.from_euler("xyz", [30, -40, 70], degrees=True).as_matrix()
+    turned = torch.from_numpy(rotate_sh(x.double().numpy(), q)).float()
+    torch.testing.assert_close(net(x), net(turned), atol=1e-5, rtol=0)
+    feats = net.features(x)
+    assert feats[:, 0].min() == 1.0 and feats[:, 0].max() == 2.0
+    # below the phantom's C00 range the network sees the lowest C00 it was trained on
+    assert (feats[:10, 0] == 1.0).all() and (feats[-10:, 0] == 2.0).all()
+    again = HarpNet.from_config(net.config())
+    torch.testing.assert_close(again.input_low, net.input_low)
+    with pytest.raises(ValueError, match="input_range"):
+        HarpNet(input_range=(low, high))

@@ -63,6 +63,7 @@ class _Kernel:
         k, n_layers = model.n_inputs, len(model.layers)
         # the rotation invariants, when the model takes them instead of the coefficients
         self.onehot = model.band_onehot.to(device) if model.inputs == "rish" else None
+        self.input_bounds = (model.input_low.to(device), model.input_high.to(device))
         fed = [1, *model.skip_into]  # layers that see the input x
         x_parts, x_bias, self.layers = [], [], []
         offset = 0
@@ -88,7 +89,7 @@ class _Kernel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Scales (n, n_bands), float32, of float32 rows ``x`` (n, n_coeffs)."""
         if self.onehot is not None:
-            x = rish_inputs(x, self.onehot)
+            x = rish_inputs(x, self.onehot, *self.input_bounds)
         proj = {torch.float32: torch.addmm(self.x_bias, x, self.x_weight)}
         proj[self.low] = proj[torch.float32].to(self.low)
         h = x

@@ -73,6 +73,11 @@ class HarpNet(nn.Module):
         relative to it).  A phantom shows a handful of fibre orientations; a
         network on coefficients must learn from them that a rotated voxel needs
         the same scales, and on brain voxels (every orientation) it did not.
+    input_range : (low, high), optional
+        With ``inputs="rish"``: the features are clamped to these per-feature
+        bounds (those of the phantom training voxels), so brain voxels outside
+        the phantom's range get the scales of its nearest material rather than
+        an extrapolation from a few vials.
     generator : torch.Generator, optional
         Source of the initial weights (default: a generator seeded with 0, so
         ``HarpNet()`` is deterministic and the global RNG is never touched).
@@ -93,6 +98,7 @@ class HarpNet(nn.Module):
         *,
         centre: Sequence[float] | None = None,
         inputs: str = "coefficients",
+        input_range: tuple[Sequence[float], Sequence[float]] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -134,6 +140,16 @@ class HarpNet(nn.Module):
             raise ValueError(f"centre must hold {self.n_bands} positive scales, got {centre}")
         # in the architecture (JSON), not the weights: the tensor file keeps its keys
         self.register_buffer("centre", torch.tensor(centre_values), persistent=False)
+        low, high = ([-np.inf] * self.n_inputs, [np.inf] * self.n_inputs) if input_range is None \
+            else input_range
+        if inputs != "rish" and input_range is not None:
+            raise ValueError("input_range needs inputs='rish'.")
+        if len(low) != self.n_inputs or len(high) != self.n_inputs:
+            raise ValueError(f"input_range needs {self.n_inputs} bounds on each side")
+        self.register_buffer("input_low", torch.tensor([float(v) for v in low]),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("input_high", torch.tensor([float(v) for v in high]),
+                             persistent=False)  # fmt: skip
         onehot = np.eye(self.n_bands, dtype=np.float32)[band_index(self.sh_order)]
         self.register_buffer("band_onehot", torch.from_numpy(onehot), persistent=False)
         self.reset_parameters(generator)
@@ -185,7 +201,7 @@ class HarpNet(nn.Module):
         """
         if self.inputs == "coefficients":
             return x
-        return rish_inputs(x, self.band_onehot)
+        return rish_inputs(x, self.band_onehot, self.input_low, self.input_high)
 
     def harmonize(self, x: torch.Tensor) -> torch.Tensor:
         """Harmonized coefficients ``apply_band_scales(x, self(x))``, shape (N, n_coeffs)."""
@@ -205,6 +221,10 @@ class HarpNet(nn.Module):
             "scale_bound": self.scale_bound,
             "centre": [round(float(c), 8) for c in self.centre.tolist()],
             "inputs": self.inputs,
+            "input_range": None if self.inputs != "rish" or not bool(
+                torch.isfinite(self.input_low).all()) else [
+                [round(float(v), 8) for v in self.input_low.tolist()],
+                [round(float(v), 8) for v in self.input_high.tolist()]],
             "activation": "relu",
             "output": "centre * (1 + scale_bound * tanh)",
         }
@@ -233,6 +253,7 @@ class HarpNet(nn.Module):
                 scale_bound=float(config["scale_bound"]),
                 centre=config.get("centre"),  # version 1 files: all 1
                 inputs=config.get("inputs", "coefficients"),
+                input_range=config.get("input_range"),
             )
         except KeyError as err:
             raise ValueError(f"architecture lacks the entry {err}") from None
@@ -250,7 +271,12 @@ class HarpNet(nn.Module):
         )
 
 
-def rish_inputs(x: torch.Tensor, band_onehot: torch.Tensor) -> torch.Tensor:
+def rish_inputs(
+    x: torch.Tensor,
+    band_onehot: torch.Tensor,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Rotation invariants of SH rows: C00 and each band's amplitude relative to it.
 
     Parameters
@@ -258,6 +284,8 @@ def rish_inputs(x: torch.Tensor, band_onehot: torch.Tensor) -> torch.Tensor:
     x : Tensor, shape (N, n_coeffs)
     band_onehot : Tensor, shape (n_coeffs, n_bands)
         1 where a coefficient belongs to a band.
+    low, high : Tensor, shape (n_bands,), optional
+        Clamp bounds of the features.
 
     Returns
     -------
@@ -266,7 +294,10 @@ def rish_inputs(x: torch.Tensor, band_onehot: torch.Tensor) -> torch.Tensor:
     power = torch.square(x) @ band_onehot
     c00 = x[:, :1]
     ratio = torch.sqrt(power[:, 1:] + 1e-12) / torch.clamp(torch.abs(c00), min=1e-3)
-    return torch.cat([c00, ratio], dim=1)
+    out = torch.cat([c00, ratio], dim=1)
+    if low is not None and high is not None:
+        out = torch.maximum(torch.minimum(out, high), low)
+    return out
 
 
 def band_index(sh_order: int = MAX_ORDER) -> np.ndarray:

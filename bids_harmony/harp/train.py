@@ -247,8 +247,11 @@ def train_harp(
     if centre is not None:  # held bands stay at 1: the phantom cannot tell their gain
         centre = [1.0 if ell in terms.held else float(c)
                   for ell, c in zip(orders, centre, strict=True)]  # fmt: skip
+    architecture = dict(architecture or {})
+    if architecture.get("inputs") == "rish" and "input_range" not in architecture:
+        architecture["input_range"] = _feature_range(source, order)
     model = HarpNet(order, scale_bound=scale_bound, generator=gen, centre=centre,
-                    **dict(architecture or {}))  # fmt: skip
+                    **architecture)  # fmt: skip
     terms.centre = model.centre.to(device)
     val_noise_aware = noise_aware and val_data is not None and val_data.rescan is not None
     if noise_aware and val_data is not None and not val_noise_aware:
@@ -308,6 +311,16 @@ def train_harp(
         noise_fraction=terms.fraction, band_snr=terms.snr, held_bands=terms.held,
         iterations_run=it,
     )  # fmt: skip
+
+
+def _feature_range(source: np.ndarray, order: int) -> tuple[list[float], list[float]]:
+    """0.5th and 99.5th percentiles of the rotation-invariant inputs of the training voxels."""
+    from bids_harmony.harp.network import band_index, rish_inputs
+
+    onehot = torch.from_numpy(np.eye(len(band_orders(order)), dtype=np.float32)[band_index(order)])
+    feats = rish_inputs(torch.from_numpy(np.ascontiguousarray(source, np.float32)), onehot)
+    low, high = np.percentile(feats.numpy(), [0.5, 99.5], axis=0)
+    return low.tolist(), high.tolist()
 
 
 class _BandTerms:

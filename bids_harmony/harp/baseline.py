@@ -19,7 +19,10 @@ import numpy as np
 
 from bids_harmony.dmri.bands import band_orders, band_slices, order_from_n_coeffs
 
-__all__ = ["apply_band_scales_global", "fit_band_scales"]
+__all__ = ["SCALE_LIMITS", "apply_band_scales_global", "fit_band_scales"]
+
+#: A global band scale outside these limits is not a scanner difference.
+SCALE_LIMITS = (0.5, 1.5)
 
 
 def fit_band_scales(
@@ -37,8 +40,9 @@ def fit_band_scales(
         Paired coefficients.
     source_rescan : ndarray, shape (N, n), optional
     min_snr : float
-        Bands whose noise-corrected power :math:`\\sum CC'` is below this many
-        standard errors get scale 1 (no measurable signal).
+        Bands whose noise-corrected power :math:`\\sum CC'` or cross-site product
+        :math:`\\sum CT` is below this many standard errors get scale 1 (no
+        measurable signal); the others are clipped to ``SCALE_LIMITS``.
 
     Returns
     -------
@@ -54,10 +58,17 @@ def fit_band_scales(
             denom_terms = (c * c).sum(axis=1)
         else:
             denom_terms = (c * np.asarray(source_rescan, dtype=np.float64)[:, band]).sum(axis=1)
-        denom = denom_terms.sum()
-        se = denom_terms.std() * np.sqrt(len(denom_terms)) if len(denom_terms) > 1 else np.inf
-        if denom > 0 and denom > min_snr * se:
-            scales[i] = (c * t).sum() / denom
+        num_terms = (c * t).sum(axis=1)
+        if len(denom_terms) < 2:
+            continue
+        root_n = np.sqrt(len(denom_terms))
+        denom, num = denom_terms.sum(), num_terms.sum()
+        # both sums must be measured: an isotropic phantom has no l >= 2 signal, and a
+        # ratio of two noise sums is anything (-0.12 on a NIST-like phantom)
+        if denom > min_snr * denom_terms.std() * root_n and num > min_snr * (
+            num_terms.std() * root_n
+        ):
+            scales[i] = float(np.clip(num / denom, *SCALE_LIMITS))
     return scales
 
 

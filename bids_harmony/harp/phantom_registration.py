@@ -52,9 +52,11 @@ from bids_harmony.registration.multistart import (
 
 logger = logging.getLogger(__name__)
 
-#: Smallest acceptable contrast correlation after registration (same phantom: 0.82-0.99
-#: on the simulated zoo; a different phantom of the same kind: about 0.5).
-MIN_SIMILARITY = 0.7
+#: Smallest acceptable contrast correlation after registration.  Measured on the
+#: simulated zoo: the same phantom at two sites 0.62-0.99 (lowest: a fibre phantom of
+#: similar tubes at 4.5 mm, whose attenuation the sites' TE and diffusion time change),
+#: rescans at one site 0.88-0.99, two different phantoms 0.28-0.53.
+MIN_SIMILARITY = 0.6
 #: How much the similarity may drop below its value before registration.
 SIMILARITY_SLACK = 0.01
 

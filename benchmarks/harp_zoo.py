@@ -182,7 +182,9 @@ def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int,
     try:
         times["train_s"] = _run(["bids-harmony", str(bids), str(out), "train", "--target-site",
                                  TARGET, "--seed", str(seed), "--skip-bids-validation",
-                                 *(["--harp-iterations", str(iterations)] if iterations else [])],
+                                 *(["--harp-iterations", str(iterations)] if iterations else []),
+                                 # the tiny grids hold few phantom voxels (as in the demo)
+                                 *(["--min-train-voxels", "200"] if size == "tiny" else [])],
                                 log)
     except RuntimeError as err:
         result["train_error"] = str(err)

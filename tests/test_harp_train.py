@@ -210,3 +210,15 @@ def test_centred_training_keeps_held_bands_at_one(pairs):
     for ell, value in zip((0, 2, 4, 6, 8), centre, strict=True):
         assert value == pytest.approx(1.0 if ell in result.held_bands else 1.05)
     assert 8 in result.held_bands
+
+
+def test_a_band_the_target_does_not_share_is_held(pairs):
+    """The source's own l=2 artefact (e.g. on an isotropic phantom) has no learnable gain."""
+    target = pairs.target[:4000].copy()
+    rng = np.random.default_rng(3)
+    target[:, 1:6] = target[rng.permutation(4000), 1:6]  # l=2 no longer the same voxels
+    result = train_harp(
+        pairs.source[:4000], target, source_rescan=pairs.source_rescan[:4000],
+        recipe=_recipe(iterations=20), architecture=SMALL, progress=False,
+    )  # fmt: skip
+    assert 2 in result.held_bands and 0 not in result.held_bands

@@ -35,9 +35,8 @@ import numpy as np
 
 from bids_harmony.harp.registration import (
     _LPS,
-    _ants_environment,
-    _read_rigid,
-    _to_ants,
+    RegistrationError,
+    _ants_rigid,
     b0_correlation,
 )
 from bids_harmony.registration.multistart import (
@@ -155,28 +154,14 @@ def _write_initial(transform: np.ndarray, path: str) -> None:
 
 def _ants_refine(fixed: PhantomImage, moving: PhantomImage, start: np.ndarray, seed: int):
     """ANTs rigid (Mattes MI) on the contrasts from ``start``; None when ANTs fails."""
-    import ants
-
     levels = (4, 2, 1) if min(fixed.contrast.shape) >= 32 else (2, 1)
-    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="harp_init_") as tmp:
         init = os.path.join(tmp, "init.mat")
         _write_initial(start, init)
         try:
-            out = ants.registration(
-                _to_ants(fixed.contrast, fixed.affine),
-                _to_ants(moving.contrast, moving.affine),
-                type_of_transform="Rigid",
-                initial_transform=init,
-                outprefix=os.path.join(tmp, "rigid_"),
-                aff_metric="mattes",
-                aff_sampling=32,
-                aff_random_sampling_rate=1.0,
-                aff_iterations=tuple(200 for _ in levels),
-                aff_shrink_factors=levels,
-                aff_smoothing_sigmas=tuple(lvl // 2 for lvl in levels),
-            )
-            matrix = _read_rigid(out["fwdtransforms"][0])
-        except (RuntimeError, IndexError, ValueError) as err:
+            matrix = _ants_rigid(fixed.contrast, fixed.affine, moving.contrast, moving.affine,
+                                 init, levels, seed, moving.name)  # fmt: skip
+        except RegistrationError as err:
             logger.info("ANTs refinement of %s failed: %s", moving.name, err)
             return None
     u, _, vt = np.linalg.svd(matrix[:3, :3])  # a rigid result, without round-off scaling
@@ -258,7 +243,6 @@ def register_phantom(
                 break
         if method == "flirt":
             from bids_harmony.harp.flirt import flirt_rigid
-            from bids_harmony.harp.registration import RegistrationError
 
             try:
                 matrix = flirt_rigid(fixed.b0, fixed.affine, moving.b0, moving.affine,

@@ -59,7 +59,7 @@ def _errors(bids: Path, out: Path, subject: str, session: str, acq: str, model_f
     from bids_harmony.dmri.sh import ShellFit, fit_shells
     from bids_harmony.harp import load_model
     from bids_harmony.harp.apply import harmonize_dwi, harmonize_fits
-    from bids_harmony.harp.baseline import apply_band_scales_global
+    from bids_harmony.harp.network import apply_band_scales
     from bids_harmony.simulate import regenerate_noiseless
 
     prefix = f"sub-{subject}_ses-{session}_acq-{acq}"
@@ -81,7 +81,7 @@ def _errors(bids: Path, out: Path, subject: str, session: str, acq: str, model_f
     base_fits = []
     for fit in src_fits:
         coeffs = fit.coeffs.copy()
-        coeffs[mask] = apply_band_scales_global(coeffs[mask], baseline)
+        coeffs[mask] = apply_band_scales(coeffs[mask], baseline[: fit.order // 2 + 1])
         base_fits.append(ShellFit(fit.bval, fit.order, coeffs, fit.indices, fit.lowered))
     dwis = {
         "none": clean_src,

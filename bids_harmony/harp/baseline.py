@@ -11,6 +11,7 @@ The numerator estimates :math:`g_l E[a^2]` and the denominator :math:`E[a^2]`
 (:math:`\sum CT / \sum C^2`), noisy high orders are not shrunk.  Without a rescan
 the denominator is :math:`\sum C^2` (regression dilution).  A voxel-wise network
 must beat this to be worth its parameters (issue: HARP on unseen phantom studies).
+Apply it with :func:`bids_harmony.harp.network.apply_band_scales` (the scales broadcast).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from bids_harmony.dmri.bands import band_orders, band_slices, order_from_n_coeffs
 
-__all__ = ["SCALE_LIMITS", "apply_band_scales_global", "fit_band_scales"]
+__all__ = ["SCALE_LIMITS", "fit_band_scales"]
 
 #: A global band scale outside these limits is not a scanner difference.
 SCALE_LIMITS = (0.5, 1.5)
@@ -70,13 +71,3 @@ def fit_band_scales(
         ):
             scales[i] = float(np.clip(num / denom, *SCALE_LIMITS))
     return scales
-
-
-def apply_band_scales_global(coeffs: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """``coeffs[..., band l] * scales[l]`` for every band; shape ``(..., n)``."""
-    coeffs = np.asarray(coeffs)
-    order = order_from_n_coeffs(coeffs.shape[-1])
-    out = coeffs.copy()
-    for scale, band in zip(scales, band_slices(order), strict=False):
-        out[..., band] *= scale
-    return out

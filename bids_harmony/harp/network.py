@@ -35,7 +35,7 @@ from torch import nn
 
 from bids_harmony.dmri.bands import MAX_ORDER, band_orders, n_coeffs, order_from_n_coeffs
 
-__all__ = ["HarpNet", "apply_band_scales", "band_index", "rish_inputs"]
+__all__ = ["HarpNet", "apply_band_scales", "band_index", "band_onehot", "rish_inputs"]
 
 PAPER_HIDDEN = (160, 240, 320, 360, 480, 520, 600)
 PAPER_SKIP_INTO = (3, 5, 7)
@@ -150,8 +150,7 @@ class HarpNet(nn.Module):
                              persistent=False)  # fmt: skip
         self.register_buffer("input_high", torch.tensor([float(v) for v in high]),
                              persistent=False)  # fmt: skip
-        onehot = np.eye(self.n_bands, dtype=np.float32)[band_index(self.sh_order)]
-        self.register_buffer("band_onehot", torch.from_numpy(onehot), persistent=False)
+        self.register_buffer("band_onehot", band_onehot(self.sh_order), persistent=False)
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -269,6 +268,12 @@ class HarpNet(nn.Module):
             f"sh_order={self.sh_order}, hidden={self.hidden}, skip_into={self.skip_into}, "
             f"scale_bound={self.scale_bound}"
         )
+
+
+def band_onehot(sh_order: int = MAX_ORDER) -> torch.Tensor:
+    """``(n_coeffs, n_bands)`` float32 matrix, 1 where a coefficient belongs to a band."""
+    index = band_index(sh_order)
+    return torch.from_numpy(np.eye(int(index[-1]) + 1, dtype=np.float32)[index])
 
 
 def rish_inputs(

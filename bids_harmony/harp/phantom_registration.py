@@ -42,9 +42,8 @@ from bids_harmony.harp.registration import (
 from bids_harmony.registration.multistart import (
     OUTSIDE_PENALTY,
     ROTATION_PENALTY,
+    ContrastScorer,
     PoseCandidate,
-    contrast_similarity,
-    outside_fraction,
     rotation_angle,
     search_poses,
 )
@@ -122,8 +121,7 @@ class PhantomRegistration:
     @property
     def rotation_deg(self) -> float:
         """Rotation angle of :attr:`transform` in degrees."""
-        cos = (np.trace(np.asarray(self.transform)[:3, :3]) - 1.0) / 2.0
-        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+        return rotation_angle(self.transform)
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary for the model card."""
@@ -219,10 +217,11 @@ def register_phantom(
             return PhantomRegistration(identity, 0.0, 0.0, accepted=False, reason=problem,
                                        method="none")  # fmt: skip
 
+    scorer = ContrastScorer(fixed.contrast, fixed.affine, fixed.mask, moving.contrast,
+                            moving.affine)  # fmt: skip
+
     def similarity(transform: np.ndarray) -> float:
-        return contrast_similarity(
-            fixed.contrast, fixed.affine, fixed.mask, moving.contrast, moving.affine, transform
-        )
+        return scorer.score(transform, overlap=False)
 
     before = similarity(identity)
     tries: list[tuple[float, np.ndarray, str]] = []
@@ -256,8 +255,7 @@ def register_phantom(
     # (phantoms hardly change along their axis, so nothing else stops a slide along it)
     after, transform, how = max(
         tries, key=lambda t: t[0] - ROTATION_PENALTY * rotation_angle(t[1])
-        - OUTSIDE_PENALTY * outside_fraction(fixed.mask, fixed.affine, moving.contrast.shape,
-                                             moving.affine, t[1]),
+        - OUTSIDE_PENALTY * scorer.outside(t[1]),
     )  # fmt: skip
     accepted = after >= min_similarity and after >= before - slack
     reason = "" if accepted else (

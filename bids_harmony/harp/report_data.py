@@ -31,7 +31,7 @@ def _slice(volume: np.ndarray) -> np.ndarray:
 
 
 def report_inputs(
-    pairs: Sequence[PairArrays | PhantomPair],
+    pairs: Sequence[PhantomPair],
     arrays: Sequence[PairArrays],
     images: Sequence[PhantomImage],
     model: HarpNet,

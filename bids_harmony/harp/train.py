@@ -328,10 +328,10 @@ def cross_site_snr(source: torch.Tensor, target: torch.Tensor, loss: BandLoss) -
 
 def _feature_range(source: np.ndarray, order: int) -> tuple[list[float], list[float]]:
     """0.5th and 99.5th percentiles of the rotation-invariant inputs of the training voxels."""
-    from bids_harmony.harp.network import band_index, rish_inputs
+    from bids_harmony.harp.network import band_onehot, rish_inputs
 
-    onehot = torch.from_numpy(np.eye(len(band_orders(order)), dtype=np.float32)[band_index(order)])
-    feats = rish_inputs(torch.from_numpy(np.ascontiguousarray(source, np.float32)), onehot)
+    rows = torch.from_numpy(np.ascontiguousarray(source, np.float32))
+    feats = rish_inputs(rows, band_onehot(order))
     low, high = np.percentile(feats.numpy(), [0.5, 99.5], axis=0)
     return low.tolist(), high.tolist()
 

@@ -6,7 +6,7 @@ rotationally symmetric, so a local optimizer started from the identity (or from
 the centres of mass) falls into the wrong symmetric pose.  This module scores a
 grid of rotations, each with the translation that maps the fixed object's centroid
 onto the moving object's centroid, and returns the best few poses as starts for a
-local refinement (:func:`bids_harmony.harp.registration.register_rigid`, ANTs).
+local refinement (:func:`bids_harmony.harp.phantom_registration.register_phantom`, ANTs).
 
 Score
 -----
@@ -35,11 +35,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 __all__ = [
+    "ContrastScorer",
     "PoseCandidate",
     "attenuation_contrast",
     "candidate_angles",
-    "contrast_similarity",
-    "outside_fraction",
     "rotation_angle",
     "search_poses",
 ]
@@ -118,13 +117,6 @@ def candidate_angles(
     return grid.reshape(3, -1).T
 
 
-def _world_points(mask: np.ndarray, affine: np.ndarray, stride: int) -> np.ndarray:
-    sub = np.zeros_like(mask)
-    sub[::stride, ::stride, :] = mask[::stride, ::stride, :]
-    vox = np.argwhere(sub).astype(float)
-    return vox @ affine[:3, :3].T + affine[:3, 3]
-
-
 def _centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     vox = np.argwhere(mask).astype(float)
     return affine[:3, :3] @ vox.mean(axis=0) + affine[:3, 3]
@@ -138,26 +130,79 @@ def _transform(angles: np.ndarray, c_fixed: np.ndarray, c_moving: np.ndarray) ->
     return out
 
 
-def _score(fixed_values, points, moving, moving_inv, transform, *, overlap: bool = True) -> float:
-    """Correlation through ``transform``, less ``OUTSIDE_PENALTY`` x the share mapped outside.
+class ContrastScorer:
+    """Correlation of a fixed and a moving contrast through candidate transforms.
 
-    Every point is scored, those beyond the moving slab with its nearest slice: dropping
-    them would let a pose win by leaving out the points it fits worst (a tilt of a thin
-    slab leaves out the ends of the phantom).  Phantoms vary little along their axis, so
-    nothing else stops a pose from sliding along it; the overlap term keeps the object
-    inside the moving field of view (``overlap=False`` gives the plain correlation).
+    Both contrasts are smoothed once, and the fixed object's points and values are
+    taken once, so a search or a comparison of several transforms does neither again.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (X, Y, Z) and (X', Y', Z')
+    fixed_affine, moving_affine : ndarray, shape (4, 4)
+    fixed_mask : ndarray of bool, shape (X, Y, Z)
+        The points scored (every ``stride``-th voxel in-plane).
+    stride : int
+    smooth_mm : float
+        Gaussian FWHM (mm) applied to both contrasts.
     """
-    pts = points @ transform[:3, :3].T + transform[:3, 3]
-    vox = pts @ moving_inv[:3, :3].T + moving_inv[:3, 3]
-    inside = np.all((vox >= -0.5) & (vox <= np.asarray(moving.shape) - 0.5), axis=1)
-    if inside.sum() < 0.5 * len(vox) or inside.sum() < 10:
-        return -1.0
-    sampled = ndimage.map_coordinates(moving, vox.T, order=1, mode="nearest")
-    a = fixed_values - fixed_values.mean()
-    b = sampled - sampled.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    corr = float((a * b).sum() / denom) if denom > 0 else -1.0
-    return corr - (OUTSIDE_PENALTY * float(1.0 - inside.mean()) if overlap else 0.0)
+
+    def __init__(
+        self,
+        fixed: np.ndarray,
+        fixed_affine: np.ndarray,
+        fixed_mask: np.ndarray,
+        moving: np.ndarray,
+        moving_affine: np.ndarray,
+        *,
+        stride: int = 1,
+        smooth_mm: float = 3.0,
+    ) -> None:
+        fixed_affine = np.asarray(fixed_affine, dtype=float)
+        mask = np.asarray(fixed_mask, dtype=bool)
+        sub = np.zeros_like(mask)
+        sub[::stride, ::stride, :] = mask[::stride, ::stride, :]
+        vox = np.argwhere(sub)
+        fixed_s = _smooth(np.asarray(fixed, dtype=np.float64), fixed_affine, smooth_mm)
+        self.values = fixed_s[tuple(vox.T)]
+        self.points = vox.astype(float) @ fixed_affine[:3, :3].T + fixed_affine[:3, 3]
+        self.moving = _smooth(np.asarray(moving, dtype=np.float64), moving_affine, smooth_mm)
+        self.moving_inv = np.linalg.inv(moving_affine)
+
+    def _voxels(self, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Moving voxel coordinates of the points, and which fall inside the moving grid."""
+        transform = np.asarray(transform, dtype=float)
+        pts = self.points @ transform[:3, :3].T + transform[:3, 3]
+        vox = pts @ self.moving_inv[:3, :3].T + self.moving_inv[:3, 3]
+        inside = np.all((vox >= -0.5) & (vox <= np.asarray(self.moving.shape) - 0.5), axis=1)
+        return vox, inside
+
+    def outside(self, transform: np.ndarray) -> float:
+        """Share of the points that ``transform`` maps outside the moving grid."""
+        if not len(self.points):
+            return 1.0
+        return float(1.0 - self._voxels(transform)[1].mean())
+
+    def score(self, transform: np.ndarray, *, overlap: bool = True) -> float:
+        """Correlation through ``transform``, less ``OUTSIDE_PENALTY`` x the share outside.
+
+        Every point is scored, those beyond the moving slab with its nearest slice:
+        dropping them would let a pose win by leaving out the points it fits worst (a
+        tilt of a thin slab leaves out the ends of the phantom).  Phantoms vary little
+        along their axis, so nothing else stops a pose from sliding along it; the
+        overlap term keeps the object inside the moving field of view (``overlap=False``
+        gives the plain correlation, the acceptance test of a registration).  -1 when
+        fewer than half of the points (or fewer than 10) map inside.
+        """
+        vox, inside = self._voxels(transform)
+        if inside.sum() < 0.5 * len(vox) or inside.sum() < 10:
+            return -1.0
+        sampled = ndimage.map_coordinates(self.moving, vox.T, order=1, mode="nearest")
+        a = self.values - self.values.mean()
+        b = sampled - sampled.mean()
+        denom = np.sqrt((a * a).sum() * (b * b).sum())
+        corr = float((a * b).sum() / denom) if denom > 0 else -1.0
+        return corr - (OUTSIDE_PENALTY * float(1.0 - inside.mean()) if overlap else 0.0)
 
 
 def search_poses(
@@ -209,15 +254,10 @@ def search_poses(
     moving_mask = np.asarray(moving_mask, dtype=bool)
     if not fixed_mask.any() or not moving_mask.any():
         return []
-    fixed_s = _smooth(np.asarray(fixed, dtype=np.float64), fixed_affine, smooth_mm)
-    moving_s = _smooth(np.asarray(moving, dtype=np.float64), moving_affine, smooth_mm)
-    points = _world_points(fixed_mask, fixed_affine, stride)
-    fixed_inv = np.linalg.inv(fixed_affine)
-    vox = np.rint(points @ fixed_inv[:3, :3].T + fixed_inv[:3, 3]).astype(int)
-    fixed_values = fixed_s[tuple(vox.T)]
+    scorer = ContrastScorer(fixed, fixed_affine, fixed_mask, moving, moving_affine,
+                            stride=stride, smooth_mm=smooth_mm)  # fmt: skip
     c_f = _centroid(fixed_mask, fixed_affine)
     c_m = _centroid(moving_mask, moving_affine)
-    moving_inv = np.linalg.inv(moving_affine)
     if angles is None:
         thin = _slab_mm(fixed_mask, fixed_affine) < MIN_TILT_SLAB_MM
         angles = candidate_angles(tilt_angles=(0,) if thin else TILT_ANGLES)
@@ -225,34 +265,26 @@ def search_poses(
     scored = []
     for ang in angles:
         transform = _transform(ang, c_f, c_m)
-        score = _score(fixed_values, points, moving_s, moving_inv, transform)
+        score = scorer.score(transform)
         scored.append((score - ROTATION_PENALTY * rotation_angle(transform), ang, transform))
     scored.sort(key=lambda s: -s[0])
     chosen: list[PoseCandidate] = []
     for score, ang, transform in scored:
         if all(
-            _angle_between(transform[:3, :3], c.transform[:3, :3]) >= min_separation_deg
+            rotation_angle(transform[:3, :3].T @ c.transform[:3, :3]) >= min_separation_deg
             for c in chosen
         ):
             chosen.append(PoseCandidate(transform, tuple(float(a) for a in ang), score))
         if len(chosen) == n_best:
             break
     if polish:
-        chosen = [
-            _polish(c, fixed_values, points, moving_s, moving_inv, c_f, c_m) for c in chosen
-        ]
+        chosen = [_polish(c, scorer, c_f, c_m) for c in chosen]
         chosen.sort(key=lambda c: -c.score)
     return chosen
 
 
 def _polish(
-    cand: PoseCandidate,
-    fixed_values: np.ndarray,
-    points: np.ndarray,
-    moving: np.ndarray,
-    moving_inv: np.ndarray,
-    c_f: np.ndarray,
-    c_m: np.ndarray,
+    cand: PoseCandidate, scorer: ContrastScorer, c_f: np.ndarray, c_m: np.ndarray
 ) -> PoseCandidate:
     """Powell search of the six rigid parameters around a grid candidate.
 
@@ -271,8 +303,7 @@ def _polish(
 
     def cost(params: np.ndarray) -> float:
         transform = make(params)
-        score = _score(fixed_values, points, moving, moving_inv, transform)
-        return -(score - ROTATION_PENALTY * rotation_angle(transform))
+        return -(scorer.score(transform) - ROTATION_PENALTY * rotation_angle(transform))
 
     step_deg, step_mm = POLISH_STEP
     result = minimize(
@@ -298,60 +329,9 @@ def _slab_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     return float(np.ptp(z)) + float(np.linalg.norm(affine[:3, 2]))
 
 
-def _angle_between(a: np.ndarray, b: np.ndarray) -> float:
-    cos = (np.trace(a.T @ b) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-
-
 def _smooth(image: np.ndarray, affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
     if fwhm_mm <= 0:
         return image
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
     sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel
     return ndimage.gaussian_filter(image, sigma, mode="nearest")
-
-
-def contrast_similarity(
-    fixed: np.ndarray,
-    fixed_affine: np.ndarray,
-    fixed_mask: np.ndarray,
-    moving: np.ndarray,
-    moving_affine: np.ndarray,
-    transform: np.ndarray | None = None,
-    *,
-    smooth_mm: float = 3.0,
-) -> float:
-    """Correlation of two contrasts through ``transform`` inside the fixed mask.
-
-    The acceptance test of a phantom registration: the score of
-    :func:`search_poses` on every fixed-mask voxel.  -1 when fewer than half of
-    the mask voxels map inside the moving field of view.
-    """
-    fixed_mask = np.asarray(fixed_mask, dtype=bool)
-    if not fixed_mask.any():
-        return -1.0
-    fixed_s = _smooth(np.asarray(fixed, dtype=np.float64), fixed_affine, smooth_mm)
-    moving_s = _smooth(np.asarray(moving, dtype=np.float64), moving_affine, smooth_mm)
-    points = _world_points(fixed_mask, fixed_affine, 1)
-    values = fixed_s[fixed_mask]
-    transform = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
-    return _score(values, points, moving_s, np.linalg.inv(moving_affine), transform,
-                  overlap=False)
-
-
-def outside_fraction(
-    fixed_mask: np.ndarray,
-    fixed_affine: np.ndarray,
-    moving_shape: tuple[int, ...],
-    moving_affine: np.ndarray,
-    transform: np.ndarray,
-) -> float:
-    """Share of the fixed mask voxels that ``transform`` maps outside the moving grid."""
-    points = _world_points(np.asarray(fixed_mask, dtype=bool), fixed_affine, 1)
-    if not len(points):
-        return 1.0
-    transform = np.asarray(transform, dtype=float)
-    inv = np.linalg.inv(moving_affine)
-    vox = (points @ transform[:3, :3].T + transform[:3, 3]) @ inv[:3, :3].T + inv[:3, 3]
-    inside = np.all((vox >= -0.5) & (vox <= np.asarray(moving_shape[:3]) - 0.5), axis=1)
-    return float(1.0 - inside.mean())

@@ -260,7 +260,7 @@ def tiny_phantoms(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
-    from bids_harmony.harp.pair_io import gather_pair_arrays
+    from bids_harmony.harp.pair_io import RegistrationCache, gather_pair_arrays
     from bids_harmony.simulate.study import get_size, session_pose
 
     study, out = tiny_phantoms
@@ -276,7 +276,7 @@ def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
 
     grid = get_size("tiny").phantom_grid
     flip = np.array([-1.0, 1.0, 1.0])  # poses are along the voxel axes, storage is LAS
-    cache: dict = {}
+    cache = RegistrationCache()
     for pair in pairs:
         arrays = gather_pair_arrays(pair, registrations=cache)
         assert not arrays.excluded
@@ -291,5 +291,5 @@ def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
             assert np.abs(result.translation_mm[:2] - truth[:2]).max() < 0.25 * 7.0
             assert result.accepted and result.similarity_after > 0.7  # measured 0.79-0.99
             assert result.similarity_after >= result.similarity_before - 0.01
-    registrations = [key for key in cache if len(key) == 3]
+    registrations = list(cache.results)
     assert len(registrations) == 2 * 3 * 2 * 3  # phantoms x runs x source sessions x others

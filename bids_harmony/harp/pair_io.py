@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import nibabel as nb
@@ -56,8 +56,27 @@ logger = logging.getLogger(__name__)
 #: Registration cache key: (fixed DWI, moving DWI, seed).
 RegistrationKey = tuple[str, str, int]
 
-__all__ = ["PairArrays", "RegistrationKey", "gather_pair_arrays", "load_mean_b0",
-           "phantom_image"]  # fmt: skip
+__all__ = ["PairArrays", "RegistrationCache", "RegistrationKey", "gather_pair_arrays",
+           "load_mean_b0", "phantom_image"]  # fmt: skip
+
+
+@dataclass
+class RegistrationCache:
+    """What the pairs of one training set share, so nothing is loaded or registered twice.
+
+    Attributes
+    ----------
+    images : dict of str to PhantomImage
+        Registration inputs by preprocessed DWI file.
+    results : dict of RegistrationKey to PhantomRegistration
+        One registration per scan pair (the shells of a run share it).
+    starts : dict of tuple to ndarray
+        An accepted transform between two sessions, tried first on their other runs.
+    """
+
+    images: dict[str, PhantomImage] = field(default_factory=dict)
+    results: dict[RegistrationKey, PhantomRegistration] = field(default_factory=dict)
+    starts: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +200,7 @@ def gather_pair_arrays(
     erode: int = ERODE,
     seed: int = 0,
     min_similarity: float = MIN_SIMILARITY,
-    registrations: MutableMapping[object, object] | None = None,
+    registrations: RegistrationCache | None = None,
     registration_method: str = "ants",
     validation_fraction: float = 0.2,
     validation_block: int = 4,
@@ -197,10 +216,8 @@ def gather_pair_arrays(
         Registration seed and validation-block draw.
     min_similarity : float
         Acceptance test of a registration.
-    registrations : mutable mapping, optional
-        Cache shared by every pair of a training set: each scan pair is registered
-        once, and a transform found for one run of two sessions is tried first on
-        their other runs.
+    registrations : RegistrationCache, optional
+        Shared by every pair of a training set.
     registration_method : {"ants", "flirt"}
     validation_fraction, validation_block : float, int
         Share of the grid's ``validation_block``-voxel cubes held out.
@@ -215,15 +232,15 @@ def gather_pair_arrays(
     BadImageError
         Unreadable or inconsistent images.
     """
-    cache: MutableMapping[object, object] = {} if registrations is None else registrations
+    cache = RegistrationCache() if registrations is None else registrations
     src = pair.source
     src_coeffs, src_mask, src_affine = _scan_maps(src)
 
     def image(scan: PhantomScan, mask: np.ndarray | None = None) -> PhantomImage:
-        key = ("image", str(scan.preproc_dwi))
-        if key not in cache:
-            cache[key] = phantom_image(scan, mask)
-        return cache[key]
+        name = str(scan.preproc_dwi)
+        if name not in cache.images:
+            cache.images[name] = phantom_image(scan, mask)
+        return cache.images[name]
 
     fixed = image(src, src_mask)
     if fixed.contrast.shape != src_mask.shape or not np.allclose(fixed.affine, src_affine,
@@ -238,21 +255,22 @@ def gather_pair_arrays(
         if scan is None:
             continue
         key = (str(src.preproc_dwi), str(scan.preproc_dwi), int(seed))
-        if key not in cache:
-            start = cache.get(("session", *_session_key(src, scan)))
+        sessions = _session_key(src, scan)
+        if key not in cache.results:
             try:
                 moving = image(scan)
             except BadImageError as err:
-                cache[key] = PhantomRegistration(np.eye(4), 0.0, 0.0, accepted=False,
-                                                 reason=str(err), method="none")  # fmt: skip
+                cache.results[key] = PhantomRegistration(
+                    np.eye(4), 0.0, 0.0, accepted=False, reason=str(err), method="none"
+                )
             else:
-                cache[key] = register_phantom(
+                cache.results[key] = register_phantom(
                     fixed, moving, seed=seed, method=registration_method,
-                    min_similarity=min_similarity, start=start,
+                    min_similarity=min_similarity, start=cache.starts.get(sessions),
                 )  # fmt: skip
-            if cache[key].accepted:
-                cache[("session", *_session_key(src, scan))] = cache[key].transform
-        result = cache[key]
+            if cache.results[key].accepted:
+                cache.starts[sessions] = cache.results[key].transform
+        result = cache.results[key]
         results[role] = result
         if not result.accepted:
             if role == "target":

@@ -111,9 +111,9 @@ def _gather_all(config: Config, pairs: list, rule: str, c00: np.ndarray | None,
                 registration: str) -> tuple[list, list]:
     """Arrays of every pair; bad pairs are excluded with a warning, never fatal."""
     from bids_harmony.errors import BadImageError
-    from bids_harmony.harp.pair_io import PairArrays, gather_pair_arrays
+    from bids_harmony.harp.pair_io import PairArrays, RegistrationCache, gather_pair_arrays
 
-    cache: dict = {}  # a scan pair is registered once for all pairs and shells it is in
+    cache = RegistrationCache()  # a scan pair is registered once for all pairs and shells
     arrays = []
     for pair in pairs:
         try:
@@ -129,7 +129,7 @@ def _gather_all(config: Config, pairs: list, rule: str, c00: np.ndarray | None,
             empty = np.zeros((0, 45), np.float32)
             arr = PairArrays(empty, empty, None, {}, excluded=str(err))
         arrays.append(arr)
-    return arrays, [v for k, v in cache.items() if k[0] == "image"]
+    return arrays, list(cache.images.values())
 
 
 def _rows(arrays: list, n: int) -> dict[str, dict[str, np.ndarray | None]]:

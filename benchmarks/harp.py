@@ -9,7 +9,7 @@
     voxels of fibre/crossing/gel vials at b = 1000 (60 directions, SNR 40),
     scanned twice at the source and once at the target, whose SH bands differ by
     known gains that also depend on the voxel's mean diffusivity
-    (``bids_harmony.harp._synthetic``); validation on another draw ("another
+    (``bids_harmony.methods.harp.synthetic``); validation on another draw ("another
     phantom").  Reported: validation MSE, the noise-aware validation objective
     (MSE against the noise-free source), and the error of the learned scales
     against the true per-voxel gains.
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from bids_harmony.dmri.bands import band_orders, band_slices, rish_features
-from bids_harmony.harp import (
+from bids_harmony.methods.harp import (
     DEFAULT_RECIPE,
     PAPER_RECIPE,
     HarpNet,
@@ -46,8 +46,8 @@ from bids_harmony.harp import (
     apply_band_scales,
     train_harp,
 )
-from bids_harmony.harp._loss import BandLoss, noise_variance
-from bids_harmony.harp._synthetic import PAPER_LIKE_GAINS, synthetic_pairs
+from bids_harmony.methods.harp.loss import BandLoss, noise_variance
+from bids_harmony.methods.harp.synthetic import PAPER_LIKE_GAINS, synthetic_pairs
 
 SLOPES = (0.02, -0.01, -0.02, 0.0, 0.0)  # gain change per 0.25 of true C00
 SLICE = 146  # the authors' in-plane matrix

@@ -9,7 +9,7 @@ same object imaged noise-free by the target scanner:
 
 * **no harmonization**, **HARP** (the trained model) and the **global per-band
   baseline** (one noise-debiased scale per SH band fitted on the same registered
-  phantom voxels, :func:`bids_harmony.harp.baseline.fit_band_scales`, stored in
+  phantom voxels, :func:`bids_harmony.methods.harp.baseline.fit_band_scales`, stored in
   the model card);
 * per-band RMS error of the SH coefficients, and the median absolute FA, MD and
   GFA error in WM and GM (noise-free source, so the numbers are site bias, not
@@ -57,9 +57,9 @@ def _errors(bids: Path, out: Path, subject: str, session: str, acq: str, model_f
     from bids_harmony.bids.gradients_io import read_gradients
     from bids_harmony.dmri import metrics as dm
     from bids_harmony.dmri.sh import ShellFit, fit_shells
-    from bids_harmony.harp import load_model
-    from bids_harmony.harp.apply import harmonize_dwi, harmonize_fits
-    from bids_harmony.harp.network import apply_band_scales
+    from bids_harmony.methods.harp import load_model
+    from bids_harmony.methods.harp.apply import harmonize_dwi, harmonize_fits
+    from bids_harmony.methods.harp.network import apply_band_scales
     from bids_harmony.simulate import regenerate_noiseless
 
     prefix = f"sub-{subject}_ses-{session}_acq-{acq}"

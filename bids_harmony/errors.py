@@ -30,6 +30,10 @@ class BadImageError(BidsHarmonyError, ValueError):
     """An image cannot be read or holds unusable values (NaN/Inf, wrong dimensions)."""
 
 
+class RegistrationError(BidsHarmonyError, RuntimeError):
+    """A registration failed or made the alignment worse."""
+
+
 class OutputDirectoryError(BidsHarmonyError, OSError):
     """The output directory cannot be used (inside the input, not writable)."""
 

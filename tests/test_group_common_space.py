@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.group.common_space import (
+from bids_harmony.errors import BidsHarmonyError, RegistrationError
+from bids_harmony.registration.common_space import (
     RegistrationFailedError,
     SessionTransform,
     build_fa_template,
@@ -20,7 +20,6 @@ from bids_harmony.group.common_space import (
     register_to_template,
     to_template,
 )
-from bids_harmony.harp.registration import RegistrationError
 
 SHAPE = (32, 32, 32)
 VOXEL = 3.0
@@ -287,7 +286,7 @@ def test_register_unrelated_image_fails_high_threshold(maps, tmp_path):
 def test_average_affine_drops_rotation_and_translation(tmp_path):
     import ants
 
-    from bids_harmony.group.template import _average_affine_no_rigid
+    from bids_harmony.registration.template import _average_affine_no_rigid
 
     files = []
     for k, (angles, scales) in enumerate(

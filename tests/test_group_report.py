@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from bids_harmony import __version__
-from bids_harmony.evaluation.variability import PairedTest
-from bids_harmony.group.report import (
+from bids_harmony.evaluation.report import (
     format_number,
     roi_boxplot_figure,
     standard_error_figure,
     write_html_report,
 )
-from bids_harmony.group.tables import (
+from bids_harmony.evaluation.tables import (
     condition_key,
     table2,
     table3,
@@ -26,6 +25,7 @@ from bids_harmony.group.tables import (
     ttests_table,
     write_table,
 )
+from bids_harmony.evaluation.variability import PairedTest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BEST_CASE = "LinearRISH is trained on the traveling subjects it is evaluated on (best case)"

@@ -91,7 +91,7 @@ def test_harmonization_approaches_the_target_truth(demo, record_property):
 
 
 def test_model_file_and_card(trained):
-    from bids_harmony.harp import load_model
+    from bids_harmony.methods.harp import load_model
 
     _, out, _ = trained
     model_file = out / "models" / "harp_src-SIGNAPremier_tgt-Prisma.safetensors"

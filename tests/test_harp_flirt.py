@@ -6,13 +6,13 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_harmony.harp.flirt import (
+from bids_harmony.registration.flirt import (
     flirt_interface,
     flirt_to_world,
     scaled_voxel_matrix,
     world_to_flirt,
 )
-from bids_harmony.harp.registration import register_rigid
+from bids_harmony.registration.rigid import register_rigid
 
 
 def _translation(t):

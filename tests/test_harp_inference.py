@@ -1,4 +1,4 @@
-"""HARP inference: harmonize_sh and HarpPredictor (bids_harmony.harp.inference)."""
+"""HARP inference: harmonize_sh and HarpPredictor (bids_harmony.methods.harp.inference)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from bids_harmony.errors import BadImageError
-from bids_harmony.harp import HarpNet, HarpPredictor, apply_band_scales, harmonize_sh, save_model
-from bids_harmony.harp.inference import BLOCK
+from bids_harmony.methods.harp import (
+    HarpNet,
+    HarpPredictor,
+    apply_band_scales,
+    harmonize_sh,
+    save_model,
+)
+from bids_harmony.methods.harp.inference import BLOCK
 
 
 def _model(order: int = 8, **kwargs) -> HarpNet:

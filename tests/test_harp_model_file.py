@@ -1,4 +1,4 @@
-"""HARP model files: safetensors + JSON card (bids_harmony.harp.model_file)."""
+"""HARP model files: safetensors + JSON card (bids_harmony.methods.model_file)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.harp import HarpNet, ModelFileError, load_model, save_model, sh_convention
+from bids_harmony.methods.harp import HarpNet, ModelFileError, load_model, save_model, sh_convention
 
 EXPECT = {"sh_order": 8, "basis": "descoteaux07", "legacy": True, "b_ref": 1000}
 

@@ -1,4 +1,4 @@
-"""HARP network: layout, parameter count, bounds, band scaling (bids_harmony.harp.network)."""
+"""HARP network: layout, parameter count, bounds, band scaling (methods.harp.network)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bids_harmony.harp import HarpNet, apply_band_scales
-from bids_harmony.harp.network import band_index
+from bids_harmony.methods.harp import HarpNet, apply_band_scales
+from bids_harmony.methods.harp.network import band_index
 
 PAPER_HIDDEN = (160, 240, 320, 360, 480, 520, 600)
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from bids_harmony.bids.discovery import DwiRun, Study
-from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.harp.pairs import (
+from bids_harmony.bids.phantom_pairs import (
     PhantomPair,
     TrainingDataError,
     find_phantom_pairs,
     list_sites_with_phantoms,
     phantoms_by_site,
 )
+from bids_harmony.errors import BidsHarmonyError
 
 SITES = {"GE1": "GE", "GE2": "GE", "Prisma1": "Prisma", "Prisma2": "Prisma"}
 
@@ -260,7 +260,7 @@ def tiny_phantoms(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_study_pairs_registration_and_voxels(tiny_phantoms):
-    from bids_harmony.harp.pair_io import RegistrationCache, gather_pair_arrays
+    from bids_harmony.interfaces.phantom_pairs import RegistrationCache, gather_pair_arrays
     from bids_harmony.simulate.study import get_size, session_pose
 
     study, out = tiny_phantoms

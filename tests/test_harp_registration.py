@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.harp.registration import (
+from bids_harmony.registration.rigid import (
     RegistrationError,
     RigidResult,
     b0_correlation,
@@ -175,7 +175,7 @@ def test_correlation_rises_with_alignment(moved_pair, registered):
 
 def test_far_apart_world_origins_fall_back_to_centre_of_mass(moved_pair, caplog):
     """Fields of view that do not overlap: identity fails, centre of mass recovers."""
-    caplog.set_level(logging.INFO, logger="bids_harmony.harp.registration")
+    caplog.set_level(logging.INFO, logger="bids_harmony.registration.rigid")
     fixed, fixed_aff, *_ = moved_pair
     offset = np.array([100.0, -50.0, 30.0])
     moving_aff = fixed_aff.copy()

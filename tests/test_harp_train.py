@@ -1,4 +1,4 @@
-"""HARP training: recipes, determinism, noise-aware loss (bids_harmony.harp.train)."""
+"""HARP training: recipes, determinism, noise-aware loss (bids_harmony.methods.harp.train)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bids_harmony.harp import (
+from bids_harmony.methods.harp import (
     DEFAULT_RECIPE,
     PAPER_RECIPE,
     HarpTrainingError,
     TrainingRecipe,
     train_harp,
 )
-from bids_harmony.harp._synthetic import synthetic_pairs
+from bids_harmony.methods.harp.synthetic import synthetic_pairs
 
 SMALL = {"hidden": (32,) * 7}  # the paper's layout, narrow: fast on two CPU cores
 GAINS = (1.04, 0.97, 0.95, 0.94, 0.96)
@@ -156,7 +156,7 @@ def test_valid_mask_and_explicit_validation_set(pairs):
 
 
 def test_without_rescan_falls_back_to_mse_with_a_warning(pairs, caplog):
-    with caplog.at_level(logging.WARNING, logger="bids_harmony.harp.train"):
+    with caplog.at_level(logging.WARNING, logger="bids_harmony.methods.harp.train"):
         result = train_harp(
             pairs.source[:2000], pairs.target[:2000], recipe=_recipe(iterations=5),
             architecture=SMALL, progress=False,
@@ -196,7 +196,7 @@ def test_bad_inputs(pairs):
 
 
 def test_centred_training_keeps_held_bands_at_one(pairs):
-    from bids_harmony.harp.baseline import fit_band_scales
+    from bids_harmony.methods.harp.baseline import fit_band_scales
 
     baseline = fit_band_scales(pairs.source, pairs.target, pairs.source_rescan)
     # the noise-debiased global scale recovers the simulated gains of the measurable bands

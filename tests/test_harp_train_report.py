@@ -7,15 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from bids_harmony.group.report import write_html_report
-from bids_harmony.harp import train_report
-from bids_harmony.harp.train_report import (
+from bids_harmony.evaluation.report import write_html_report
+from bids_harmony.evaluation.train_report import (
     MAX_VIEWS,
     SECTIONS,
     PairView,
     ScaleSamples,
     write_train_report,
 )
+from bids_harmony.methods.harp import train_report
 
 EXCLUDED = "similarity after registration 0.52 < 0.9"
 

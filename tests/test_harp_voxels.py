@@ -8,10 +8,14 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from bids_harmony.bids.phantom_pairs import PhantomPair, PhantomScan, TrainingDataError
 from bids_harmony.dmri import sh
-from bids_harmony.harp.pair_io import RegistrationCache, gather_pair_arrays, load_mean_b0
-from bids_harmony.harp.pairs import PhantomPair, PhantomScan, TrainingDataError
-from bids_harmony.harp.voxels import (
+from bids_harmony.interfaces.phantom_pairs import (
+    RegistrationCache,
+    gather_pair_arrays,
+    load_mean_b0,
+)
+from bids_harmony.methods.harp.voxels import (
     C00_WINDOW,
     block_validation,
     c00_bounds,

@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 import pytest
 
-from bids_harmony.baselines import (
+from bids_harmony.dmri.bands import band_slices, rish_features
+from bids_harmony.methods.rish import (
     DEFAULT_MAX_SCALE,
     LinearRISH,
     apply_rish_scales,
     rish_scale_maps,
     site_template,
 )
-from bids_harmony.dmri.bands import band_slices, rish_features
 
 GAINS = np.array([1.1, 0.8, 1.3, 0.6, 1.9])  # per band, l = 0..8
 SHAPE = (4, 3, 2)

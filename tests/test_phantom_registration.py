@@ -8,8 +8,8 @@ from scipy.spatial.transform import Rotation
 
 from bids_harmony.dmri.sh import sh_basis
 from bids_harmony.dmri.sh_rotation import bvec_frame, direction_map, rotate_sh
-from bids_harmony.harp.phantom_registration import PhantomImage, register_phantom
 from bids_harmony.registration.multistart import attenuation_contrast
+from bids_harmony.registration.phantom import PhantomImage, register_phantom
 
 
 def _phantom(subject: str, session: str) -> tuple[PhantomImage, np.ndarray]:
@@ -93,7 +93,7 @@ def test_an_empty_scan_is_rejected(scans):
 
 def test_a_known_start_is_reused_without_a_search(scans, monkeypatch):
     fixed, moving, _, sessions = scans
-    import bids_harmony.harp.phantom_registration as reg
+    import bids_harmony.registration.phantom as reg
 
     monkeypatch.setattr(reg, "search_poses", lambda *a, **k: pytest.fail("searched"))
     result = register_phantom(fixed, moving, start=sessions)

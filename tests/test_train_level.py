@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bids_harmony.bids.phantom_pairs import TrainingDataError
 from bids_harmony.config import Config
-from bids_harmony.harp.pair_io import PairArrays
-from bids_harmony.harp.pairs import TrainingDataError
+from bids_harmony.interfaces.phantom_pairs import PairArrays
 from bids_harmony.workflows.train import _check_enough, _rows
 
 REASON = ("attenuation correlation 0.41 before and 0.52 after registration (needs >= 0.70): "

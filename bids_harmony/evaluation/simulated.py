@@ -53,8 +53,8 @@ def harmonization_errors(
     from bids_harmony.bids.gradients_io import read_gradients
     from bids_harmony.dmri import metrics as dm
     from bids_harmony.dmri.sh import fit_shells
-    from bids_harmony.harp import load_model
-    from bids_harmony.harp.apply import harmonize_dwi, harmonize_fits
+    from bids_harmony.methods.harp import load_model
+    from bids_harmony.methods.harp.apply import harmonize_dwi, harmonize_fits
     from bids_harmony.simulate import regenerate_noiseless
 
     prefix = f"sub-{subject}_ses-{session}_acq-{acq}"

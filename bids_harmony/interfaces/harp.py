@@ -47,8 +47,8 @@ class HarpHarmonize(SimpleInterface):
         import torch
 
         from bids_harmony.dmri.sh import ShellFit
-        from bids_harmony.harp import load_model
-        from bids_harmony.harp.apply import harmonize_dwi, harmonize_fits
+        from bids_harmony.methods.harp import load_model
+        from bids_harmony.methods.harp.apply import harmonize_dwi, harmonize_fits
 
         torch.set_num_threads(max(1, self.inputs.n_threads))
         model, _ = load_model(self.inputs.model_file, expect=self.inputs.expect or None)

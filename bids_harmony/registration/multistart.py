@@ -6,7 +6,7 @@ rotationally symmetric, so a local optimizer started from the identity (or from
 the centres of mass) falls into the wrong symmetric pose.  This module scores a
 grid of rotations, each with the translation that maps the fixed object's centroid
 onto the moving object's centroid, and returns the best few poses as starts for a
-local refinement (:func:`bids_harmony.harp.phantom_registration.register_phantom`, ANTs).
+local refinement (:func:`bids_harmony.registration.phantom.register_phantom`, ANTs).
 
 Score
 -----
@@ -19,7 +19,7 @@ in it, where they change a b0.
 
 Conventions
 -----------
-As in :mod:`bids_harmony.harp.registration`: a transform :math:`T` is a 4×4 world
+As in :mod:`bids_harmony.registration.rigid`: a transform :math:`T` is a 4×4 world
 (RAS, mm) matrix mapping a point of the fixed image to the same point of the
 moving image.  Candidate :math:`T(x) = R (x - c_f) + c_m` with :math:`R` from
 extrinsic x, y, z Euler angles.

@@ -7,7 +7,7 @@ here find the FSL binaries and write the small text files FSL reads
 
 The participant level uses it with ``--preproc fsl`` (or ``auto`` when FSL
 runs); ``train`` then registers phantom pairs with FLIRT
-(:mod:`bids_harmony.harp.flirt`).
+(:mod:`bids_harmony.registration.flirt`).
 
 Getting FSL
 -----------

@@ -1,9 +1,9 @@
 """The ``group`` level: scan-rescan vs inter-scanner variability, HARP vs LinearRISH.
 
 For every source site → target site and raw ``acq``: select the traveling
-subjects (:mod:`bids_harmony.group.inputs`), register each session's FA to a
+subjects (:mod:`bids_harmony.bids.group_inputs`), register each session's FA to a
 study FA template built from the target-site sessions (or ``--template``),
-fit and apply LinearRISH (:mod:`bids_harmony.group.rish`), warp FA/MD/GFA of
+fit and apply LinearRISH (:mod:`bids_harmony.interfaces.rish`), warp FA/MD/GFA of
 the raw, HARP- and LinearRISH-harmonized data to the template, and compute
 standard-error maps, the paper's tables, fibre-orientation preservation,
 figures and one self-contained ``OUT/group/report.html``.
@@ -104,7 +104,7 @@ def _mask_file(shell: Any) -> Path:
 
 
 def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str, Any]]:
-    from bids_harmony.group.common_space import (
+    from bids_harmony.registration.common_space import (
         RegistrationFailedError,
         build_fa_template,
         register_to_template,
@@ -132,10 +132,10 @@ def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str
 
 
 def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] | None:
+    from bids_harmony.bids.group_inputs import run_shells
     from bids_harmony.group import evaluate as ev
-    from bids_harmony.group.common_space import to_template
-    from bids_harmony.group.inputs import run_shells
-    from bids_harmony.group.rish import apply_to_run, fit_rish_scales
+    from bids_harmony.interfaces.rish import apply_to_run, fit_rish_scales
+    from bids_harmony.registration.common_space import to_template
 
     derivatives = config.output_dir
     runs = [r for site in sel.sessions.values() for pair in site.values() for r in pair]
@@ -270,8 +270,8 @@ def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
     from bids_harmony import __version__
+    from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.group import report, tables
-    from bids_harmony.group.inputs import select_traveling
     from bids_harmony.workflows.run import discover_study
 
     start = time.perf_counter()

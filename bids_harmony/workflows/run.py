@@ -86,7 +86,7 @@ def expected_convention(config: Config) -> dict[str, object]:
 
 def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
     """HARP models to apply, per source site (none for the target site's runs)."""
-    from bids_harmony.harp.catalog import select_models
+    from bids_harmony.methods.catalog import select_models
 
     if not config.models and not (config.output_dir / "models").is_dir():
         return {}
@@ -99,7 +99,7 @@ def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
         expect=expected_convention(config),
     )
     if models:
-        from bids_harmony.harp import load_model
+        from bids_harmony.methods.harp import load_model
 
         device = resolve_device(config.device)
         for entry in models.values():

@@ -1,9 +1,9 @@
 """The ``train`` level: one HARP model per (source site → target site).
 
 Uses the participant-level derivatives of the phantom sessions: pairs phantom
-scans across sites (:mod:`bids_harmony.harp.pairs`), registers and samples
-training voxels (:mod:`bids_harmony.harp.pair_io`), trains
-(:func:`bids_harmony.harp.train_harp`) and writes
+scans across sites (:mod:`bids_harmony.bids.phantom_pairs`), registers and samples
+training voxels (:mod:`bids_harmony.interfaces.phantom_pairs`), trains
+(:func:`bids_harmony.methods.harp.train_harp`) and writes
 ``OUT/models/harp_src-<S>_tgt-<T>.safetensors`` with its JSON model card.
 """
 
@@ -111,7 +111,11 @@ def _gather_all(config: Config, pairs: list, rule: str, c00: np.ndarray | None,
                 registration: str) -> tuple[list, list]:
     """Arrays of every pair; bad pairs are excluded with a warning, never fatal."""
     from bids_harmony.errors import BadImageError
-    from bids_harmony.harp.pair_io import PairArrays, RegistrationCache, gather_pair_arrays
+    from bids_harmony.interfaces.phantom_pairs import (
+        PairArrays,
+        RegistrationCache,
+        gather_pair_arrays,
+    )
 
     cache = RegistrationCache()  # a scan pair is registered once for all pairs and shells
     arrays = []
@@ -192,7 +196,7 @@ def _by_phantom(pairs: list, arrays: list) -> dict[str, Any]:
 
 def _check_enough(pairs: list, arrays: list, n_train: int, config: Config, source: str,
                   target: str) -> None:
-    from bids_harmony.harp.pairs import TrainingDataError
+    from bids_harmony.bids.phantom_pairs import TrainingDataError
 
     ok = [a for a in arrays if not a.excluded]
     if not ok:
@@ -226,12 +230,12 @@ def train_site_pair(
 ) -> Path:
     """Train and save the model of one site pair; returns the model path."""
     from bids_harmony.bids.derivatives import software_versions
+    from bids_harmony.bids.phantom_pairs import find_phantom_pairs
     from bids_harmony.dmri.bands import n_coeffs
-    from bids_harmony.harp import DEFAULT_RECIPE, PAPER_RECIPE, save_model, train_harp
-    from bids_harmony.harp.baseline import fit_band_scales
-    from bids_harmony.harp.catalog import MODELS_DIR, model_stem
-    from bids_harmony.harp.model_file import sh_convention
-    from bids_harmony.harp.pairs import find_phantom_pairs
+    from bids_harmony.methods.catalog import MODELS_DIR, model_stem
+    from bids_harmony.methods.harp import DEFAULT_RECIPE, PAPER_RECIPE, save_model, train_harp
+    from bids_harmony.methods.harp.baseline import fit_band_scales
+    from bids_harmony.methods.model_file import sh_convention
 
     pairs = find_phantom_pairs(
         study,
@@ -348,8 +352,8 @@ def train_site_pair(
 def _write_report(path: Path, card: dict, pairs: list, arrays: list, images: list,
                   model: Any) -> None:
     """The training report next to the model (views of the registrations, scales vs C00)."""
-    from bids_harmony.harp.report_data import report_inputs
-    from bids_harmony.harp.train_report import write_train_report
+    from bids_harmony.evaluation.train_report import write_train_report
+    from bids_harmony.evaluation.train_report_data import report_inputs
 
     views, samples = report_inputs(pairs, arrays, images, model, card)
     out = write_train_report(path.with_suffix(".html"), card, views, samples)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_harmony.dmri.sh import ShellSHModel, sh_basis
-from bids_harmony.harp.network import apply_band_scales
+from bids_harmony.methods.harp.network import apply_band_scales
 
 PAPER_LIKE_GAINS = (1.04, 0.97, 0.95, 0.94, 0.96)
 C00_REFERENCE = 1.75

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bids_harmony.harp.registration import RegistrationError
+from bids_harmony.errors import RegistrationError
 
 
 def scaled_voxel_matrix(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ def flirt_to_world(
     -------
     ndarray, shape (4, 4)
         :math:`T = W^{-1}` (module docstring), the convention of
-        :func:`bids_harmony.harp.registration.resample_to`.
+        :func:`bids_harmony.registration.rigid.resample_to`.
     """
     s_in = scaled_voxel_matrix(in_shape, in_affine)
     s_ref = scaled_voxel_matrix(ref_shape, ref_affine)

@@ -10,7 +10,7 @@ A model ``<stem>`` is two files side by side:
     The model card.  Written by :func:`save_model` with these entries:
 
     ``format`` / ``format_version``
-        ``"bids_harmony.harp"`` / :data:`FORMAT_VERSION`.
+        ``"bids_harmony.methods.harp"`` / :data:`FORMAT_VERSION`.
     ``weights_file``
         Name of the weights file (no folder).
     ``sha256``
@@ -53,7 +53,7 @@ from safetensors.torch import save_file
 from bids_harmony.bids.io import atomic_path, sha256_file
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.harp.network import HarpNet
+from bids_harmony.methods.harp.network import HarpNet
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
   Karayumak et al. (2019).
 """
 
-from bids_harmony.baselines.linear_rish import (
+from bids_harmony.methods.rish.linear_rish import (
     DEFAULT_EPS,
     DEFAULT_MAX_SCALE,
     LinearRISH,

@@ -1,4 +1,4 @@
-"""Paired training voxels for :func:`bids_harmony.harp.train_harp` (private)."""
+"""Paired training voxels for :func:`bids_harmony.methods.harp.train_harp` (private)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Load a phantom pair from the participant derivatives into flat training arrays.
 
-The one place of :mod:`bids_harmony.harp` that reads files (nibabel).  For a
-:class:`~bids_harmony.harp.pairs.PhantomPair` it
+The one place of :mod:`bids_harmony.methods.harp` that reads files (nibabel).  For a
+:class:`~bids_harmony.bids.phantom_pairs.PhantomPair` it
 
 1. loads the source SH map, mask, mean b0 and mean diffusion-weighted image;
 2. registers the target, the target rescan and the source rescan to the source
-   (:func:`~bids_harmony.harp.phantom_registration.register_phantom`: multi-start
+   (:func:`~bids_harmony.registration.phantom.register_phantom`: multi-start
    search on the attenuation contrast, ANTs refinement, acceptance test).  A
    rejected target makes the pair *excluded* (returned with the reason, never
    raised); a rejected rescan is dropped from the pair;
@@ -15,8 +15,8 @@ The one place of :mod:`bids_harmony.harp` that reads files (nibabel).  For a
    (:func:`bids_harmony.dmri.sh_rotation.rotate_sh`): a phantom turned by 20°
    turns its fibre orientation functions by 20° in the scanner frame;
 4. zero-pads lower-order maps to 45 coefficients (order 8, the network input);
-5. selects the training voxels (:mod:`bids_harmony.harp.voxels`), flags the
-   validation blocks (:func:`~bids_harmony.harp.voxels.block_validation`) and
+5. selects the training voxels (:mod:`bids_harmony.methods.harp.voxels`), flags the
+   validation blocks (:func:`~bids_harmony.methods.harp.voxels.block_validation`) and
    returns them as ``(N, 45)`` float32 arrays, rows aligned across the scans.
 """
 
@@ -30,19 +30,12 @@ from dataclasses import dataclass, field
 import nibabel as nb
 import numpy as np
 
+from bids_harmony.bids.phantom_pairs import PhantomPair, PhantomScan
 from bids_harmony.dmri.bands import MAX_ORDER, pad_coeffs
 from bids_harmony.dmri.gradients import B0_THRESHOLD, b0_mask
 from bids_harmony.dmri.sh_rotation import direction_map, rotate_sh
 from bids_harmony.errors import BadImageError
-from bids_harmony.harp.pairs import PhantomPair, PhantomScan
-from bids_harmony.harp.phantom_registration import (
-    MIN_SIMILARITY,
-    PhantomImage,
-    PhantomRegistration,
-    register_phantom,
-)
-from bids_harmony.harp.registration import resample_to
-from bids_harmony.harp.voxels import (
+from bids_harmony.methods.harp.voxels import (
     C00_PERCENTILE,
     C00_WINDOW,
     ERODE,
@@ -50,6 +43,13 @@ from bids_harmony.harp.voxels import (
     voxel_selection,
 )
 from bids_harmony.registration.multistart import attenuation_contrast
+from bids_harmony.registration.phantom import (
+    MIN_SIMILARITY,
+    PhantomImage,
+    PhantomRegistration,
+    register_phantom,
+)
+from bids_harmony.registration.rigid import resample_to
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def gather_pair_arrays(
     ----------
     pair : PhantomPair
     rule, c00_window, invivo_c00, percentile, erode
-        Training-voxel rule, see :func:`bids_harmony.harp.voxels.voxel_selection`.
+        Training-voxel rule, see :func:`bids_harmony.methods.harp.voxels.voxel_selection`.
     seed : int
         Registration seed and validation-block draw.
     min_similarity : float

@@ -16,10 +16,9 @@ Pairing, registration and voxel selection of phantom scans live in
 :mod:`.pairs`, :mod:`.registration` and :mod:`.voxels`.
 """
 
-from bids_harmony.harp.inference import HarpPredictor, harmonize_sh
-from bids_harmony.harp.model_file import ModelFileError, load_model, save_model, sh_convention
-from bids_harmony.harp.network import HarpNet, apply_band_scales
-from bids_harmony.harp.train import (
+from bids_harmony.methods.harp.inference import HarpPredictor, harmonize_sh
+from bids_harmony.methods.harp.network import HarpNet, apply_band_scales
+from bids_harmony.methods.harp.train import (
     DEFAULT_RECIPE,
     PAPER_RECIPE,
     HarpTrainingError,
@@ -27,6 +26,7 @@ from bids_harmony.harp.train import (
     TrainResult,
     train_harp,
 )
+from bids_harmony.methods.model_file import ModelFileError, load_model, save_model, sh_convention
 
 __all__ = [
     "DEFAULT_RECIPE",

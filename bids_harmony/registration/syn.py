@@ -6,10 +6,10 @@ registered to one FA template (:func:`register_to_template`), with the
 :attr:`SessionTransform.forward` resamples a native map onto the template grid
 and :attr:`SessionTransform.inverse` (with :attr:`SessionTransform.inverse_invert`,
 antspyx's ``whichtoinvert``) resamples a template-space map onto the session FA
-grid (:mod:`bids_harmony.group.warps`).  A registration whose FA correlation
+grid (:mod:`bids_harmony.registration.warps`).  A registration whose FA correlation
 with the template (:func:`fa_correlation`) is too low raises
 :class:`RegistrationFailedError`: the session is excluded.  Transforms are
-cached next to a JSON record (see :mod:`bids_harmony.group._ants_common`).
+cached next to a JSON record (see :mod:`bids_harmony.registration.ants`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,23 @@ from typing import Any
 import numpy as np
 
 from bids_harmony.bids.io import sha256_file, write_json
-from bids_harmony.group._ants_common import (
-    _RECORD_VERSION,
+from bids_harmony.registration.ants import (
+    RECORD_VERSION,
     RegistrationFailedError,
-    _ants_image,
-    _check_seed,
-    _check_transform,
-    _file_entry,
-    _jsonify,
-    _load,
-    _outputs_intact,
-    _read_record,
-    _register,
-    _settings,
-    _stem,
+    ants_environment,
+    ants_image,
+    check_seed,
+    check_transform,
+    file_entry,
+    file_stem,
+    jsonify,
+    load_image,
+    outputs_intact,
+    read_record,
+    registration_settings,
+    run_registration,
 )
-from bids_harmony.harp.registration import CORRELATION_SLACK, _ants_environment
+from bids_harmony.registration.rigid import CORRELATION_SLACK
 
 logger = logging.getLogger(__name__)
 
@@ -168,35 +169,35 @@ def register_to_template(
     """
     import ants
 
-    _check_transform(transform)
-    seed = _check_seed(seed)
+    check_transform(transform)
+    seed = check_seed(seed)
     fa_file = Path(fa_file)
     template_file = Path(template_file)
     out_dir = Path(out_dir)
-    stem = f"{_stem(fa_file)}_to-template"
+    stem = f"{file_stem(fa_file)}_to-template"
     record_file = out_dir / f"{stem}.json"
 
-    template_data, template_affine = _load(template_file)
+    template_data, template_affine = load_image(template_file)
     key = {
-        "record_version": _RECORD_VERSION,
-        "inputs": {"fa": _file_entry(fa_file), "template": _file_entry(template_file)},
+        "record_version": RECORD_VERSION,
+        "inputs": {"fa": file_entry(fa_file), "template": file_entry(template_file)},
         "parameters": {
             "seed": seed,
             "transform": transform,
-            "settings": _jsonify(_settings(transform, template_data.shape)),
+            "settings": jsonify(registration_settings(transform, template_data.shape)),
             "antspyx": ants.__version__,
         },
     }
-    record = _read_record(record_file)
+    record = read_record(record_file)
     if (
         record is not None
         and all(record.get(k) == v for k, v in key.items())
-        and _outputs_intact(out_dir, record.get("outputs"))
+        and outputs_intact(out_dir, record.get("outputs"))
     ):
         result = _from_record(record, fa_file, out_dir, cached=True)
         logger.info("Registration %s -> template is up to date (cached).", fa_file.name)
     else:
-        settings = _settings(transform, template_data.shape)
+        settings = registration_settings(transform, template_data.shape)
         result = _compute_registration(fa_file, template_data, template_affine, out_dir, stem,
                                        seed, settings)  # fmt: skip
         write_json(record_file, {
@@ -245,14 +246,14 @@ def _compute_registration(
     import ants
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix=".tmp-reg-",
+    with ants_environment(seed), tempfile.TemporaryDirectory(prefix=".tmp-reg-",
                                                               dir=out_dir) as tmp:  # fmt: skip
-        fixed = _ants_image(template_data, template_affine, "the FA template")
-        moving = _ants_image(*_load(fa_file), str(fa_file))
+        fixed = ants_image(template_data, template_affine, "the FA template")
+        moving = ants_image(*load_image(fa_file), str(fa_file))
         initial = ants.resample_image_to_target(moving, fixed, interp_type="linear")
         before = _pearson(template_data, initial.numpy())
         prefix = os.path.join(tmp, "reg_")
-        out = _register(fixed, moving, settings, prefix, f"{fa_file} to the FA template")
+        out = run_registration(fixed, moving, settings, prefix, f"{fa_file} to the FA template")
         names: dict[str, Path] = {}
         for produced in dict.fromkeys([*out["fwdtransforms"], *out["invtransforms"]]):
             base = os.path.basename(produced)

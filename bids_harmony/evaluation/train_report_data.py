@@ -1,8 +1,8 @@
 """What the training report shows beyond the card: registration views and learned scales.
 
-Builds :class:`~bids_harmony.harp.train_report.PairView` slices from the
+Builds :class:`~bids_harmony.evaluation.train_report.PairView` slices from the
 registration inputs kept during training, and
-:class:`~bids_harmony.harp.train_report.ScaleSamples` by running the trained
+:class:`~bids_harmony.evaluation.train_report.ScaleSamples` by running the trained
 network on the training voxels.
 """
 
@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bids_harmony.harp.network import HarpNet
-from bids_harmony.harp.pair_io import PairArrays
-from bids_harmony.harp.pairs import PhantomPair
-from bids_harmony.harp.phantom_registration import PhantomImage
-from bids_harmony.harp.registration import resample_to
-from bids_harmony.harp.train_report import PairView, ScaleSamples
+from bids_harmony.bids.phantom_pairs import PhantomPair
+from bids_harmony.evaluation.train_report import PairView, ScaleSamples
+from bids_harmony.interfaces.phantom_pairs import PairArrays
+from bids_harmony.methods.harp.network import HarpNet
+from bids_harmony.registration.phantom import PhantomImage
+from bids_harmony.registration.rigid import resample_to
 
 __all__ = ["report_inputs"]
 
@@ -67,7 +67,7 @@ def report_inputs(
     rows = np.concatenate([a.source for a in usable], axis=0)
     if len(rows) > MAX_SAMPLES:
         rows = rows[np.random.default_rng(0).choice(len(rows), MAX_SAMPLES, replace=False)]
-    from bids_harmony.harp.inference import HarpPredictor
+    from bids_harmony.methods.harp.inference import HarpPredictor
 
     scales = HarpPredictor(model).predict_scales(rows[:, : model.n_coeffs])
     training = card.get("training", {})

@@ -3,7 +3,7 @@
 Every table is a plain :class:`pandas.DataFrame` with a default integer index;
 the identifying columns (``metric``, ``tissue``, ...) come first.  Values are
 kept at full precision: rounding and the ×10⁻³ / ×10⁻⁶ display scaling belong
-to the HTML report (:mod:`bids_harmony.group.report`).
+to the HTML report (:mod:`bids_harmony.evaluation.report`).
 
 :func:`write_table` writes a tab-separated file with ``n/a`` for missing
 values (as BIDS requires) and a JSON data dictionary describing every column.

@@ -9,11 +9,11 @@ estimated in template space are warped back onto each session's native grid
 
 This module is the public entry point; the code lives in
 
-* :mod:`bids_harmony.group.template` — the study FA template;
-* :mod:`bids_harmony.group.registration` — session FA → template registration
+* :mod:`bids_harmony.registration.template` — the study FA template;
+* :mod:`bids_harmony.registration.syn` — session FA → template registration
   (:class:`SessionTransform`, :class:`RegistrationFailedError`);
-* :mod:`bids_harmony.group.warps` — warping maps to and from the template;
-* :mod:`bids_harmony.group._ants_common` — what they share: map loading,
+* :mod:`bids_harmony.registration.warps` — warping maps to and from the template;
+* :mod:`bids_harmony.registration.ants` — what they share: map loading,
   ``ants.registration`` settings, the JSON records of the cache, and the notes on
   conventions, determinism and caching.
 
@@ -24,15 +24,15 @@ at call time, e.g. ``bids_harmony.workflows.group`` imports
 
 from __future__ import annotations
 
-from bids_harmony.group._ants_common import SYN_ITERATIONS, TRANSFORMS, RegistrationFailedError
-from bids_harmony.group.registration import (
+from bids_harmony.registration.ants import SYN_ITERATIONS, TRANSFORMS, RegistrationFailedError
+from bids_harmony.registration.syn import (
     MIN_CORRELATION,
     SessionTransform,
     fa_correlation,
     register_to_template,
 )
-from bids_harmony.group.template import build_fa_template
-from bids_harmony.group.warps import from_template, to_template
+from bids_harmony.registration.template import build_fa_template
+from bids_harmony.registration.warps import from_template, to_template
 
 __all__ = ["MIN_CORRELATION", "SYN_ITERATIONS", "TRANSFORMS", "RegistrationFailedError",
            "SessionTransform", "build_fa_template", "fa_correlation", "from_template",

@@ -2,10 +2,10 @@ r"""Study-specific FA template of the group level (antspyx).
 
 :func:`build_fa_template` averages the session FA maps of the target site into
 one template, the fixed image every session is then registered to
-(:mod:`bids_harmony.group.registration`).  The construction follows
+(:mod:`bids_harmony.registration.syn`).  The construction follows
 ``antsMultivariateTemplateConstruction2``: a rigid mean, then rounds of
 registration, averaging and the ANTs shape update, without sharpening.  The
-result is cached next to a JSON sidecar (see :mod:`bids_harmony.group._ants_common`
+result is cached next to a JSON sidecar (see :mod:`bids_harmony.registration.ants`
 for the record, the determinism and the conventions).
 """
 
@@ -21,21 +21,21 @@ from typing import Any
 import numpy as np
 
 from bids_harmony.bids.io import save_nifti, sha256_file, write_json
-from bids_harmony.group._ants_common import (
-    _RECORD_VERSION,
-    _ants_image,
-    _check_seed,
-    _check_transform,
-    _file_entry,
-    _jsonify,
-    _load,
-    _outputs_intact,
-    _read_record,
-    _register,
-    _settings,
-    _sidecar,
+from bids_harmony.registration.ants import (
+    RECORD_VERSION,
+    ants_environment,
+    ants_image,
+    check_seed,
+    check_transform,
+    file_entry,
+    jsonify,
+    load_image,
+    outputs_intact,
+    read_record,
+    registration_settings,
+    run_registration,
+    sidecar_path,
 )
-from bids_harmony.harp.registration import _ants_environment
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def build_fa_template(
     import ants
     import nibabel as nb
 
-    _check_transform(transform)
-    seed = _check_seed(seed)
+    check_transform(transform)
+    seed = check_seed(seed)
     if int(iterations) < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}.")
     files = [Path(f) for f in fa_files]
@@ -100,51 +100,52 @@ def build_fa_template(
         raise ValueError("build_fa_template needs at least one FA map.")
     out_file = Path(out_file)
     work_dir = Path(work_dir)
-    sidecar = _sidecar(out_file)
+    sidecar = sidecar_path(out_file)
 
-    first_data, first_affine = _load(files[0])
+    first_data, first_affine = load_image(files[0])
     key = {
-        "record_version": _RECORD_VERSION,
-        "inputs": [_file_entry(f) for f in files],
+        "record_version": RECORD_VERSION,
+        "inputs": [file_entry(f) for f in files],
         "parameters": {
             "seed": seed,
             "iterations": int(iterations),
             "transform": transform,
             "gradient_step": _GRADIENT_STEP,
-            "rigid_settings": _jsonify(_settings("Rigid", first_data.shape)),
-            "settings": _jsonify(_settings(transform, first_data.shape)),
+            "rigid_settings": jsonify(registration_settings("Rigid", first_data.shape)),
+            "settings": jsonify(registration_settings(transform, first_data.shape)),
             "antspyx": ants.__version__,
         },
     }
-    record = _read_record(sidecar) if out_file.is_file() else None
+    record = read_record(sidecar) if out_file.is_file() else None
     if (
         record is not None
         and all(record.get(k) == v for k, v in key.items())
-        and _outputs_intact(out_file.parent, {out_file.name: record.get("output_sha256")})
+        and outputs_intact(out_file.parent, {out_file.name: record.get("output_sha256")})
     ):
         logger.info("FA template %s is up to date (cached).", out_file)
         return out_file
 
     work_dir.mkdir(parents=True, exist_ok=True)
     with (
-        _ants_environment(seed),
+        ants_environment(seed),
         tempfile.TemporaryDirectory(prefix="fa_template_", dir=work_dir) as tmp,
     ):
-        images = [_ants_image(first_data, first_affine, str(files[0]))]
-        images += [_ants_image(*_load(f), str(f)) for f in files[1:]]
-        rigid = _settings("Rigid", first_data.shape)
+        images = [ants_image(first_data, first_affine, str(files[0]))]
+        images += [ants_image(*load_image(f), str(f)) for f in files[1:]]
+        rigid = registration_settings("Rigid", first_data.shape)
         warped = [images[0]] + [
-            _register(images[0], img, rigid, os.path.join(tmp, f"rigid{k:04d}_"),
+            run_registration(images[0], img, rigid, os.path.join(tmp, f"rigid{k:04d}_"),
                       f"{files[k]} to {files[0]}")["warpedmovout"]
             for k, img in enumerate(images[1:], start=1)
         ]  # fmt: skip
         template = _mean(warped)
-        settings = _settings(transform, first_data.shape)
+        settings = registration_settings(transform, first_data.shape)
         for it in range(int(iterations)):
             warped, affines, warps = [], [], []
             for k, img in enumerate(images):
-                out = _register(template, img, settings, os.path.join(tmp, f"it{it}_{k:04d}_"),
-                                f"{files[k]} to the template (round {it + 1})")  # fmt: skip
+                out = run_registration(template, img, settings,
+                                       os.path.join(tmp, f"it{it}_{k:04d}_"),
+                                       f"{files[k]} to the template (round {it + 1})")
                 warped.append(out["warpedmovout"])
                 affines.append(out["fwdtransforms"][-1])
                 if len(out["fwdtransforms"]) == 2:

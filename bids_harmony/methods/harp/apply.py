@@ -52,7 +52,7 @@ def harmonize_fits(
     scales : list of ndarray, shape (X, Y, Z, n_bands(model order))
         Per-band scale maps.
     """
-    from bids_harmony.harp import harmonize_sh
+    from bids_harmony.methods.harp import harmonize_sh
 
     order = model_order(model)
     harmonized, scales = [], []

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 import bids_harmony
 from bids_harmony.bids.io import write_text
-from bids_harmony.group.report import format_number
+from bids_harmony.evaluation.report import format_number
 
 __all__ = ["MAX_VIEWS", "SECTIONS", "PairView", "ScaleSamples", "write_train_report"]
 

@@ -3,7 +3,7 @@ r"""Warping maps between a session's native space and the FA template (antspyx).
 FA, MD and GFA maps (raw and harmonized) are warped into the template
 (:func:`to_template`); LinearRISH scale maps estimated in template space are
 warped back onto each session's native grid (:func:`from_template`).  Both use
-the transforms of :func:`bids_harmony.group.registration.register_to_template`
+the transforms of :func:`bids_harmony.registration.syn.register_to_template`
 and warp 4-D maps one volume at a time.
 """
 
@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from bids_harmony.errors import BadImageError
-from bids_harmony.group._ants_common import _ants_image, _check_finite, _load
-from bids_harmony.group.registration import SessionTransform
-from bids_harmony.harp.registration import _ants_environment
+from bids_harmony.registration.ants import ants_environment, ants_image, check_finite, load_image
+from bids_harmony.registration.syn import SessionTransform
 
 __all__ = ["from_template", "to_template"]
 
@@ -51,7 +50,7 @@ def _warp(
     volumes = data[..., None] if data.ndim == 3 else data
     out = np.empty((*fixed.shape, volumes.shape[-1]), dtype=out_dtype)
     for c in range(volumes.shape[-1]):
-        moving = _ants_image(volumes[..., c], affine, what)
+        moving = ants_image(volumes[..., c], affine, what)
         warped = ants.apply_transforms(
             fixed=fixed, moving=moving, transformlist=[str(p) for p in transforms],
             whichtoinvert=None if invert is None else list(invert), interpolator=interpolator,
@@ -65,13 +64,13 @@ def _as_array(image: Path | np.ndarray, grid_file: Path, what: str) -> tuple[np.
     import nibabel as nb
 
     if isinstance(image, (str, os.PathLike)):
-        return _load(Path(image), allow_4d=True)
+        return load_image(Path(image), allow_4d=True)
     data = np.asarray(image)
     if data.ndim not in (3, 4):
         raise BadImageError(f"{what}: expected a 3-D or 4-D array, got shape {data.shape}.")
     if not np.issubdtype(data.dtype, np.floating) or data.dtype == np.float16:
         data = data.astype(np.float32)
-    _check_finite(data, what)
+    check_finite(data, what)
     try:
         grid = nb.load(str(grid_file))
     except Exception as err:
@@ -120,9 +119,9 @@ def to_template(
     reference = Path(reference) if reference is not None else transform.fa_file
     what = str(image) if isinstance(image, (str, os.PathLike)) else "map to warp"
     data, affine = _as_array(image, reference, what)
-    template_data, template_affine = _load(Path(template_file))
-    with _ants_environment(0):
-        fixed = _ants_image(template_data, template_affine, str(template_file))
+    template_data, template_affine = load_image(Path(template_file))
+    with ants_environment(0):
+        fixed = ants_image(template_data, template_affine, str(template_file))
         return _warp(data, affine, fixed, transform.forward, None, interpolator, what)
 
 
@@ -154,8 +153,8 @@ def from_template(
     """
     _check_interpolator(interpolator)
     data, template_affine = _as_array(array, Path(template_file), "template-space map")
-    fa_data, fa_affine = _load(transform.fa_file)
-    with _ants_environment(0):
-        fixed = _ants_image(fa_data, fa_affine, str(transform.fa_file))
+    fa_data, fa_affine = load_image(transform.fa_file)
+    with ants_environment(0):
+        fixed = ants_image(fa_data, fa_affine, str(transform.fa_file))
         return _warp(data, template_affine, fixed, transform.inverse, transform.inverse_invert,
                      interpolator, "template-space map")  # fmt: skip

@@ -2,7 +2,7 @@ r"""Rigid registration helpers (antspyx): b0-to-b0 rigid fits, resampling, ANTs 
 
 HARP learns a voxel-wise mapping, so every training voxel needs the *same* point
 of the phantom at both sites.  Phantom pairs are registered by
-:func:`bids_harmony.harp.phantom_registration.register_phantom` (multi-start
+:func:`bids_harmony.registration.phantom.register_phantom` (multi-start
 search on the attenuation contrast, an acceptance test, SH rotation), which uses
 the ANTs conversion and resampling helpers of this module.  :func:`register_rigid`
 is a plain b0-to-b0 rigid registration (identity, then centre-of-mass start) with
@@ -41,18 +41,16 @@ centimetres, and the better of the two is kept.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from bids_harmony.errors import BidsHarmonyError
+from bids_harmony.errors import RegistrationError
+from bids_harmony.registration.ants import LPS, ants_environment, check_affine, to_ants
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +58,12 @@ logger = logging.getLogger(__name__)
 MIN_CORRELATION = 0.7
 #: How much the correlation may drop (registration noise) before the result is rejected.
 CORRELATION_SLACK = 0.01
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 #: Identity first (phantoms are positioned consistently), then antspyx's
 #: centre-of-mass alignment (``None``) when the first result is rejected.
 _INITIALIZATIONS: tuple[str | None, ...] = ("Identity", None)
 
 __all__ = ["CORRELATION_SLACK", "MIN_CORRELATION", "RegistrationError", "RigidResult",
            "b0_correlation", "register_rigid", "resample_to"]  # fmt: skip
-
-
-class RegistrationError(BidsHarmonyError, RuntimeError):
-    """A rigid registration failed or made the alignment worse."""
 
 
 @dataclass(frozen=True)
@@ -107,58 +99,6 @@ class RigidResult:
         return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
-@contextlib.contextmanager
-def _ants_environment(seed: int) -> Iterator[None]:
-    """Single-threaded ITK and a fixed ``--random-seed`` for the duration of the block.
-
-    antspyx appends ``--random-seed`` when ``ants.config._random_seed`` is set
-    (what its ``set_ants_deterministic`` does, without that function's seeding
-    of numpy's global generator); the previous value is restored.
-    """
-    import ants.config
-
-    saved_threads = os.environ.get(_THREADS_VAR)
-    saved_seed = ants.config._random_seed
-    os.environ[_THREADS_VAR] = "1"
-    ants.config._random_seed = int(seed) + 1  # ANTs draws a clock seed for 0
-    try:
-        yield
-    finally:
-        ants.config._random_seed = saved_seed
-        if saved_threads is None:
-            os.environ.pop(_THREADS_VAR, None)
-        else:
-            os.environ[_THREADS_VAR] = saved_threads
-
-
-def _check_affine(affine: np.ndarray) -> np.ndarray:
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"an affine must be a finite 4x4 matrix, got shape {affine.shape}.")
-    return affine
-
-
-def _to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
-    """An ANTs image (LPS physical space) from a 3-D array and a RAS affine."""
-    import ants
-
-    affine = _check_affine(affine)
-    linear = affine[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    if np.any(spacing <= 0):
-        raise ValueError("the affine has a zero voxel size.")
-    direction = linear / spacing
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise ValueError("the affine has shears; rigid registration needs orthogonal axes.")
-    flip = _LPS[:3, :3]
-    return ants.from_numpy(
-        np.ascontiguousarray(data, dtype=np.float32),
-        origin=tuple(float(v) for v in flip @ affine[:3, 3]),
-        spacing=tuple(float(v) for v in spacing),
-        direction=flip @ direction,
-    )
-
-
 def _read_rigid(path: str) -> np.ndarray:
     """World RAS 4×4 matrix of an ANTs affine transform file (fixed → moving)."""
     import ants
@@ -170,7 +110,7 @@ def _read_rigid(path: str) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, :3] = matrix
     lps[:3, 3] = params[9:12] + center - matrix @ center
-    return _LPS @ lps @ _LPS
+    return LPS @ lps @ LPS
 
 
 def resample_to(
@@ -218,7 +158,7 @@ def resample_to(
     if transform.shape != (4, 4):
         raise ValueError(f"transform must be 4x4, got {transform.shape}.")
     voxel_map = (
-        np.linalg.inv(_check_affine(moving_affine)) @ transform @ _check_affine(fixed_affine)
+        np.linalg.inv(check_affine(moving_affine)) @ transform @ check_affine(fixed_affine)
     )
     inside = _inside_field_of_view(voxel_map, shape, data.shape[:3])
     work = np.float64 if data.dtype == np.float64 else np.float32
@@ -282,7 +222,7 @@ def b0_correlation(
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
-def _ants_rigid(
+def ants_rigid(
     fixed_b0: np.ndarray,
     fixed_affine: np.ndarray,
     moving_b0: np.ndarray,
@@ -295,10 +235,10 @@ def _ants_rigid(
     """One ``antsRegistration`` rigid run; the RAS fixed-to-moving transform."""
     import ants
 
-    with _ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
+    with ants_environment(seed), tempfile.TemporaryDirectory(prefix="harp_reg_") as tmp:
         # the thread variable must be set before the first ITK image of the process
-        fixed = _to_ants(fixed_b0, fixed_affine)
-        moving = _to_ants(moving_b0, moving_affine)
+        fixed = to_ants(fixed_b0, fixed_affine)
+        moving = to_ants(moving_b0, moving_affine)
         try:
             out = ants.registration(
                 fixed,
@@ -351,7 +291,7 @@ def register_rigid(
         How the images are named in messages (file names).
     method : {"ants", "flirt"}
         ``antsRegistration`` (identity, then centre-of-mass initialization), or
-        one ``flirt -dof 6 -cost corratio`` run first (:mod:`bids_harmony.harp.flirt`;
+        one ``flirt -dof 6 -cost corratio`` run first (:mod:`bids_harmony.registration.flirt`;
         FLIRT searches rotations itself), then the ANTs tries if its result fails
         the correlation check.  The check is the same for both.
 
@@ -381,7 +321,7 @@ def register_rigid(
     # A FLIRT result that fails the check falls back to ANTs' tries.
     for init in _INITIALIZATIONS if method == "ants" else ("flirt", *_INITIALIZATIONS):
         if init == "flirt":
-            from bids_harmony.harp.flirt import flirt_rigid
+            from bids_harmony.registration.flirt import flirt_rigid
 
             try:
                 transform = flirt_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, what)
@@ -389,7 +329,7 @@ def register_rigid(
                 logger.warning("%s; trying ANTs.", err)
                 continue
         else:
-            transform = _ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init,
+            transform = ants_rigid(fixed_b0, fixed_affine, moving_b0, moving_affine, init,
                                     levels, seed, what)  # fmt: skip
         after = b0_correlation(fixed_b0, fixed_affine, moving_b0, moving_affine, transform)
         tries.append((after, transform))

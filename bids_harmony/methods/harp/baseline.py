@@ -11,7 +11,7 @@ The numerator estimates :math:`g_l E[a^2]` and the denominator :math:`E[a^2]`
 (:math:`\sum CT / \sum C^2`), noisy high orders are not shrunk.  Without a rescan
 the denominator is :math:`\sum C^2` (regression dilution).  A voxel-wise network
 must beat this to be worth its parameters (issue: HARP on unseen phantom studies).
-Apply it with :func:`bids_harmony.harp.network.apply_band_scales` (the scales broadcast).
+Apply it with :func:`bids_harmony.methods.harp.network.apply_band_scales` (the scales broadcast).
 """
 
 from __future__ import annotations

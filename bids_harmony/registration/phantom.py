@@ -33,12 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from bids_harmony.harp.registration import (
-    _LPS,
-    RegistrationError,
-    _ants_rigid,
-    b0_correlation,
-)
+from bids_harmony.errors import RegistrationError
+from bids_harmony.registration.ants import LPS
 from bids_harmony.registration.multistart import (
     OUTSIDE_PENALTY,
     ROTATION_PENALTY,
@@ -47,6 +43,7 @@ from bids_harmony.registration.multistart import (
     rotation_angle,
     search_poses,
 )
+from bids_harmony.registration.rigid import ants_rigid, b0_correlation
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +139,7 @@ class PhantomRegistration:
 def _write_initial(transform: np.ndarray, path: str) -> None:
     import ants
 
-    lps = _LPS @ np.asarray(transform, dtype=float) @ _LPS
+    lps = LPS @ np.asarray(transform, dtype=float) @ LPS
     tx = ants.create_ants_transform(
         transform_type="AffineTransform", dimension=3, matrix=lps[:3, :3],
         translation=lps[:3, 3], center=(0.0, 0.0, 0.0),
@@ -157,7 +154,7 @@ def _ants_refine(fixed: PhantomImage, moving: PhantomImage, start: np.ndarray, s
         init = os.path.join(tmp, "init.mat")
         _write_initial(start, init)
         try:
-            matrix = _ants_rigid(fixed.contrast, fixed.affine, moving.contrast, moving.affine,
+            matrix = ants_rigid(fixed.contrast, fixed.affine, moving.contrast, moving.affine,
                                  init, levels, seed, moving.name)  # fmt: skip
         except RegistrationError as err:
             logger.info("ANTs refinement of %s failed: %s", moving.name, err)
@@ -241,7 +238,7 @@ def register_phantom(
             if max(t[0] for t in tries) >= min_similarity:
                 break
         if method == "flirt":
-            from bids_harmony.harp.flirt import flirt_rigid
+            from bids_harmony.registration.flirt import flirt_rigid
 
             try:
                 matrix = flirt_rigid(fixed.b0, fixed.affine, moving.b0, moving.affine,

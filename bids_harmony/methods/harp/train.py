@@ -33,7 +33,7 @@ information about their gain: the corrected band power :math:`E[a^2]` is within
 its own standard error of zero and the learned scale wanders between the bounds.
 Such bands, whose noise-corrected power :math:`\overline{CC'}` or cross-site
 product :math:`\overline{CT}` (:func:`cross_site_snr`) is below
-``recipe.min_band_snr`` standard errors (:func:`~bids_harmony.harp._loss.band_power_snr`),
+``recipe.min_band_snr`` standard errors (:func:`~bids_harmony.methods.harp.loss.band_power_snr`),
 are *held*: their data term is dropped and their scale is trained to 1, with a
 warning (the source is left as is where the phantom cannot tell what to do).  The
 other bands get a weak prior :math:`\lambda_l \overline{(s_l - c_l)^2}` towards the
@@ -58,16 +58,16 @@ from tqdm.auto import tqdm
 
 from bids_harmony.dmri.bands import band_orders
 from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.harp._data import Pairs, check_pairs, holdout
-from bids_harmony.harp._loss import (
+from bids_harmony.methods.harp.data import Pairs, check_pairs, holdout
+from bids_harmony.methods.harp.loss import (
     BandLoss,
     band_means,
     band_power_snr,
     evaluate,
     noise_variance,
 )
-from bids_harmony.harp._recipe import DEFAULT_RECIPE, PAPER_RECIPE, TrainingRecipe
-from bids_harmony.harp.network import HarpNet
+from bids_harmony.methods.harp.network import HarpNet
+from bids_harmony.methods.harp.recipe import DEFAULT_RECIPE, PAPER_RECIPE, TrainingRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def train_harp(
         :math:`b` of the scales :math:`c (1 + b \\tanh z)`.
     centre : sequence of float, optional
         :math:`c`, one scale per band (default 1), e.g. the global per-band
-        scale (:func:`bids_harmony.harp.baseline.fit_band_scales`); held bands
+        scale (:func:`bids_harmony.methods.harp.baseline.fit_band_scales`); held bands
         get 1.  The prior pulls the scales towards it.
     architecture : mapping, optional
         Other :class:`HarpNet` arguments (``hidden``, ``skip_into``).
@@ -328,7 +328,7 @@ def cross_site_snr(source: torch.Tensor, target: torch.Tensor, loss: BandLoss) -
 
 def _feature_range(source: np.ndarray, order: int) -> tuple[list[float], list[float]]:
     """0.5th and 99.5th percentiles of the rotation-invariant inputs of the training voxels."""
-    from bids_harmony.harp.network import band_onehot, rish_inputs
+    from bids_harmony.methods.harp.network import band_onehot, rish_inputs
 
     rows = torch.from_numpy(np.ascontiguousarray(source, np.float32))
     feats = rish_inputs(rows, band_onehot(order))

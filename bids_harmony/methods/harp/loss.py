@@ -1,4 +1,4 @@
-r"""Band-wise losses of HARP training (private; see :mod:`bids_harmony.harp.train`).
+r"""Band-wise losses of HARP training (private; see :mod:`bids_harmony.methods.harp.train`).
 
 Plain loss (the paper's): for a batch of valid voxels :math:`v`,
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bids_harmony.dmri.bands import band_orders
-from bids_harmony.harp.network import band_index
+from bids_harmony.methods.harp.network import band_index
 
 
 class BandLoss:
@@ -130,7 +130,7 @@ def evaluate(
     cross_fit: bool,
     chunk: int = 16384,
 ) -> dict[str, float]:
-    """Validation metrics of ``model`` on ``data`` (:class:`~bids_harmony.harp._data.Pairs`).
+    """Validation metrics of ``model`` on ``data`` (:class:`~bids_harmony.methods.harp.data.Pairs`).
 
     Returns ``val_total``/``val_l{l}`` (the objective: noise-aware when asked and
     ``data`` has a rescan, else plain MSE), ``val_mse_*`` and ``val_scale_l{l}``

@@ -3,7 +3,7 @@
 For each shell, the RISH features of every traveling subject's sessions are
 warped to the template; site templates and per-band scale maps
 :math:`\\sqrt{\\overline{RISH}_{tgt} / \\overline{RISH}_{src}}` are computed there
-(:class:`~bids_harmony.baselines.LinearRISH`), warped back to each source
+(:class:`~bids_harmony.methods.rish.LinearRISH`), warped back to each source
 session and applied to its SH coefficients.  The DWI is rebuilt from the scaled
 coefficients (b0 volumes unchanged) and FA/MD/GFA recomputed; everything is
 written next to the participant outputs with ``desc-rish``.  As in the HARP
@@ -21,12 +21,12 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-from bids_harmony.baselines.linear_rish import LinearRISH, apply_rish_scales
 from bids_harmony.bids.derivatives import bids_uri, software_versions
+from bids_harmony.bids.group_inputs import ShellMaps
 from bids_harmony.bids.io import save_nifti, write_json
 from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
-from bids_harmony.group.inputs import ShellMaps
-from bids_harmony.group.warps import from_template, to_template
+from bids_harmony.methods.rish.linear_rish import LinearRISH, apply_rish_scales
+from bids_harmony.registration.warps import from_template, to_template
 
 LOGGER = logging.getLogger(__name__)
 METHOD = (

@@ -1,4 +1,4 @@
-"""Training recipes of HARP (re-exported by :mod:`bids_harmony.harp.train`)."""
+"""Training recipes of HARP (re-exported by :mod:`bids_harmony.methods.harp.train`)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class HarpNet(nn.Module):
         One scale per band that the output is centred on, :math:`s_l = c_l (1 + b
         \\tanh z_l)` (default all 1, the paper's network).  Training centres it
         on the global per-band scale of the phantom
-        (:func:`bids_harmony.harp.baseline.fit_band_scales`), so the network
+        (:func:`bids_harmony.methods.harp.baseline.fit_band_scales`), so the network
         learns the voxel-wise departures from one scale per band.
     inputs : {"coefficients", "rish"}
         What the layers see: the SH coefficients (the paper), or their rotation
@@ -86,7 +86,7 @@ class HarpNet(nn.Module):
     -----
     ``forward`` takes ``(N, n_coeffs)`` float rows and returns ``(N, n_bands)``
     scales.  Use :func:`apply_band_scales` to harmonize, and
-    :class:`bids_harmony.harp.HarpPredictor` for chunked numpy inference.
+    :class:`bids_harmony.methods.harp.HarpPredictor` for chunked numpy inference.
     """
 
     def __init__(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bids_harmony.errors import BadImageError
-from bids_harmony.harp.network import HarpNet, band_index, rish_inputs
+from bids_harmony.methods.harp.network import HarpNet, band_index, rish_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ class HarpPredictor:
     def from_file(
         cls, path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None, **kwargs
     ) -> HarpPredictor:
-        """Predictor of a verified model file (:func:`~bids_harmony.harp.load_model`)."""
-        from bids_harmony.harp.model_file import load_model
+        """Predictor of a verified model file (:func:`~bids_harmony.methods.harp.load_model`)."""
+        from bids_harmony.methods.model_file import load_model
 
         model, card = load_model(path, expect=expect)
         predictor = cls(model, **kwargs)

@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 import bids_harmony
 from bids_harmony.bids.io import atomic_path, write_text
-from bids_harmony.group.tables import CONDITIONS, METRICS, PCT_COLUMNS, condition_key
+from bids_harmony.evaluation.tables import CONDITIONS, METRICS, PCT_COLUMNS, condition_key
 
 __all__ = [
     "CONDITION_COLORS",
@@ -382,7 +382,7 @@ def write_html_report(
     sections : mapping, optional
         ``{heading: text}`` free-text sections (blank lines separate paragraphs).
     tables : mapping, optional
-        ``{caption: DataFrame}`` from :mod:`bids_harmony.group.tables`.
+        ``{caption: DataFrame}`` from :mod:`bids_harmony.evaluation.tables`.
     figures : mapping, optional
         ``{caption: PNG path}``; each PNG is embedded as a base64 data URI.
     notes : sequence of str, optional

@@ -3,7 +3,7 @@ r"""HARP training voxels and the validation split.
 Training voxels
 ---------------
 A phantom voxel trains the network when, in the source grid (target and rescans
-already resampled there, :mod:`bids_harmony.harp.pair_io`), it is
+already resampled there, :mod:`bids_harmony.interfaces.phantom_pairs`), it is
 
 1. inside every mask (source, target and the rescans given);
 2. finite in every coefficient map (resampling marks voxels outside the moving
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from bids_harmony.harp.pairs import TrainingDataError
+from bids_harmony.bids.phantom_pairs import TrainingDataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""Group level: evaluation of scanner variability."""

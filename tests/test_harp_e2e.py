@@ -245,7 +245,7 @@ def test_group_level_explains_what_is_missing(demo, tmp_path, caplog):
 
 
 def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypatch):
-    from bids_harmony.group import common_space
+    from bids_harmony.registration import common_space
 
     bids, out, root, _ = demo
     real = common_space.register_to_template

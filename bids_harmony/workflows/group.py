@@ -133,7 +133,7 @@ def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str
 
 def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] | None:
     from bids_harmony.bids.group_inputs import run_shells
-    from bids_harmony.group import evaluate as ev
+    from bids_harmony.evaluation import maps as ev
     from bids_harmony.interfaces.rish import apply_to_run, fit_rish_scales
     from bids_harmony.registration.common_space import to_template
 
@@ -271,7 +271,7 @@ def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
     from bids_harmony import __version__
     from bids_harmony.bids.group_inputs import select_traveling
-    from bids_harmony.group import report, tables
+    from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.run import discover_study
 
     start = time.perf_counter()

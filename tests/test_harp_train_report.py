@@ -15,7 +15,7 @@ from bids_harmony.evaluation.train_report import (
     ScaleSamples,
     write_train_report,
 )
-from bids_harmony.methods.harp import train_report
+from bids_harmony.evaluation import train_report
 
 EXCLUDED = "similarity after registration 0.52 < 0.9"
 

@@ -10,7 +10,7 @@ A model ``<stem>`` is two files side by side:
     The model card.  Written by :func:`save_model` with these entries:
 
     ``format`` / ``format_version``
-        ``"bids_harmony.methods.harp"`` / :data:`FORMAT_VERSION`.
+        ``"bids_harmony.harp"`` / :data:`FORMAT_VERSION`.
     ``weights_file``
         Name of the weights file (no folder).
     ``sha256``

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from bids_harmony.evaluation import train_report
 from bids_harmony.evaluation.report import write_html_report
 from bids_harmony.evaluation.train_report import (
     MAX_VIEWS,
@@ -15,7 +16,6 @@ from bids_harmony.evaluation.train_report import (
     ScaleSamples,
     write_train_report,
 )
-from bids_harmony.evaluation import train_report
 
 EXCLUDED = "similarity after registration 0.52 < 0.9"
 

@@ -1,35 +1,33 @@
-"""HARP model files: safetensors weights plus a JSON model card.
+"""Model files of every harmonization method: safetensors tensors plus a JSON card.
 
-A model ``<stem>`` is two files side by side:
+A model ``<stem>`` (``models/<method>_src-<S>_tgt-<T>``) is two files side by side:
 
 ``<stem>.safetensors``
-    The weights (``HarpNet.state_dict()``, float32), readable without executing
-    code.  Written atomically (temporary file in the same folder, then
-    ``os.replace``).
+    The tensors (float32 unless the method says otherwise), readable without
+    executing code.  Written atomically (temporary file in the same folder,
+    then ``os.replace``).  Pickle is never used.
 ``<stem>.json``
-    The model card.  Written by :func:`save_model` with these entries:
+    The model card.  :func:`save_tensors` writes these entries itself:
 
     ``format`` / ``format_version``
-        ``"bids_harmony.harp"`` / :data:`FORMAT_VERSION`.
+        :data:`FORMAT` / :data:`FORMAT_VERSION` (cards of HARP models written
+        before methods shared this module say ``"bids_harmony.harp"`` / 1 and
+        are read as method ``harp``).
+    ``method``
+        The registered method name (:mod:`bids_harmony.methods.registry`).
     ``weights_file``
-        Name of the weights file (no folder).
+        Name of the tensor file (no folder).
     ``sha256``
-        SHA-256 of the weights file, verified by :func:`load_model`.
-    ``architecture``
-        ``HarpNet.config()``: what :meth:`HarpNet.from_config` rebuilds.
+        SHA-256 of the tensor file, verified by :func:`load_tensors`.
     ``tensors``
-        Tensor name → shape.
-    ``sh_convention`` (supplied by the caller; see :func:`sh_convention`)
-        ``{"basis", "legacy", "sh_order", "b_ref", "normalization",
-        "lambda_lb"}``: what a coefficient means.  :func:`load_model` compares
-        it with ``expect``.
+        Tensor name → shape, checked on load.
 
-    plus everything else the caller puts in ``card`` (sites, training
-    sessions, voxel counts, recipe, loss curves, wall time, versions, seed).
-    Values are made plain JSON: NumPy scalars and arrays become numbers and
-    lists, NaN and infinities become ``null``.
+    plus everything the method and the caller put in ``card`` (sites, the
+    method's configuration, training data, SH convention, recipe, wall time,
+    versions, seed).  Values are made plain JSON: NumPy scalars and arrays
+    become numbers and lists, NaN and infinities become ``null``.
 
-The card is written after the weights, so a pair whose card exists is complete.
+The card is written after the tensors, so a model whose card exists is complete.
 """
 
 from __future__ import annotations
@@ -53,26 +51,27 @@ from safetensors.torch import save_file
 from bids_harmony.bids.io import atomic_path, sha256_file
 from bids_harmony.dmri import sh
 from bids_harmony.errors import BidsHarmonyError
-from bids_harmony.methods.harp.network import HarpNet
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "model_paths", "save_model",
+    "FORMAT", "FORMAT_VERSION", "ModelFileError", "load_tensors", "model_paths", "save_tensors",
     "sh_convention",
 ]  # fmt: skip
 
-FORMAT = "bids_harmony.harp"
+FORMAT = "bids_harmony.model"
 FORMAT_VERSION = 1
+#: Formats of older cards and the method they imply.
+LEGACY_FORMATS = {"bids_harmony.harp": "harp"}
 NORMALIZATION = "E = clip(S / mean(b0), 0, 1) ** (b_ref / b)"
-RESERVED = ("format", "format_version", "weights_file", "sha256", "architecture", "tensors")
+RESERVED = ("format", "format_version", "method", "weights_file", "sha256", "tensors")
 #: ``expect`` keys that name ``sh_convention`` entries under another name.
 ALIASES = {"sh_basis": "basis", "sh_legacy": "legacy"}
 _FLOAT_KEYS = ("b_ref", "lambda_lb")
 
 
 class ModelFileError(BidsHarmonyError, ValueError):
-    """A HARP model file is missing, damaged, or does not fit the data."""
+    """A model file is missing, damaged, or does not fit the data."""
 
 
 def sh_convention(sh_order: int = sh.MAX_ORDER) -> dict[str, Any]:
@@ -99,17 +98,27 @@ def model_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def save_model(path: str | os.PathLike[str], model: HarpNet, card: Mapping[str, Any]) -> Path:
-    """Write a model's weights and card atomically.
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray | torch.Tensor],
+    card: Mapping[str, Any],
+    *,
+    method: str,
+) -> Path:
+    """Write a model's tensors and card atomically.
 
     Parameters
     ----------
     path : path-like
         Stem, or the ``.safetensors``/``.json`` path; the folder is created.
-    model : HarpNet
+    tensors : mapping of str to array
+        Named arrays; NumPy arrays are converted to torch tensors (float64 to
+        float32, other dtypes kept).
     card : mapping
-        Caller's card entries (JSON-serializable after NumPy conversion); must
-        not use the names in :data:`RESERVED`.
+        Card entries (JSON-serializable after NumPy conversion); must not use
+        the names in :data:`RESERVED`.
+    method : str
+        The method's registered name, recorded as ``card["method"]``.
 
     Returns
     -------
@@ -118,40 +127,46 @@ def save_model(path: str | os.PathLike[str], model: HarpNet, card: Mapping[str, 
     """
     clash = sorted(set(card) & set(RESERVED))
     if clash:
-        raise ValueError(f"card entries {clash} are written by save_model itself")
+        raise ValueError(f"card entries {clash} are written by save_tensors itself")
     weights_path, card_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    metadata = {"format": FORMAT, "architecture": json.dumps(model.config(), sort_keys=True)}
+    plain = {name: _as_tensor(value) for name, value in tensors.items()}
+    metadata = {"format": FORMAT, "method": method}
     with atomic_path(weights_path, durable=True) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(plain, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "method": method,
         "weights_file": weights_path.name,
         "sha256": digest,
-        "architecture": model.config(),
-        "tensors": {k: list(v.shape) for k, v in tensors.items()},
-        **_jsonable(dict(card)),
+        "tensors": {k: list(v.shape) for k, v in plain.items()},
+        **jsonable(dict(card)),
     }
     text = json.dumps(full, indent=2, allow_nan=False) + "\n"
     with atomic_path(card_path, durable=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    logger.info("Wrote HARP model %s (sha256 %s).", weights_path, digest[:12])
+    os.chmod(weights_path, 0o644)  # like every other derivative (mkstemp makes 0600)
+    os.chmod(card_path, 0o644)
+    logger.info("Wrote %s model %s (sha256 %s).", method, weights_path, digest[:12])
     return weights_path
 
 
-def load_model(
-    path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None
-) -> tuple[HarpNet, dict[str, Any]]:
-    """Load and verify a model written by :func:`save_model`.
+def load_tensors(
+    path: str | os.PathLike[str],
+    *,
+    method: str | None = None,
+    expect: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify a model written by :func:`save_tensors`.
 
     Parameters
     ----------
     path : path-like
         Stem, or the ``.safetensors``/``.json`` path.
+    method : str, optional
+        The method the model must belong to.
     expect : mapping, optional
         Values the card must hold.  ``sh_order``, ``basis`` (alias
         ``sh_basis``), ``legacy`` (``sh_legacy``), ``b_ref``, ``normalization``
@@ -161,24 +176,32 @@ def load_model(
 
     Returns
     -------
-    model : HarpNet
-        In eval mode, on the CPU.
+    tensors : dict of str to torch.Tensor
+        On the CPU, as stored.
     card : dict
 
     Raises
     ------
     ModelFileError
-        Missing, truncated or corrupt file; card missing, invalid or not
-        matching the weights (SHA-256, architecture, tensor names and shapes);
-        or a card that differs from ``expect``.  No code from the file is run.
+        Missing, truncated or corrupt file; card missing, invalid or not matching
+        the tensors (SHA-256, names and shapes); another method's model; or a
+        card that differs from ``expect``.  No code from the file is run.
     """
     weights_path, card_path = model_paths(path)
+    what = f"{method} model" if method else "model"
     if not weights_path.is_file():
         raise ModelFileError(
-            f"HARP model weights {weights_path} not found; train one with the 'train' "
+            f"{what} weights {weights_path} not found; train one with the 'train' "
             "analysis level or check the --model path."
         )
     card = _read_card(card_path)
+    found_method = card.get("method") or LEGACY_FORMATS.get(str(card.get("format")), "")
+    if method is not None and found_method != method:
+        raise ModelFileError(
+            f"{card_path}: a model of method {found_method!r}, not {method!r}; give a "
+            f"{method} model (models/{method}_src-<S>_tgt-<T>.safetensors)."
+        )
+    card["method"] = found_method
     payload = weights_path.read_bytes()  # hashed and parsed from the same bytes
     digest = hashlib.sha256(payload).hexdigest()
     if card["sha256"] != digest:
@@ -188,42 +211,29 @@ def load_model(
             "truncated or replaced. Copy both files again or retrain the model."
         )
     try:
-        state = load_safetensors(payload)
+        tensors = load_safetensors(payload)
     except (SafetensorError, ValueError) as err:
         raise ModelFileError(
             f"{weights_path} is not a readable safetensors file ({err}); retrain the model."
         ) from err
-    try:
-        model = HarpNet.from_config(card["architecture"])
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ModelFileError(f"{card_path}: invalid architecture ({err}).") from err
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        diff = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-        details = ", ".join(
-            f"{k}: file {found.get(k)}, architecture {expected.get(k)}" for k in diff[:4]
-        )
-        raise ModelFileError(
-            f"{weights_path}: the tensors do not fit the architecture in {card_path.name} "
-            f"({details}). The two files do not belong together; retrain the model."
-        )
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    convention = card.get("sh_convention")
-    if isinstance(convention, Mapping) and "sh_order" in convention:
-        if int(convention["sh_order"]) != model.sh_order:
+    listed = card.get("tensors")
+    if isinstance(listed, Mapping):
+        found = {k: list(v.shape) for k, v in tensors.items()}
+        wanted = {k: list(v) for k, v in listed.items()}
+        if found != wanted:
+            diff = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
             raise ModelFileError(
-                f"{card_path}: sh_convention says order {convention['sh_order']} but the "
-                f"network takes order {model.sh_order}; the card is inconsistent."
+                f"{weights_path}: tensors {diff[:4]} differ from those listed in "
+                f"{card_path.name}; the two files do not belong together."
             )
     _check_expect(card, expect or {}, card_path)
-    return model.eval(), card
+    return dict(tensors), card
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:
     if not card_path.is_file():
         raise ModelFileError(
-            f"model card {card_path} not found: a HARP model is the .safetensors file plus "
+            f"model card {card_path} not found: a model is the .safetensors file plus "
             "its .json card, written together by the 'train' level; copy both."
         )
     try:
@@ -232,12 +242,15 @@ def _read_card(card_path: Path) -> dict[str, Any]:
         raise ModelFileError(f"model card {card_path} is not valid JSON ({err}).") from err
     if not isinstance(card, dict):
         raise ModelFileError(f"model card {card_path} is not a JSON object.")
-    missing = [k for k in ("sha256", "architecture") if k not in card]
+    missing = [k for k in ("sha256",) if k not in card]
     if missing:
         raise ModelFileError(
             f"model card {card_path} lacks {missing}; it was not written by save_model."
         )
-    if card.get("format", FORMAT) != FORMAT or int(card.get("format_version", 1)) > FORMAT_VERSION:
+    fmt = card.get("format", FORMAT)
+    if (fmt != FORMAT and fmt not in LEGACY_FORMATS) or int(
+        card.get("format_version", 1)
+    ) > FORMAT_VERSION:
         raise ModelFileError(
             f"model card {card_path} has format {card.get('format')!r} version "
             f"{card.get('format_version')}; this bids_harmony reads {FORMAT} <= {FORMAT_VERSION}."
@@ -278,16 +291,26 @@ def _same(a: Any, b: Any, is_float: bool) -> bool:
     return a == b
 
 
-def _jsonable(value: Any) -> Any:
+def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    if tensor.dtype == torch.float64:
+        tensor = tensor.to(torch.float32)
+    return tensor.contiguous()
+
+
+def jsonable(value: Any) -> Any:
     """Plain-JSON copy: NumPy and torch values to Python, tuples to lists, NaN/Inf to None."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (np.integer, int)):

@@ -7,8 +7,8 @@ Numerical core (arrays in, arrays out; files only in :mod:`.model_file`):
 - :func:`train_harp`, :class:`TrainingRecipe`, :data:`PAPER_RECIPE`,
   :data:`DEFAULT_RECIPE`, :class:`TrainResult` (:mod:`.train`), with the
   noise-aware loss for noisy phantom pairs;
-- :func:`save_model`, :func:`load_model`, :func:`sh_convention`,
-  :class:`ModelFileError` (:mod:`.model_file`): safetensors weights + JSON card;
+- :func:`save_model`, :func:`load_model` (:mod:`.model`), :func:`sh_convention`,
+  :class:`ModelFileError` (:mod:`bids_harmony.methods.model_file`): safetensors + JSON card;
 - :func:`harmonize_sh`, :class:`HarpPredictor` (:mod:`.inference`): chunked
   inference on coefficient maps.
 
@@ -17,6 +17,7 @@ Pairing, registration and voxel selection of phantom scans live in
 """
 
 from bids_harmony.methods.harp.inference import HarpPredictor, harmonize_sh
+from bids_harmony.methods.harp.model import load_model, save_model
 from bids_harmony.methods.harp.network import HarpNet, apply_band_scales
 from bids_harmony.methods.harp.train import (
     DEFAULT_RECIPE,
@@ -26,7 +27,7 @@ from bids_harmony.methods.harp.train import (
     TrainResult,
     train_harp,
 )
-from bids_harmony.methods.model_file import ModelFileError, load_model, save_model, sh_convention
+from bids_harmony.methods.model_file import ModelFileError, sh_convention
 
 __all__ = [
     "DEFAULT_RECIPE",

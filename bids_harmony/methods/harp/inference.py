@@ -170,7 +170,7 @@ class HarpPredictor:
         cls, path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None, **kwargs
     ) -> HarpPredictor:
         """Predictor of a verified model file (:func:`~bids_harmony.methods.harp.load_model`)."""
-        from bids_harmony.methods.model_file import load_model
+        from bids_harmony.methods.harp.model import load_model
 
         model, card = load_model(path, expect=expect)
         predictor = cls(model, **kwargs)

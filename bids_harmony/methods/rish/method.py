@@ -1,0 +1,126 @@
+"""LinearRISH as a :class:`~bids_harmony.methods.base.HarmonizationMethod`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bids_harmony.dmri.bands import rish_features
+from bids_harmony.methods.base import (
+    Config,
+    Example,
+    HarmonizationMethod,
+    Harmonizes,
+    Reference,
+    TrainsFrom,
+)
+from bids_harmony.methods.rish.linear_rish import (
+    DEFAULT_EPS,
+    DEFAULT_MAX_SCALE,
+    LinearRISH,
+    apply_rish_scales,
+)
+
+KARAYUMAK = Reference(
+    short="Karayumak et al., 2019",
+    text="Cetin Karayumak S, Bouix S, Ning L, et al. Retrospective harmonization of "
+    "multi-site diffusion MRI data acquired with different acquisition parameters. "
+    "NeuroImage 184 (2019) 180-200.",
+    doi="10.1016/j.neuroimage.2018.08.073",
+)
+
+
+@dataclass(frozen=True)
+class RishModel:
+    """Fitted LinearRISH maps in the common space of the subjects.
+
+    Attributes
+    ----------
+    scales : ndarray, shape (X, Y, Z, n_bands)
+        :math:`s_l(x)`, applied as :math:`c'_{lm} = s_l c_{lm}`.
+    template_source, template_target : ndarray, shape (X, Y, Z, n_bands)
+        Mean RISH features of each site (NaN where no subject is valid).
+    """
+
+    scales: np.ndarray
+    template_source: np.ndarray
+    template_target: np.ndarray
+
+
+class RishMethod(HarmonizationMethod[RishModel]):
+    """LinearRISH: per-voxel, per-band scaling of SH coefficients to the target's RISH.
+
+    ``fit(source, target, source_masks=..., target_masks=...)`` takes RISH feature
+    maps ``(S, X, Y, Z, n_bands)`` of traveling subjects in a common space;
+    ``apply(model, coeffs)`` scales coefficients ``(X, Y, Z, n_coeffs)`` on the
+    model's grid (warp :attr:`RishModel.scales` to a subject's space first to
+    harmonize it natively).
+    """
+
+    name = "rish"
+    title = "LinearRISH"
+    trains_from = TrainsFrom.TRAVELING_SUBJECTS
+    harmonizes = Harmonizes.SH
+    description = (
+        "LinearRISH harmonization scaled the SH coefficients of the source scanner, per "
+        "voxel and order band, by the square root of the ratio of the mean rotation-"
+        "invariant SH (RISH) features of the target and the source site, estimated from "
+        "traveling subjects registered to a common FA template (ANTs SyN) and warped back "
+        "to each session's native space."
+    )
+    references = (KARAYUMAK,)
+
+    def fit(self, source: np.ndarray, target: np.ndarray, **options: object) -> RishModel:
+        masks_src = options.get("source_masks")
+        masks_tgt = options.get("target_masks")
+        fitted = LinearRISH(
+            eps=float(options.get("eps", DEFAULT_EPS)),  # type: ignore[arg-type]
+            max_scale=options.get("max_scale", DEFAULT_MAX_SCALE),  # type: ignore[arg-type]
+        ).fit(source, target, masks_src, masks_tgt)  # type: ignore[arg-type]
+        return RishModel(
+            np.asarray(fitted.scales_, np.float32),
+            np.asarray(fitted.template_source_, np.float32),
+            np.asarray(fitted.template_target_, np.float32),
+        )
+
+    def apply(self, model: RishModel, data: np.ndarray, **options: object) -> np.ndarray:
+        scales = options.get("scales", model.scales)
+        return apply_rish_scales(np.asarray(data), np.asarray(scales))
+
+    def example(self, seed: int = 0) -> Example:
+        return _example(seed)
+
+    def to_tensors(self, model: RishModel) -> tuple[dict[str, np.ndarray], Config]:
+        tensors = {
+            "scales": model.scales,
+            "template_source": model.template_source,
+            "template_target": model.template_target,
+        }
+        return tensors, {"n_bands": int(model.scales.shape[-1]),
+                         "grid": list(model.scales.shape[:3])}  # fmt: skip
+
+    def from_tensors(self, tensors: Mapping[str, np.ndarray], config: Config) -> RishModel:
+        missing = sorted({"scales", "template_source", "template_target"} - set(tensors))
+        if missing:
+            raise ValueError(f"a LinearRISH model needs tensors {missing}")
+        return RishModel(*(np.asarray(tensors[k], np.float32)
+                           for k in ("scales", "template_source", "template_target")))  # fmt: skip
+
+
+def _example(seed: int) -> Example:
+    """Traveling subjects on a 6x6x6 grid: target = source with band gains (1, 1.2, 0.8)."""
+    rng = np.random.default_rng(seed)
+    gains = np.repeat(np.array([1.0, 1.2, 0.8], np.float32), [1, 5, 9])
+    subjects = rng.normal(0.0, 0.2, (4, 6, 6, 6, 15)).astype(np.float32)
+    subjects[..., 0] = rng.uniform(0.5, 1.0, (4, 6, 6, 6))
+    source = np.stack([rish_features(s) for s in subjects])
+    target = np.stack([rish_features(s * gains) for s in subjects])
+    new = rng.normal(0.0, 0.2, (6, 6, 6, 15)).astype(np.float32)
+    return Example(source, target, {}, new, {}, truth=new * gains)
+
+
+def stack_subjects(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """``(S, X, Y, Z, n_bands)`` from a list of per-subject maps (a shape check)."""
+    return np.stack([np.asarray(m) for m in maps])

@@ -1,0 +1,68 @@
+"""Every registered harmonization method fulfils the contract of methods/base.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bids_harmony.methods import registry
+from bids_harmony.methods.base import HarmonizationMethod, Harmonizes, TrainsFrom
+from bids_harmony.methods.model_file import ModelFileError
+
+METHODS = registry.all_methods()
+
+
+def test_registry_lists_every_method_by_name():
+    assert tuple(m.name for m in METHODS) == registry.METHOD_NAMES
+    assert len(set(registry.METHOD_NAMES)) == len(METHODS)
+    table = registry.describe_methods()
+    for m in METHODS:
+        assert m.name in table and m.trains_from.value in table
+    with pytest.raises(registry.UnknownMethodError, match="available: harp, rish"):
+        registry.get_method("combat-gam")
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_method_declares_what_it_is(method: HarmonizationMethod):
+    assert method.name.isidentifier() and method.name.islower()
+    assert isinstance(method.trains_from, TrainsFrom)
+    assert isinstance(method.harmonizes, Harmonizes)
+    assert len(method.description) > 80 and method.references
+    text = method.methods_text()
+    assert method.title in text and method.references[0].text in text
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_fit_save_load_apply_round_trip(method: HarmonizationMethod, tmp_path):
+    ex = method.example(seed=0)
+    model = method.fit(ex.source, ex.target, **ex.fit_options)
+    before = method.apply(model, ex.data, **ex.apply_options)
+    assert before.shape == ex.data.shape and np.all(np.isfinite(before))
+    if ex.truth is not None:  # the site effect is learned: closer to the truth than raw
+        err_raw = np.mean((ex.data - ex.truth) ** 2)
+        err_fit = np.mean((before - ex.truth) ** 2)
+        assert err_fit < 0.5 * err_raw, (err_fit, err_raw)
+
+    path = method.save(model, tmp_path / f"{method.name}_src-A_tgt-B", {"source_site": "A",
+                                                                         "target_site": "B"})
+    assert path.name == f"{method.name}_src-A_tgt-B.safetensors"
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["method"] == method.name and card["source_site"] == "A"
+    for key in ("format", "format_version", "sha256", "tensors", "weights_file"):
+        assert key in card
+    assert not path.read_bytes().startswith(b"\x80")  # not a pickle
+
+    loaded, card2 = method.load(path, expect={"source_site": "A"})
+    after = method.apply(loaded, ex.data, **ex.apply_options)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert card2["target_site"] == "B"
+
+
+def test_a_model_of_one_method_is_refused_by_another(tmp_path):
+    harp, rish = registry.get_method("harp"), registry.get_method("rish")
+    ex = rish.example()
+    path = rish.save(rish.fit(ex.source, ex.target), tmp_path / "m", {})
+    with pytest.raises(ModelFileError, match="method 'rish', not 'harp'"):
+        harp.load(path)

@@ -40,6 +40,8 @@ class Config:
     target_site: str | None = None
     source_site: str | None = None
     models: tuple[Path, ...] = ()
+    method: str = "harp"
+    methods: tuple[str, ...] = ()
     device: str = "auto"
     harp_recipe: str = "default"
     harp_iterations: int | None = None

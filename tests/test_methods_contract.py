@@ -66,3 +66,17 @@ def test_a_model_of_one_method_is_refused_by_another(tmp_path):
     path = rish.save(rish.fit(ex.source, ex.target), tmp_path / "m", {})
     with pytest.raises(ModelFileError, match="method 'rish', not 'harp'"):
         harp.load(path)
+
+
+def test_cli_lists_methods_and_offers_them(capsys):
+    from bids_harmony.cli.parser import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--list-methods"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "phantom pairs" in out and "traveling subjects" in out
+    args = build_parser().parse_args(["in", "out", "train", "--method", "rish"])
+    assert args.method == "rish"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["in", "out", "group", "--methods", "nope"])

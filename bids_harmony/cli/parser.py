@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from bids_harmony import __version__
+from bids_harmony.methods.names import METHOD_NAMES
 
 LEVELS = ("participant", "train", "group")
 
@@ -57,6 +58,19 @@ def _existing_file(value: str) -> Path:
     return path.absolute()
 
 
+class _ListMethods(argparse.Action):
+    """``--list-methods``: print the registered methods and exit (like ``--version``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):  # noqa: A002 - argparse's own keyword
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from bids_harmony.methods.registry import describe_methods
+
+        parser.exit(message=describe_methods() + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; see ``bids-harmony --help``."""
     parser = argparse.ArgumentParser(
@@ -74,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="root of the output derivatives dataset")
     parser.add_argument("analysis_level", choices=LEVELS, help="processing stage to run")
     parser.add_argument("--version", action="version", version=f"bids-harmony {__version__}")
+    parser.add_argument(
+        "--list-methods", action=_ListMethods,
+        help="list the harmonization methods (what each trains from and harmonizes) and exit",
+    )  # fmt: skip
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
@@ -167,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     harm = parser.add_argument_group("Harmonization")
     harm.add_argument(
+        "--method", choices=METHOD_NAMES, default="harp",
+        help="'train': the harmonization method to train (see --list-methods)",
+    )  # fmt: skip
+    harm.add_argument(
         "--target-site",
         metavar="SITE",
         help="site the data are harmonized to (required by 'train'; at the participant "
@@ -233,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="template for the common space: a NIfTI file, or a TemplateFlow name "
         "(NAME or NAME:res-2) found in $TEMPLATEFLOW_HOME; default: a study FA template "
         "built from the target-site sessions",
+    )  # fmt: skip
+    group.add_argument(
+        "--methods", nargs="+", choices=METHOD_NAMES, default=None, metavar="METHOD",
+        help="methods to evaluate (default: every method with outputs; "
+        f"registered: {', '.join(METHOD_NAMES)})",
     )  # fmt: skip
     group.add_argument(
         "--group-transform", choices=("SyN", "Affine"), default="SyN",

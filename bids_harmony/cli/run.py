@@ -111,6 +111,8 @@ def config_from_args(args) -> object:
         target_site=args.target_site,
         source_site=args.source_site,
         models=tuple(args.models),
+        method=args.method,
+        methods=tuple(args.methods or ()),
         device=args.device,
         harp_recipe=args.harp_recipe,
         harp_iterations=args.harp_iterations,

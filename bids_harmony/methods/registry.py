@@ -14,6 +14,9 @@ from functools import lru_cache
 
 from bids_harmony.errors import BidsHarmonyError
 from bids_harmony.methods.base import HarmonizationMethod
+from bids_harmony.methods.names import METHOD_NAMES
+
+__all__ = ["METHOD_NAMES", "UnknownMethodError", "all_methods", "describe_methods", "get_method"]
 
 
 class UnknownMethodError(BidsHarmonyError, KeyError):
@@ -31,11 +34,6 @@ def _build() -> dict[str, HarmonizationMethod]:
 
     methods: list[HarmonizationMethod] = [HarpMethod(), RishMethod()]
     return {m.name: m for m in methods}
-
-
-#: Registered names, in the order they are listed (kept literal so that the CLI
-#: can offer them without importing torch; a test checks it against the registry).
-METHOD_NAMES = ("harp", "rish")
 
 
 def all_methods() -> list[HarmonizationMethod]:

@@ -68,7 +68,8 @@ class _ListMethods(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from bids_harmony.methods.registry import describe_methods
 
-        parser.exit(message=describe_methods() + "\n")
+        print(describe_methods())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -215,8 +215,10 @@ def run_workflow(
     plugin_args: dict[str, Any],
     log_dir: Path,
     names: dict[str, str],
-) -> None:
+) -> Any:
     """Run a Nipype workflow; on failure write ``crash_summary.txt`` and raise.
+
+    Returns the execution graph (its nodes' ``result`` hold their outputs).
 
     Raises
     ------
@@ -224,7 +226,7 @@ def run_workflow(
         Some nodes failed; the message is the crash summary.
     """
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
+        return workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         summary = crash_summary(log_dir, names) if log_dir.is_dir() else ""
         if summary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,19 +35,43 @@ KARAYUMAK = Reference(
 
 @dataclass(frozen=True)
 class RishModel:
-    """Fitted LinearRISH maps in the common space of the subjects.
+    """Fitted LinearRISH maps in the common space of the subjects, per shell.
 
     Attributes
     ----------
-    scales : ndarray, shape (X, Y, Z, n_bands)
-        :math:`s_l(x)`, applied as :math:`c'_{lm} = s_l c_{lm}`.
-    template_source, template_target : ndarray, shape (X, Y, Z, n_bands)
+    scales : dict of str to ndarray, shape (X, Y, Z, n_bands)
+        :math:`s_l(x)` per shell label, applied as :math:`c'_{lm} = s_l c_{lm}`.
+    template_source, template_target : dict of str to ndarray, shape (X, Y, Z, n_bands)
         Mean RISH features of each site (NaN where no subject is valid).
+    reference : ndarray, shape (X, Y, Z), optional
+        The common-space image the maps live on (the FA template), so that a
+        session can be registered to it when the model is applied.
+    affine : ndarray, shape (4, 4), optional
+        World (RAS, mm) affine of that grid.
     """
 
-    scales: np.ndarray
-    template_source: np.ndarray
-    template_target: np.ndarray
+    scales: dict[str, np.ndarray]
+    template_source: dict[str, np.ndarray]
+    template_target: dict[str, np.ndarray]
+    reference: np.ndarray | None = None
+    affine: np.ndarray | None = None
+
+    @property
+    def shells(self) -> tuple[str, ...]:
+        """Shell labels, e.g. ``("b1000", "b2000")``."""
+        return tuple(self.scales)
+
+    def with_shells(self, other: RishModel) -> RishModel:
+        """This model plus the shells of ``other`` (fitted on the same grid)."""
+        return dataclasses.replace(
+            self,
+            scales={**self.scales, **other.scales},
+            template_source={**self.template_source, **other.template_source},
+            template_target={**self.template_target, **other.template_target},
+        )
+
+
+_PARTS = ("scales", "template_source", "template_target")
 
 
 class RishMethod(HarmonizationMethod[RishModel]):
@@ -73,40 +98,62 @@ class RishMethod(HarmonizationMethod[RishModel]):
     references = (KARAYUMAK,)
 
     def fit(self, source: np.ndarray, target: np.ndarray, **options: object) -> RishModel:
+        """One shell's model; options ``source_masks``, ``target_masks``, ``eps``,
+        ``max_scale``, ``shell`` (label, default ``"b1000"``), ``reference``, ``affine``."""
         masks_src = options.get("source_masks")
         masks_tgt = options.get("target_masks")
         fitted = LinearRISH(
             eps=float(options.get("eps", DEFAULT_EPS)),  # type: ignore[arg-type]
             max_scale=options.get("max_scale", DEFAULT_MAX_SCALE),  # type: ignore[arg-type]
         ).fit(source, target, masks_src, masks_tgt)  # type: ignore[arg-type]
+        shell = str(options.get("shell", "b1000"))
+        reference, affine = options.get("reference"), options.get("affine")
         return RishModel(
-            np.asarray(fitted.scales_, np.float32),
-            np.asarray(fitted.template_source_, np.float32),
-            np.asarray(fitted.template_target_, np.float32),
+            {shell: np.asarray(fitted.scales_, np.float32)},
+            {shell: np.asarray(fitted.template_source_, np.float32)},
+            {shell: np.asarray(fitted.template_target_, np.float32)},
+            None if reference is None else np.asarray(reference, np.float32),
+            None if affine is None else np.asarray(affine, np.float64),
         )
 
     def apply(self, model: RishModel, data: np.ndarray, **options: object) -> np.ndarray:
-        scales = options.get("scales", model.scales)
+        """Scale ``data`` (..., n_coeffs); options ``shell`` (needed when the model has
+        several) and ``scales`` (the shell's maps warped to the data's grid)."""
+        shell = options.get("shell")
+        if shell is None:
+            if len(model.shells) != 1:
+                raise ValueError(f"the model has shells {model.shells}; say which (shell=...)")
+            shell = model.shells[0]
+        if shell not in model.scales:
+            raise ValueError(f"the model has no shell {shell!r} (shells: {model.shells})")
+        scales = options.get("scales", model.scales[str(shell)])
         return apply_rish_scales(np.asarray(data), np.asarray(scales))
 
     def example(self, seed: int = 0) -> Example:
         return _example(seed)
 
     def to_tensors(self, model: RishModel) -> tuple[dict[str, np.ndarray], Config]:
-        tensors = {
-            "scales": model.scales,
-            "template_source": model.template_source,
-            "template_target": model.template_target,
-        }
-        return tensors, {"n_bands": int(model.scales.shape[-1]),
-                         "grid": list(model.scales.shape[:3])}  # fmt: skip
+        tensors = {f"{part}.{shell}": getattr(model, part)[shell]
+                   for part in _PARTS for shell in model.shells}  # fmt: skip
+        if model.reference is not None:
+            tensors["reference"] = model.reference
+        if model.affine is not None:
+            tensors["affine"] = np.asarray(model.affine, np.float64)
+        first = model.scales[model.shells[0]]
+        return tensors, {"shells": list(model.shells), "n_bands": int(first.shape[-1]),
+                         "grid": list(first.shape[:3])}  # fmt: skip
 
     def from_tensors(self, tensors: Mapping[str, np.ndarray], config: Config) -> RishModel:
-        missing = sorted({"scales", "template_source", "template_target"} - set(tensors))
-        if missing:
-            raise ValueError(f"a LinearRISH model needs tensors {missing}")
-        return RishModel(*(np.asarray(tensors[k], np.float32)
-                           for k in ("scales", "template_source", "template_target")))  # fmt: skip
+        shells = [str(s) for s in config.get("shells", [])]  # type: ignore[union-attr]
+        missing = sorted(f"{p}.{s}" for p in _PARTS for s in shells if f"{p}.{s}" not in tensors)
+        if not shells or missing:
+            raise ValueError(f"a LinearRISH model needs shells and tensors {missing}")
+        parts = [{s: np.asarray(tensors[f"{p}.{s}"], np.float32) for s in shells}
+                 for p in _PARTS]  # fmt: skip
+        reference = tensors.get("reference")
+        affine = tensors.get("affine")
+        return RishModel(*parts, None if reference is None else np.asarray(reference),
+                         None if affine is None else np.asarray(affine, np.float64))  # fmt: skip
 
 
 def _example(seed: int) -> Example:

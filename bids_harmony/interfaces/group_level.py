@@ -1,0 +1,320 @@
+"""Nipype interfaces of the ``group`` level (per session and per scenario steps).
+
+A *scenario* is one source site → target site comparison for one raw ``acq``
+protocol (:class:`~bids_harmony.bids.group_inputs.Selection`).  After the common
+space is set up (:mod:`bids_harmony.interfaces.common_space`):
+
+- :class:`FitRish` (per scenario): LinearRISH scale maps in template space, from
+  the traveling subjects' RISH features (when no participant-level ``desc-rish``
+  outputs exist);
+- :class:`ApplyRish` (per source session): the scales warped back and applied,
+  ``desc-rish`` outputs written next to the participant outputs;
+- :class:`FibreErrors` (per source session): CSD peak angle, source vs HARP;
+- :class:`WarpMaps` (per session): FA/MD/GFA of every method and the mask into
+  the template;
+- :class:`EvaluateScenario` (per scenario): Eq. 2 standard-error maps, ROI
+  tables and t-tests, as a :class:`ScenarioResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+LOGGER = logging.getLogger("bids_harmony.workflows.group")
+METRICS = ("fa", "md", "gfa")
+#: WM threshold of the fibre-orientation comparison.
+WM_FA = 0.3
+
+
+@dataclass(frozen=True)
+class SessionMaps:
+    """What the group level reads of one session: its shells' maps and mask.
+
+    ``shells`` maps a shell label to the :class:`ShellMaps` of the run; ``methods``
+    the harmonized outputs found per method (kind → path), per shell label.
+    """
+
+    key: str
+    label: str
+    mask: Path
+    shells: dict
+    methods: dict[str, dict[str, dict[str, Path]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShellSummary:
+    """The statistics of one shell (see :func:`bids_harmony.evaluation.maps.summarize`)."""
+
+    table2: dict
+    table3: dict
+    roi_errors: dict
+    ttests: dict
+    maps: dict
+    fibres: dict | None = None
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """Everything the report needs of one scenario."""
+
+    stem: str
+    labels: list[str]
+    subjects: list[str]
+    template: Path
+    methods: list[str]
+    shells: dict[str, ShellSummary]
+
+
+def _load(path: Path) -> np.ndarray:
+    import nibabel as nb
+
+    return np.asarray(nb.load(path).dataobj, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- LinearRISH
+
+
+class _FitRishInputSpec(BaseInterfaceInputSpec):
+    source = traits.List(traits.Any, mandatory=True, desc="SessionMaps of source sessions")
+    target = traits.List(traits.Any, mandatory=True, desc="SessionMaps of target sessions")
+    transforms = traits.Dict(mandatory=True, desc="session key -> SessionTransform")
+    labels = traits.List(traits.Str, mandatory=True)
+    template_file = File(exists=True, mandatory=True)
+
+
+class _FitRishOutputSpec(TraitedSpec):
+    scales = traits.Dict(desc="shell label -> template-space scale maps (X, Y, Z, n_bands)")
+
+
+class FitRish(SimpleInterface):
+    """LinearRISH scale maps of every shell, fitted in template space."""
+
+    input_spec = _FitRishInputSpec
+    output_spec = _FitRishOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.interfaces.rish import fit_rish_scales
+
+        transforms = self.inputs.transforms
+        masks = {s.key: s.mask for s in [*self.inputs.source, *self.inputs.target]}
+        self._results["scales"] = {
+            label: fit_rish_scales(
+                [s.shells[label] for s in self.inputs.source],
+                [s.shells[label] for s in self.inputs.target],
+                masks, transforms, Path(self.inputs.template_file),
+            )
+            for label in self.inputs.labels
+        }  # fmt: skip
+        return runtime
+
+
+class _ApplyRishInputSpec(BaseInterfaceInputSpec):
+    session = traits.Any(mandatory=True, desc="SessionMaps of a source session")
+    scales = traits.Dict(mandatory=True, desc="shell label -> template-space scales")
+    transform = traits.Any(mandatory=True, desc="SessionTransform of the session")
+    template_file = File(exists=True, mandatory=True)
+    labels = traits.List(traits.Str, mandatory=True)
+    subjects = traits.List(traits.Str, mandatory=True, desc="training subjects (sidecars)")
+    b_tolerance = traits.Float(mandatory=True)
+    b0_threshold = traits.Float(mandatory=True)
+
+
+class _ApplyRishOutputSpec(TraitedSpec):
+    written = traits.Dict(desc="shell label -> kind -> written path")
+
+
+class ApplyRish(SimpleInterface):
+    """Harmonize one source session with LinearRISH (writes ``desc-rish`` outputs)."""
+
+    input_spec = _ApplyRishInputSpec
+    output_spec = _ApplyRishOutputSpec
+    # Writes next to the participant outputs, outside the work directory.
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from bids_harmony.interfaces.rish import apply_to_run
+
+        session: SessionMaps = self.inputs.session
+        written = apply_to_run(
+            [session.shells[label] for label in self.inputs.labels], self.inputs.scales,
+            self.inputs.transform, Path(self.inputs.template_file), mask_file=session.mask,
+            subjects=list(self.inputs.subjects), b_tolerance=self.inputs.b_tolerance,
+            b0_threshold=self.inputs.b0_threshold,
+        )  # fmt: skip
+        self._results["written"] = {k: {kk: str(p) for kk, p in v.items()}
+                                    for k, v in written.items()}  # fmt: skip
+        return runtime
+
+
+# --------------------------------------------------------------------------- fibres
+
+
+class _FibreInputSpec(BaseInterfaceInputSpec):
+    session = traits.Any(mandatory=True, desc="SessionMaps of a source session")
+    label = traits.Str(mandatory=True, desc="shell label")
+
+
+class _FibreOutputSpec(TraitedSpec):
+    errors = traits.Any(desc="(shell label, angular errors (deg) of the WM voxels)")
+
+
+class FibreErrors(SimpleInterface):
+    """Angle between principal CSD peaks of the source and the HARP DWI, in WM."""
+
+    input_spec = _FibreInputSpec
+    output_spec = _FibreOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.bids.gradients_io import read_gradients
+        from bids_harmony.dmri.metrics import csd_fodf
+        from bids_harmony.evaluation.fibers import angular_error_deg, principal_directions
+
+        session: SessionMaps = self.inputs.session
+        m = session.shells[self.inputs.label]
+        fa = _load(m.raw["fa"])
+        wm = fa >= WM_FA
+        peaks = []
+        for method in (None, "harp"):
+            files = m.outputs.dwi(method, required=True)
+            bvals, bvecs = read_gradients(files.bval, files.bvec)
+            data = _load(files.dwi)
+            result = csd_fodf(data, bvals, bvecs, mask=wm, shell=m.bval, fa=fa)
+            peaks.append(principal_directions(result.coeffs, mask=wm))
+        self._results["errors"] = (self.inputs.label, angular_error_deg(*peaks)[wm])
+        return runtime
+
+
+# --------------------------------------------------------------------------- warps
+
+
+class _WarpInputSpec(BaseInterfaceInputSpec):
+    session = traits.Any(mandatory=True, desc="SessionMaps")
+    transform = traits.Any(mandatory=True, desc="SessionTransform")
+    template_file = File(exists=True, mandatory=True)
+    labels = traits.List(traits.Str, mandatory=True)
+    methods = traits.List(traits.Str, desc="harmonized outputs to warp (source sessions)")
+    after = traits.Any(desc="only orders this node after the steps that write the maps")
+
+
+class _WarpOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc=".npz: 'mask' and '<label>/<metric>/<method|none>'")
+
+
+class WarpMaps(SimpleInterface):
+    """FA/MD/GFA (raw and per method) and the brain mask of a session, in template space."""
+
+    input_spec = _WarpInputSpec
+    output_spec = _WarpOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.registration.common_space import to_template
+
+        session: SessionMaps = self.inputs.session
+        tr, template = self.inputs.transform, Path(self.inputs.template_file)
+        arrays = {"mask": to_template(session.mask, tr, template,
+                                      interpolator="nearestNeighbor") > 0.5}  # fmt: skip
+        for label in self.inputs.labels:
+            maps = session.shells[label]
+            for metric in METRICS:
+                for method in [None, *self.inputs.methods]:
+                    arrays[f"{label}/{metric}/{method or 'none'}"] = to_template(
+                        maps.file(metric, method), tr, template
+                    )
+        out = Path(runtime.cwd) / "warped.npz"
+        np.savez(out, **arrays)
+        self._results["out_file"] = str(out)
+        return runtime
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def evaluate(
+    source: Sequence[Path],
+    target: Sequence[Path],
+    n_subjects: int,
+    labels: Sequence[str],
+    methods: Sequence[str],
+    fibres: dict[str, list[np.ndarray]],
+) -> dict[str, ShellSummary]:
+    """Standard-error maps, tables and t-tests per shell from the warped sessions.
+
+    ``source``/``target``: :class:`WarpMaps` files, subject-major (two sessions
+    per subject, in order); ``fibres``: shell label → angular errors per session.
+    """
+    from bids_harmony.evaluation import maps as ev
+    from bids_harmony.evaluation.fibers import summarize_angular_error
+
+    src = [np.load(f) for f in source]
+    tgt = [np.load(f) for f in target]
+    brain = np.stack([z["mask"] for z in [*src, *tgt]]).all(0)
+
+    def stack(files, key):
+        arrays = [z[key] for z in files]
+        return np.stack(arrays).reshape(n_subjects, 2, *arrays[0].shape)
+
+    out = {}
+    for label in labels:
+        values, target_values, maps = {}, {}, {}
+        for metric in METRICS:
+            key = metric.upper()  # the tables' and figures' metric names
+            target_values[key] = stack(tgt, f"{label}/{metric}/none")
+            values[key] = {m: stack(src, f"{label}/{metric}/{m}") for m in ["none", *methods]}
+            maps[key] = ev.error_maps(values[key], target_values[key])
+        mean_tgt = {m: np.nanmean(target_values[m.upper()], axis=(0, 1)) for m in ("fa", "md")}
+        tissue = ev.tissue_classes(brain, mean_tgt["fa"], mean_tgt["md"])
+        rois = ev.block_rois(tissue)
+        summary = ev.summarize(maps, values, target_values, tissue, rois)
+        errors = fibres.get(label)
+        out[label] = ShellSummary(
+            table2=summary["table2"], table3=summary["table3"],
+            roi_errors=summary["roi_errors"], ttests=summary["ttests"],
+            maps={m: {c: np.where(tissue > 0, v, np.nan) for c, v in conds.items()}
+                  for m, conds in maps.items()},
+            fibres=None if errors is None else summarize_angular_error(
+                np.concatenate(errors) if errors else np.empty(0)),
+        )  # fmt: skip
+    return out
+
+
+class _EvaluateInputSpec(BaseInterfaceInputSpec):
+    source = traits.List(File(exists=True), mandatory=True, desc="WarpMaps of source sessions")
+    target = traits.List(File(exists=True), mandatory=True, desc="WarpMaps of target sessions")
+    n_subjects = traits.Int(mandatory=True)
+    labels = traits.List(traits.Str, mandatory=True)
+    methods = traits.List(traits.Str)
+    fibres = traits.List(traits.Any, desc="(shell label, angular errors) per source session "
+                         "and shell (HARP)")
+
+
+class _EvaluateOutputSpec(TraitedSpec):
+    shells = traits.Dict(desc="shell label -> ShellSummary")
+
+
+class EvaluateScenario(SimpleInterface):
+    """Scan-rescan and inter-scanner standard errors of one scenario (Eq. 2)."""
+
+    input_spec = _EvaluateInputSpec
+    output_spec = _EvaluateOutputSpec
+
+    def _run_interface(self, runtime):
+        fibres: dict[str, list[np.ndarray]] = {}
+        for label, errors in self.inputs.fibres or []:
+            fibres.setdefault(label, []).append(errors)
+        self._results["shells"] = evaluate(
+            [Path(f) for f in self.inputs.source], [Path(f) for f in self.inputs.target],
+            self.inputs.n_subjects, list(self.inputs.labels), list(self.inputs.methods), fibres,
+        )  # fmt: skip
+        return runtime

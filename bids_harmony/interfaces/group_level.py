@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +42,16 @@ WM_FA = 0.3
 class SessionMaps:
     """What the group level reads of one session: its shells' maps and mask.
 
-    ``shells`` maps a shell label to the :class:`ShellMaps` of the run; ``methods``
-    the harmonized outputs found per method (kind → path), per shell label.
+    ``key`` is the run's BIDS prefix, ``label`` says ``sub-X ses-Y`` in messages,
+    ``shells`` maps a shell label to the run's
+    :class:`~bids_harmony.bids.group_inputs.ShellMaps`.
     """
 
     key: str
+    subject: str
     label: str
     mask: Path
     shells: dict
-    methods: dict[str, dict[str, dict[str, Path]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,20 @@ class ScenarioResult:
     shells: dict[str, ShellSummary]
 
 
+def kept_subjects(
+    source: Sequence[SessionMaps], target: Sequence[SessionMaps], transforms: Sequence[object]
+) -> list[int]:
+    """Indices of the subjects whose four sessions were all registered.
+
+    ``source`` and ``target`` are subject-major (two sessions per subject);
+    ``transforms`` is aligned with ``[*source, *target]`` (``None``: excluded).
+    """
+    n = len(source) // 2
+    ok = [t is not None for t in transforms]
+    return [i for i in range(n) if all(ok[2 * i: 2 * i + 2]) and all(
+        ok[len(source) + 2 * i: len(source) + 2 * i + 2])]
+
+
 def _load(path: Path) -> np.ndarray:
     import nibabel as nb
 
@@ -89,13 +104,15 @@ def _load(path: Path) -> np.ndarray:
 class _FitRishInputSpec(BaseInterfaceInputSpec):
     source = traits.List(traits.Any, mandatory=True, desc="SessionMaps of source sessions")
     target = traits.List(traits.Any, mandatory=True, desc="SessionMaps of target sessions")
-    transforms = traits.Dict(mandatory=True, desc="session key -> SessionTransform")
+    transforms = traits.List(traits.Any, mandatory=True,
+                             desc="SessionTransform or None, aligned with source + target")
     labels = traits.List(traits.Str, mandatory=True)
     template_file = File(exists=True, mandatory=True)
 
 
 class _FitRishOutputSpec(TraitedSpec):
     scales = traits.Dict(desc="shell label -> template-space scale maps (X, Y, Z, n_bands)")
+    subjects = traits.List(traits.Str, desc="the subjects it was fitted on")
 
 
 class FitRish(SimpleInterface):
@@ -107,12 +124,20 @@ class FitRish(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_harmony.interfaces.rish import fit_rish_scales
 
-        transforms = self.inputs.transforms
-        masks = {s.key: s.mask for s in [*self.inputs.source, *self.inputs.target]}
+        source, target = list(self.inputs.source), list(self.inputs.target)
+        keep = kept_subjects(source, target, self.inputs.transforms)
+        sessions = [*source, *target]
+        transforms = {s.key: tr for s, tr in zip(sessions, self.inputs.transforms, strict=True)}
+        masks = {s.key: s.mask for s in sessions}
+        src = [source[2 * i + k] for i in keep for k in (0, 1)]
+        tgt = [target[2 * i + k] for i in keep for k in (0, 1)]
+        self._results["subjects"] = [source[2 * i].subject for i in keep]
+        if not keep:
+            self._results["scales"] = {}
+            return runtime
         self._results["scales"] = {
             label: fit_rish_scales(
-                [s.shells[label] for s in self.inputs.source],
-                [s.shells[label] for s in self.inputs.target],
+                [s.shells[label] for s in src], [s.shells[label] for s in tgt],
                 masks, transforms, Path(self.inputs.template_file),
             )
             for label in self.inputs.labels
@@ -123,10 +148,11 @@ class FitRish(SimpleInterface):
 class _ApplyRishInputSpec(BaseInterfaceInputSpec):
     session = traits.Any(mandatory=True, desc="SessionMaps of a source session")
     scales = traits.Dict(mandatory=True, desc="shell label -> template-space scales")
-    transform = traits.Any(mandatory=True, desc="SessionTransform of the session")
+    transform = traits.Any(mandatory=True, desc="SessionTransform of the session, or None")
     template_file = File(exists=True, mandatory=True)
     labels = traits.List(traits.Str, mandatory=True)
-    subjects = traits.List(traits.Str, mandatory=True, desc="training subjects (sidecars)")
+    subjects = traits.List(traits.Str, mandatory=True,
+                           desc="training subjects (the session is skipped unless its own)")
     b_tolerance = traits.Float(mandatory=True)
     b0_threshold = traits.Float(mandatory=True)
 
@@ -147,6 +173,9 @@ class ApplyRish(SimpleInterface):
         from bids_harmony.interfaces.rish import apply_to_run
 
         session: SessionMaps = self.inputs.session
+        if self.inputs.transform is None or session.subject not in self.inputs.subjects:
+            self._results["written"] = {}
+            return runtime
         written = apply_to_run(
             [session.shells[label] for label in self.inputs.labels], self.inputs.scales,
             self.inputs.transform, Path(self.inputs.template_file), mask_file=session.mask,
@@ -223,6 +252,11 @@ class WarpMaps(SimpleInterface):
 
         session: SessionMaps = self.inputs.session
         tr, template = self.inputs.transform, Path(self.inputs.template_file)
+        out = Path(runtime.cwd) / "warped.npz"
+        if tr is None:  # registration rejected: the subject is left out
+            np.savez(out)
+            self._results["out_file"] = str(out)
+            return runtime
         arrays = {"mask": to_template(session.mask, tr, template,
                                       interpolator="nearestNeighbor") > 0.5}  # fmt: skip
         for label in self.inputs.labels:
@@ -232,7 +266,6 @@ class WarpMaps(SimpleInterface):
                     arrays[f"{label}/{metric}/{method or 'none'}"] = to_template(
                         maps.file(metric, method), tr, template
                     )
-        out = Path(runtime.cwd) / "warped.npz"
         np.savez(out, **arrays)
         self._results["out_file"] = str(out)
         return runtime
@@ -290,9 +323,11 @@ def evaluate(
 
 
 class _EvaluateInputSpec(BaseInterfaceInputSpec):
-    source = traits.List(File(exists=True), mandatory=True, desc="WarpMaps of source sessions")
-    target = traits.List(File(exists=True), mandatory=True, desc="WarpMaps of target sessions")
-    n_subjects = traits.Int(mandatory=True)
+    sessions_source = traits.List(traits.Any, mandatory=True, desc="SessionMaps (source)")
+    sessions_target = traits.List(traits.Any, mandatory=True, desc="SessionMaps (target)")
+    transforms = traits.List(traits.Any, mandatory=True, desc="aligned with source + target")
+    warped = traits.List(File(exists=True), mandatory=True,
+                         desc="WarpMaps files, aligned with source + target")
     labels = traits.List(traits.Str, mandatory=True)
     methods = traits.List(traits.Str)
     fibres = traits.List(traits.Any, desc="(shell label, angular errors) per source session "
@@ -300,7 +335,8 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
 
 
 class _EvaluateOutputSpec(TraitedSpec):
-    shells = traits.Dict(desc="shell label -> ShellSummary")
+    shells = traits.Dict(desc="shell label -> ShellSummary (empty: no subject left)")
+    subjects = traits.List(traits.Str, desc="the subjects evaluated")
 
 
 class EvaluateScenario(SimpleInterface):
@@ -313,8 +349,16 @@ class EvaluateScenario(SimpleInterface):
         fibres: dict[str, list[np.ndarray]] = {}
         for label, errors in self.inputs.fibres or []:
             fibres.setdefault(label, []).append(errors)
+        source, target = list(self.inputs.sessions_source), list(self.inputs.sessions_target)
+        keep = kept_subjects(source, target, self.inputs.transforms)
+        self._results["subjects"] = [source[2 * i].subject for i in keep]
+        if not keep:
+            self._results["shells"] = {}
+            return runtime
+        warped = [Path(f) for f in self.inputs.warped]
+        src = [warped[2 * i + k] for i in keep for k in (0, 1)]
+        tgt = [warped[len(source) + 2 * i + k] for i in keep for k in (0, 1)]
         self._results["shells"] = evaluate(
-            [Path(f) for f in self.inputs.source], [Path(f) for f in self.inputs.target],
-            self.inputs.n_subjects, list(self.inputs.labels), list(self.inputs.methods), fibres,
+            src, tgt, len(keep), list(self.inputs.labels), list(self.inputs.methods), fibres,
         )  # fmt: skip
         return runtime

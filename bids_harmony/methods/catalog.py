@@ -24,9 +24,11 @@ class ModelSelectionError(BidsHarmonyError, ValueError):
     """Models that do not fit the data or are ambiguous."""
 
 
-def model_stem(source_site: str, target_site: str) -> str:
-    """``harp_src-<S>_tgt-<T>``."""
-    return f"harp_src-{source_site}_tgt-{target_site}"
+def model_stem(
+    source_site: str, target_site: str, *, method: str = "harp", acq: str | None = None
+) -> str:
+    """``<method>_src-<S>_tgt-<T>[_acq-<A>]`` (``acq``: a model of one raw protocol)."""
+    return f"{method}_src-{source_site}_tgt-{target_site}" + (f"_acq-{acq}" if acq else "")
 
 
 def read_card(path: Path) -> dict[str, Any]:

@@ -69,8 +69,7 @@ def _errors(bids: Path, out: Path, subject: str, session: str, acq: str, model_f
     import nibabel as nb
 
     seg = np.asarray(nb.load(truth / f"sub-{subject}_ses-{session}_dseg.nii.gz").dataobj)
-    mask_file = out / f"sub-{subject}" / f"ses-{session}" / "dwi" / (
-        f"{prefix}_space-dwi_desc-brain_mask.nii.gz")
+    mask_file = _outputs(out, subject, session, acq).mask(required=True)
     mask = (np.asarray(nb.load(mask_file).dataobj) > 0) & (seg > 0)
     clean_src = regenerate_noiseless(bids, subject, session, acq)
     clean_tgt = regenerate_noiseless(bids, subject, session, acq, site=TARGET)
@@ -117,6 +116,13 @@ def _errors(bids: Path, out: Path, subject: str, session: str, acq: str, model_f
     return out_rows
 
 
+def _outputs(out: Path, subject: str, session: str, acq: str):
+    """Reader of one run's participant outputs (only its mask is needed here)."""
+    from bids_harmony.bids.reader import RunOutputs
+
+    return RunOutputs.from_entities(out, {"sub": subject, "ses": session, "acq": acq}, [])
+
+
 def _pose(bids: Path, subject: str, session: str) -> np.ndarray:
     path = (bids / "sourcedata" / "simulation" / f"sub-{subject}" / f"ses-{session}"
             / f"sub-{subject}_ses-{session}_pose.json")  # fmt: skip
@@ -141,8 +147,9 @@ def _registration_errors(bids: Path, out: Path, card: dict) -> list[dict]:
         true = flip @ _pose(bids, tgt["subject"], tgt["session"]) @ np.linalg.inv(
             _pose(bids, src["subject"], src["session"])) @ flip
         est = np.asarray(reg["transform"], dtype=float)
-        folder = out / f"sub-{src['subject']}" / f"ses-{src['session']}" / "dwi"
-        mask_img = nb.load(sorted(folder.glob("*_desc-brain_mask.nii.gz"))[0])
+        # the phantom's single-shell b=1000 run: every run of a session has the same pose
+        outputs = _outputs(out, src["subject"], src["session"], "b1000")
+        mask_img = nb.load(outputs.mask(required=True))
         vox = np.argwhere(np.asarray(mask_img.dataobj) > 0).astype(float)
         pts = vox @ mask_img.affine[:3, :3].T + mask_img.affine[:3, 3]
         diff = (pts @ est[:3, :3].T + est[:3, 3]) - (pts @ true[:3, :3].T + true[:3, 3])

@@ -38,6 +38,10 @@ class OutputDirectoryError(BidsHarmonyError, OSError):
     """The output directory cannot be used (inside the input, not writable)."""
 
 
+class MissingOutputError(BidsHarmonyError, FileNotFoundError):
+    """A derivative an earlier level should have written is absent or incomplete."""
+
+
 class NotImplementedLevelError(BidsHarmonyError, NotImplementedError):
     """An analysis level that this version does not provide yet."""
 

@@ -21,11 +21,11 @@ from bids_harmony.errors import OutputDirectoryError
 def test_entity_order_follows_bids():
     name = bids_name(
         {"param": "fa", "model": "tensor", "acq": "b1000", "ses": "GE1", "sub": "01",
-         "run": "2", "desc": "harmonized"},
+         "run": "2", "desc": "harp"},
         "dwimap", ".nii.gz",
     )  # fmt: skip
     assert (
-        name == "sub-01_ses-GE1_acq-b1000_run-2_desc-harmonized_model-tensor_param-fa_dwimap.nii.gz"
+        name == "sub-01_ses-GE1_acq-b1000_run-2_desc-harp_model-tensor_param-fa_dwimap.nii.gz"
     )
 
 

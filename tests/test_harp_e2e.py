@@ -45,7 +45,7 @@ def trained(demo):
 def test_demo_prints_its_outputs(demo):
     _, derivatives, _, printed = demo
     assert "Derivatives:" in printed and "model-tensor_param-fa_dwimap" in printed
-    assert "desc-harmonized_model-tensor_param-fa_dwimap" in printed
+    assert "desc-harp_model-tensor_param-fa_dwimap" in printed
     assert (derivatives / "dataset_description.json").exists()
 
 
@@ -117,7 +117,7 @@ def test_model_file_and_card(trained):
 
 def test_only_source_site_runs_are_harmonized(trained):
     bids, out, _ = trained
-    harmonized = sorted(out.rglob("*_desc-harmonized_dwi.nii.gz"))
+    harmonized = sorted(out.rglob("*_desc-harp_dwi.nii.gz"))
     raw_ge = sorted(bids.glob("sub-*/ses-GE*/dwi/*_dwi.nii.gz"))
     assert len(harmonized) == len(raw_ge) > 0
     assert all("_ses-GE" in p.name for p in harmonized)
@@ -127,9 +127,9 @@ def test_harmonized_outputs_contract(trained):
     _, out, _ = trained
     d = out / "sub-02" / "ses-GE2" / "dwi"
     prefix = "sub-02_ses-GE2_acq-multishell"
-    harm = np.asarray(nb.load(d / f"{prefix}_desc-harmonized_dwi.nii.gz").dataobj)
+    harm = np.asarray(nb.load(d / f"{prefix}_desc-harp_dwi.nii.gz").dataobj)
     pre = np.asarray(nb.load(d / f"{prefix}_space-dwi_desc-preproc_dwi.nii.gz").dataobj, float)
-    bvals = np.loadtxt(d / f"{prefix}_desc-harmonized_dwi.bval")
+    bvals = np.loadtxt(d / f"{prefix}_desc-harp_dwi.bval")
     assert harm.shape == pre.shape
     np.testing.assert_allclose(harm[..., bvals < 50], pre[..., bvals < 50], rtol=1e-5)
     np.testing.assert_array_equal(
@@ -138,14 +138,34 @@ def test_harmonized_outputs_contract(trained):
     mask = np.asarray(nb.load(d / f"{prefix}_space-dwi_desc-brain_mask.nii.gz").dataobj) > 0
     card = json.loads((out / "models" / "harp_src-SIGNAPremier_tgt-Prisma.json").read_text())
     for shell in ("b1000", "b2000"):
-        stem = f"sub-02_ses-GE2_acq-multishell{shell}_desc-harmonized"
+        stem = f"sub-02_ses-GE2_acq-multishell{shell}_desc-harp"
         scales = np.asarray(nb.load(d / f"{stem}_model-harp_param-scales_dwimap.nii.gz").dataobj)
         assert scales.shape[-1] == 5
         assert np.all((scales[mask] >= 0.9 - 1e-6) & (scales[mask] <= 1.1 + 1e-6))
         for kind in ("sh_param-coeffs", "tensor_param-fa", "tensor_param-md", "csd_param-gfa"):
             meta = json.loads((d / f"{stem}_model-{kind}_dwimap.json").read_text())
+            assert meta["Harmonization"]["Method"] == "harp"
+            assert meta["Harmonization"]["Description"].startswith("HARP")
             assert meta["Harmonization"]["ModelSHA256"] == card["sha256"]
             assert meta["Harmonization"]["TargetSite"] == "Prisma"
+
+
+def test_reader_finds_every_file_the_writers_wrote(demo):
+    """Round trip: bids.reader finds every participant-level file (HARP, LinearRISH too)."""
+    from bids_harmony.bids.discovery import discover
+    from bids_harmony.bids.reader import RunOutputs
+
+    bids, out, _, _ = demo
+    found: list[Path] = []
+    methods: dict[str, set[str]] = {}
+    for run in discover(bids).runs:
+        reader = RunOutputs.of_run(out, run)
+        found += reader.files()
+        methods[run.session] = methods.get(run.session, set()) | set(reader.methods())
+        assert reader.shells() == list(reader.shell_labels) and reader.mask() is not None
+    written = sorted(p for p in out.glob("sub-*/**/*") if p.is_file())
+    assert sorted(found) == written
+    assert methods["GE1"] == {"harp", "rish"} and methods["Prisma1"] == set()
 
 
 def _copy_model(out: Path, dest: Path, **card_changes) -> Path:
@@ -229,6 +249,8 @@ def test_group_level_tables_report_and_harp_lowers_inter_scanner_error(demo):
     assert (fibres["angular_error_median"] < 5.0).all() and (fibres["n_voxels"] > 100).all()
     rish = sorted((out / "sub-01" / "ses-GE1" / "dwi").glob("*_desc-rish_model-tensor_param-fa_*"))
     assert len(rish) == 4  # b1000 and b2000, NIfTI + JSON
+    assert json.loads(rish[0].with_suffix("").with_suffix(".json").read_text())[
+        "Harmonization"]["Method"] == "rish"  # fmt: skip
     assert not list((out / "sub-01" / "ses-Prisma1" / "dwi").glob("*desc-rish*"))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bids_harmony.bids.derivatives import RunNames
 from bids_harmony.bids.discovery import DwiRun, Study
 from bids_harmony.bids.phantom_pairs import (
     PhantomPair,
@@ -50,27 +51,18 @@ def make_run(root: Path, subject: str, session: str, acq: str | None, shells, *,
 
 
 def write_outputs(out: Path, run: DwiRun, *, order: int = 8, skip: str | None = None) -> None:
-    """Empty participant-level files of a run with the real names (and SH sidecars)."""
-    acq = run.entities.get("acquisition")
-    folder = out / f"sub-{run.subject}" / f"ses-{run.session}" / "dwi"
-    folder.mkdir(parents=True, exist_ok=True)
-    base = f"sub-{run.subject}_ses-{run.session}"
-    run_part = f"_acq-{acq}" if acq else ""
-    names = [
-        f"{base}{run_part}_space-dwi_desc-preproc_dwi.nii.gz",
-        f"{base}{run_part}_space-dwi_desc-preproc_dwi.bval",
-        f"{base}{run_part}_space-dwi_desc-brain_mask.nii.gz",
-    ]
+    """Empty participant-level files of a run with the writer's names (and SH sidecars)."""
+    names = RunNames.of_run(run)
+    (out / names.folder).mkdir(parents=True, exist_ok=True)
+    files = [names.dwi(), names.dwi(extension=".bval"), names.mask()]
     for bval in run.shells:
         label = f"b{int(bval)}"
-        shell = acq if (acq == label and len(run.shells) == 1) else f"{acq or ''}{label}"
-        stem = f"{base}_acq-{shell}_model-sh_param-coeffs_dwimap"
-        names.append(f"{stem}.nii.gz")
+        files.append(names.shell_map(label, "sh"))
         sidecar = {"ShellBValue": bval, "OrientationEncoding": {"SphericalHarmonicDegree": order}}
-        (folder / f"{stem}.json").write_text(json.dumps(sidecar))
-    for name in names:
-        if name != skip:
-            (folder / name).write_bytes(b"")
+        (out / names.shell_map(label, "sh", extension=".json")).write_text(json.dumps(sidecar))
+    for relpath in files:
+        if relpath.name != skip:
+            (out / relpath).write_bytes(b"")
 
 
 def make_study(tmp_path: Path, runs, *, outputs: bool = True) -> tuple[Study, Path]:

@@ -77,6 +77,21 @@ def test_expected_files_and_nothing_else(tiny_run):
     assert not list(out.rglob(".tmp-*"))
 
 
+def test_reader_finds_every_file_the_writer_wrote(tiny_run):
+    """Round trip: bids.reader, given the discovered runs, finds every output file."""
+    from bids_harmony.bids.discovery import discover
+    from bids_harmony.bids.reader import RunOutputs
+
+    bids, out, _, _ = tiny_run
+    found = []
+    for run in discover(bids).runs:
+        reader = RunOutputs.of_run(out, run)
+        assert reader.shells(kinds=("sh", "fa", "md", "gfa")) == list(reader.shell_labels)
+        assert reader.preproc() is not None and reader.methods() == []
+        found += reader.files()
+    assert sorted(found) == sorted(p for p in out.glob("sub-*/**/*") if p.is_file())
+
+
 def test_every_image_loads_and_has_sidecar(tiny_run):
     _, out, _, _ = tiny_run
     images = sorted(out.rglob("*.nii.gz"))

@@ -6,6 +6,14 @@ File names follow BIDS 1.9 and BEP016 (diffusion derivatives)::
     sub-01/ses-GE1/dwi/sub-01_ses-GE1_space-dwi_desc-brain_mask.nii.gz
     sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-b1000_model-sh_param-coeffs_dwimap.nii.gz
     sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-b1000_model-tensor_param-fa_dwimap.nii.gz
+    sub-01/ses-GE1/dwi/sub-01_ses-GE1_desc-harp_dwi.nii.gz
+    sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-b1000_desc-harp_model-tensor_param-fa_dwimap.nii.gz
+
+Harmonized outputs carry the method's name in ``desc`` (``desc-harp``,
+``desc-rish``, ...).  Every participant-level name is composed by
+:class:`RunNames`, which the writer (:mod:`bids_harmony.bids.outputs`, the
+LinearRISH step of the group level) and the reader
+(:class:`bids_harmony.bids.reader.RunOutputs`) share.
 
 Per-shell maps carry the shell in the ``acq`` entity: the shell label (``b1000``)
 appended to the raw run's own ``acq`` label unless that label already is the
@@ -85,6 +93,123 @@ def shell_acq(raw_acq: str | None, shell_label: str, n_shells: int) -> str:
     if raw_acq == shell_label and n_shells == 1:
         return raw_acq
     return f"{raw_acq}{shell_label}"
+
+
+#: Per-shell maps of the participant level: kind -> (``model``, ``param``) entities.
+SHELL_MAPS = {
+    "sh": ("sh", "coeffs"),
+    "fa": ("tensor", "fa"),
+    "md": ("tensor", "md"),
+    "gfa": ("csd", "gfa"),
+}
+
+
+def check_method(method: str) -> str:
+    """A harmonization method's name as used in ``desc`` (a BIDS label).
+
+    >>> check_method("harp")
+    'harp'
+    """
+    if not (isinstance(method, str) and method.isascii() and method.isalnum()):
+        raise ValueError(f"method {method!r}: not a BIDS label (letters and digits only)")
+    if method in ("preproc", "brain"):
+        raise ValueError(f"method {method!r}: reserved for unharmonized outputs")
+    return method
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Names of the participant-level derivatives of one run (no file access).
+
+    Paths are relative to the derivatives root; ``method=None`` means the
+    unharmonized output, a method name (``"harp"``, ``"rish"``) the output of
+    that harmonization method (``desc-<method>``).
+
+    Attributes
+    ----------
+    entities : mapping of str to str
+        Short-key entities of the raw run (:func:`raw_entities`).
+    n_shells : int
+        Diffusion-weighted shells of the raw run (decides the per-shell ``acq``,
+        see :func:`shell_acq`).
+
+    Examples
+    --------
+    >>> names = RunNames({"sub": "01", "ses": "GE1", "acq": "multishell"}, 2)
+    >>> names.dwi().as_posix()
+    'sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-multishell_space-dwi_desc-preproc_dwi.nii.gz'
+    >>> names.map("b1000", "tensor", "fa", "harp").name
+    'sub-01_ses-GE1_acq-multishellb1000_desc-harp_model-tensor_param-fa_dwimap.nii.gz'
+    """
+
+    entities: Mapping[str, str]
+    n_shells: int
+
+    @classmethod
+    def of_run(cls, run: Any) -> RunNames:
+        """Names of a discovered run (:class:`bids_harmony.bids.discovery.DwiRun`)."""
+        return cls(raw_entities(run.entities), len(run.shells))
+
+    @property
+    def folder(self) -> Path:
+        """The run's folder, e.g. ``sub-01/ses-GE1/dwi``."""
+        return session_dir(self.entities)
+
+    @property
+    def prefix(self) -> str:
+        """The run's entities as in its names, e.g. ``sub-01_ses-GE1_acq-multishell``."""
+        return bids_name(self.entities, "", "").rstrip("_")
+
+    def _path(self, entities: Mapping[str, str | None], suffix: str, extension: str) -> Path:
+        return self.folder / bids_name(entities, suffix, extension)
+
+    def dwi(self, method: str | None = None, extension: str = ".nii.gz") -> Path:
+        """Preprocessed DWI series (``method=None``) or one harmonized by ``method``."""
+        if method is None:
+            return self._path({**self.entities, "space": "dwi", "desc": "preproc"}, "dwi",
+                              extension)  # fmt: skip
+        return self._path({**self.entities, "desc": check_method(method)}, "dwi", extension)
+
+    def mask(self, extension: str = ".nii.gz") -> Path:
+        """Brain (or phantom) mask."""
+        return self._path({**self.entities, "space": "dwi", "desc": "brain"}, "mask", extension)
+
+    def map(
+        self,
+        shell: str,
+        model: str,
+        param: str,
+        method: str | None = None,
+        extension: str = ".nii.gz",
+    ) -> Path:
+        """A per-shell ``dwimap`` (``shell``: label such as ``b1000``)."""
+        entities = {
+            **self.entities,
+            "acq": shell_acq(self.entities.get("acq"), shell, self.n_shells),
+            "desc": None if method is None else check_method(method),
+            "model": model,
+            "param": param,
+        }
+        return self._path(entities, "dwimap", extension)
+
+    def shell_map(
+        self, shell: str, kind: str, method: str | None = None, extension: str = ".nii.gz"
+    ) -> Path:
+        """A per-shell map by kind: ``sh``, ``fa``, ``md`` or ``gfa`` (:data:`SHELL_MAPS`)."""
+        return self.map(shell, *SHELL_MAPS[kind], method, extension)
+
+    def scales(self, shell: str, method: str, extension: str = ".nii.gz") -> Path:
+        """Per-band scale maps of a method (``model-<method>_param-scales``)."""
+        return self.map(shell, check_method(method), "scales", method, extension)
+
+
+def group_map_name(stem: str, condition: str, metric: str) -> str:
+    """Group-level standard-error map of one condition (``interharp``, ...) and metric.
+
+    >>> group_map_name("src-GE_tgt-Prisma_b1000", "inter_harp", "FA")
+    'src-GE_tgt-Prisma_b1000_desc-interharp_stat-stderr_fa.nii.gz'
+    """
+    return f"{stem}_desc-{condition.replace('_', '')}_stat-stderr_{metric.lower()}.nii.gz"
 
 
 def session_dir(entities: Mapping[str, str], datatype: str = "dwi") -> Path:

@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bids_harmony.bids.derivatives import shell_acq
+from bids_harmony.bids.derivatives import SHELL_MAPS
+from bids_harmony.bids.reader import RunOutputs
 
-KINDS = {
-    "fa": "model-tensor_param-fa_dwimap",
-    "md": "model-tensor_param-md_dwimap",
-    "gfa": "model-csd_param-gfa_dwimap",
-    "sh": "model-sh_param-coeffs_dwimap",
-}
+#: Maps of a shell the group level evaluates (kinds of :data:`SHELL_MAPS`).
+KINDS = tuple(SHELL_MAPS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,8 @@ class ShellMaps:
     run : DwiRun
     label : str
         Shell label, e.g. ``b1000``.
+    outputs : RunOutputs
+        The reader of the run's derivatives.
     raw, harp : dict of str to Path
         ``fa``/``md``/``gfa``/``sh`` maps, unharmonized and HARP-harmonized (the
         latter empty when the run has none).
@@ -39,8 +38,7 @@ class ShellMaps:
 
     run: Any
     label: str
-    folder: Path
-    prefix: str
+    outputs: RunOutputs
     raw: dict[str, Path]
     harp: dict[str, Path] = field(default_factory=dict)
 
@@ -48,10 +46,12 @@ class ShellMaps:
     def bval(self) -> float:
         return float(self.label[1:])
 
-    def file(self, kind: str, desc: str | None = None) -> Path:
-        """Path of a map of this shell (``desc``: ``harmonized``, ``rish`` or None)."""
-        middle = f"_desc-{desc}" if desc else ""
-        return self.folder / f"{self.prefix}{middle}_{KINDS[kind]}.nii.gz"
+    def file(self, kind: str, method: str | None = None) -> Path:
+        """Where a map of this shell is (``method``: ``"harp"``, ``"rish"`` or None).
+
+        The path the writer uses, whether or not the file exists yet.
+        """
+        return self.outputs.root / self.outputs.names.shell_map(self.label, kind, method)
 
 
 @dataclass(frozen=True)
@@ -69,31 +69,15 @@ class Selection:
         return sorted(self.sessions)
 
 
-def _shell_prefix(run: Any, label: str) -> str:
-    """The run's file-name entities with the per-shell ``acq`` label."""
-    raw_acq = run.entities.get("acquisition")
-    acq = f"acq-{shell_acq(raw_acq, label, len(run.shells))}"
-    tokens = run.prefix.split("_")
-    if raw_acq is not None:
-        return "_".join(acq if t == f"acq-{raw_acq}" else t for t in tokens)
-    at = 2 if len(tokens) > 1 and tokens[1].startswith("ses-") else 1
-    return "_".join([*tokens[:at], acq, *tokens[at:]])
-
-
 def run_shells(derivatives: Path, run: Any) -> list[ShellMaps]:
     """Shells of a run with every unharmonized map present."""
-    folder = derivatives / run.rel_dir
+    outputs = RunOutputs.of_run(derivatives, run)
     out = []
-    for bval in run.shells:
-        label = f"b{int(round(bval))}"
-        prefix = _shell_prefix(run, label)
-        maps = ShellMaps(run, label, folder, prefix, {})
-        raw = {kind: maps.file(kind) for kind in KINDS}
-        if not all(p.exists() for p in raw.values()):
-            continue
-        harp = {kind: maps.file(kind, "harmonized") for kind in KINDS}
-        harp = harp if all(p.exists() for p in harp.values()) else {}
-        out.append(ShellMaps(run, label, folder, prefix, raw, harp))
+    for label in outputs.shells(kinds=KINDS):
+        raw = {kind: outputs.root / outputs.names.shell_map(label, kind) for kind in KINDS}
+        harp = {kind: outputs.shell_map(label, kind, "harp") for kind in KINDS}
+        found = {kind: path for kind, path in harp.items() if path is not None}
+        out.append(ShellMaps(run, label, outputs, raw, found if len(found) == len(KINDS) else {}))
     return out
 
 
@@ -121,4 +105,3 @@ def select_traveling(study: Any, source: str, target: str) -> list[Selection]:
             site: sorted(sites[site], key=lambda r: str(r.session))[:2] for site in (source, target)
         }
     return list(scenarios.values())
-

@@ -1,7 +1,9 @@
 """What the participant level writes: names and sidecars of every derivative.
 
 Kept apart from the workflow so the output contract can be read (and tested)
-in one place.  Inputs are plain dictionaries produced by the interfaces.
+in one place.  Inputs are plain dictionaries produced by the interfaces.  Every
+name comes from :class:`~bids_harmony.bids.derivatives.RunNames`, which the
+reader (:class:`bids_harmony.bids.reader.RunOutputs`) uses too.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from typing import Any
 
 from bids_harmony.bids.derivatives import (
     Derivative,
-    bids_name,
+    RunNames,
     bids_uri,
-    session_dir,
-    shell_acq,
     software_versions,
+)
+
+#: What ``Harmonization.Description`` says of HARP in the sidecars.
+HARP_DESCRIPTION = (
+    "HARP (Jeong et al., 2026): phantom-trained voxel-wise network scaling SH "
+    "coefficients per order band"
 )
 
 
@@ -25,6 +31,12 @@ def _provenance(params: Mapping[str, Any]) -> dict[str, Any]:
         "SoftwareVersions": software_versions(),
         "Parameters": dict(params),
     }
+
+
+def run_names(run: Mapping[str, Any], shells: Sequence[Mapping[str, Any]]) -> RunNames:
+    """Names of a run's derivatives; ``run["n_shells"]`` (shells of the raw run) decides
+    the per-shell ``acq``, falling back to the number of fitted ``shells``."""
+    return RunNames(dict(run["entities"]), int(run.get("n_shells", len(shells))))
 
 
 def participant_derivatives(
@@ -39,9 +51,9 @@ def participant_derivatives(
     Parameters
     ----------
     run : mapping
-        ``entities`` (short keys of the raw file name), ``source`` (raw dwi path
-        relative to the BIDS root), ``bval``/``bvec`` (relative), ``site``,
-        ``is_phantom``.
+        ``entities`` (short keys of the raw file name), ``n_shells`` (shells of
+        the raw run), ``source`` (raw dwi path relative to the BIDS root),
+        ``bval``/``bvec`` (relative), ``site``, ``is_phantom``.
     prep : mapping
         ``dwi``, ``bval``, ``bvec``, ``mask`` files and ``report`` (dict).
     shells, metrics : sequence of mapping
@@ -50,22 +62,19 @@ def participant_derivatives(
         Run settings recorded in every sidecar.
     """
 
-    entities = dict(run["entities"])
-    folder = session_dir(entities)
+    names = run_names(run, shells)
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
 
     raw = [bids_uri("raw", run[key]) for key in ("source", "bval", "bvec")]
     raw += [bids_uri("raw", fieldmap) for fieldmap in run.get("fieldmaps", [])]
-    preproc_name = bids_name({**entities, "space": "dwi", "desc": "preproc"}, "dwi", ".nii.gz")
-    mask_name = bids_name({**entities, "space": "dwi", "desc": "brain"}, "mask", ".nii.gz")
-    preproc_uri = bids_uri("", folder / preproc_name)  # "bids::" is this dataset
-    mask_uri = bids_uri("", folder / mask_name)
+    preproc_uri = bids_uri("", names.dwi())  # "bids::" is this dataset
+    mask_uri = bids_uri("", names.mask())
     report = dict(prep.get("report", {}))
 
     out = [
         Derivative(
             source=Path(prep["dwi"]),
-            relpath=folder / preproc_name,
+            relpath=names.dwi(),
             companions={".bval": Path(prep["bval"]), ".bvec": Path(prep["bvec"])},
             sidecar={
                 **common,
@@ -78,7 +87,7 @@ def participant_derivatives(
         ),
         Derivative(
             source=Path(prep["mask"]),
-            relpath=folder / mask_name,
+            relpath=names.mask(),
             sidecar={
                 **common,
                 "Description": "Brain (or phantom) mask.",
@@ -89,40 +98,36 @@ def participant_derivatives(
         ),
     ]
 
-    out += shell_maps(entities, shells, metrics, common, [preproc_uri, mask_uri], params)
+    out += shell_maps(names, shells, metrics, common, [preproc_uri, mask_uri], params)
     return out
 
 
 def shell_maps(
-    entities: Mapping[str, str],
+    names: RunNames,
     shells: Sequence[Mapping[str, Any]],
     metrics: Sequence[Mapping[str, Any]],
     common: Mapping[str, Any],
     sources: list[str],
     params: Mapping[str, Any],
     *,
-    desc: str | None = None,
+    method: str | None = None,
     shell_extra: Mapping[str, Any] | None = None,
 ) -> list[Derivative]:
-    """Per-shell SH coefficients, HARP scale maps (when present) and DTI/CSD maps."""
+    """Per-shell SH coefficients, scale maps of ``method`` (when present) and DTI/CSD maps.
+
+    ``method=None`` names the unharmonized maps, ``"harp"`` those of HARP-harmonized
+    data (``desc-harp``).
+    """
     from bids_harmony.dmri import sh
 
-    folder = session_dir(entities)
-    n_shells = len(shells)
-    raw_acq = entities.get("acq")
     extra = dict(shell_extra or {})
     out = []
 
-    def shell_entities(label: str) -> dict[str, str | None]:
-        return {**entities, "acq": shell_acq(raw_acq, label, n_shells), "desc": desc}
-
     for shell in shells:
-        ents = shell_entities(shell["label"])
         out.append(
             Derivative(
                 source=Path(shell["file"]),
-                relpath=folder
-                / bids_name({**ents, "model": "sh", "param": "coeffs"}, "dwimap", ".nii.gz"),
+                relpath=names.shell_map(shell["label"], "sh", method),
                 sidecar={
                     **common,
                     **extra,
@@ -154,12 +159,11 @@ def shell_maps(
                 },
             )
         )
-        if "scales" in shell:
+        if "scales" in shell and method is not None:
             out.append(
                 Derivative(
                     source=Path(shell["scales"]),
-                    relpath=folder
-                    / bids_name({**ents, "model": "harp", "param": "scales"}, "dwimap", ".nii.gz"),
+                    relpath=names.scales(shell["label"], method),
                     sidecar={
                         **common,
                         **extra,
@@ -172,14 +176,13 @@ def shell_maps(
             )
 
     for entry in metrics:
-        ents = shell_entities(entry["label"])
         tensor = {
             "Description": "Diffusion tensor, weighted least squares (dipy TensorModel)",
             "Parameters": {"ShellBValue": entry["bval"], "IncludesB0": True},
         }
         maps = [
-            ("tensor", "fa", tensor, "Fractional anisotropy", "arbitrary"),
-            ("tensor", "md", tensor, "Mean diffusivity", "mm^2/s"),
+            ("fa", tensor, "Fractional anisotropy", "arbitrary"),
+            ("md", tensor, "Mean diffusivity", "mm^2/s"),
         ]
         if "gfa" in entry:
             csd = {
@@ -187,13 +190,12 @@ def shell_maps(
                 "tissue); GFA of the fODF",
                 "Parameters": {"ShellBValue": entry["bval"], "MaxOrder": params.get("sh_order")},
             }
-            maps.append(("csd", "gfa", csd, "Generalized fractional anisotropy", "arbitrary"))
-        for model, param, model_desc, description, units in maps:
+            maps.append(("gfa", csd, "Generalized fractional anisotropy", "arbitrary"))
+        for kind, model_desc, description, units in maps:
             out.append(
                 Derivative(
-                    source=Path(entry[param]),
-                    relpath=folder
-                    / bids_name({**ents, "model": model, "param": param}, "dwimap", ".nii.gz"),
+                    source=Path(entry[kind]),
+                    relpath=names.shell_map(entry["label"], kind, method),
                     sidecar={
                         **common,
                         **extra,
@@ -215,32 +217,33 @@ def harmonized_derivatives(
     metrics: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     model: Mapping[str, Any],
+    *,
+    method: str = "harp",
+    description: str = HARP_DESCRIPTION,
 ) -> list[Derivative]:
-    """Every HARP-harmonized derivative of one source-site run.
+    """Every harmonized derivative of one source-site run (``desc-<method>``).
 
     ``harmonized`` holds the ``dwi``/``bval``/``bvec`` files; ``model`` the
-    model file name, its sha256 and the source/target sites.
+    model file name, its sha256 and the source/target sites.  The sidecars'
+    ``Harmonization`` names the ``method`` and gives its ``description``.
     """
-    entities = dict(run["entities"])
-    folder = session_dir(entities)
+    names = run_names(run, shells)
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
-    preproc = bids_uri("", folder / bids_name({**entities, "space": "dwi", "desc": "preproc"},
-                                              "dwi", ".nii.gz"))  # fmt: skip
+    preproc = bids_uri("", names.dwi())
     harmonization = {
         "Harmonization": {
-            "Method": "HARP (Jeong et al., 2026): phantom-trained voxel-wise network "
-            "scaling SH coefficients per order band",
+            "Method": method,
+            "Description": description,
             "ModelFile": bids_uri("", Path("models") / model["file"]),
             "ModelSHA256": model["sha256"],
             "SourceSite": model["source_site"],
             "TargetSite": model["target_site"],
         }
     }
-    dwi_name = bids_name({**entities, "desc": "harmonized"}, "dwi", ".nii.gz")
     out = [
         Derivative(
             source=Path(harmonized["dwi"]),
-            relpath=folder / dwi_name,
+            relpath=names.dwi(method),
             companions={".bval": Path(harmonized["bval"]), ".bvec": Path(harmonized["bvec"])},
             sidecar={
                 **common,
@@ -251,7 +254,7 @@ def harmonized_derivatives(
             },
         )
     ]
-    sources = [bids_uri("", folder / dwi_name)]
-    out += shell_maps(entities, shells, metrics, common, sources, params,
-                      desc="harmonized", shell_extra=harmonization)  # fmt: skip
+    sources = [bids_uri("", names.dwi(method))]
+    out += shell_maps(names, shells, metrics, common, sources, params,
+                      method=method, shell_extra=harmonization)  # fmt: skip
     return out

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_harmony.bids.derivatives import bids_name, raw_entities, session_dir, shell_acq
+from bids_harmony.bids.derivatives import RunNames
 from bids_harmony.bids.discovery import DwiRun, Study
 from bids_harmony.dmri.gradients import B_TOLERANCE, Shell
 from bids_harmony.errors import BidsHarmonyError
@@ -219,18 +219,16 @@ def _group(
 def _scan(candidate: _Candidate, derivatives_dir: Path, missing: list[Path]) -> PhantomScan | None:
     """The :class:`PhantomScan` of a candidate; missing files are appended to ``missing``."""
     run = candidate.run
-    entities = raw_entities(run.entities)
-    folder = derivatives_dir / session_dir(entities)
-    acq = shell_acq(entities.get("acq"), candidate.shell_label, len(run.shells))
-    sh_name = bids_name({**entities, "acq": acq, "model": "sh", "param": "coeffs"}, "dwimap", "")
-    preproc = folder / bids_name({**entities, "space": "dwi", "desc": "preproc"}, "dwi", "")
+    names = RunNames.of_run(run)
     files = {
-        "sh": folder / f"{sh_name}.nii.gz",
-        "sidecar": folder / f"{sh_name}.json",
-        "mask": folder
-        / bids_name({**entities, "space": "dwi", "desc": "brain"}, "mask", ".nii.gz"),
-        "dwi": preproc.with_name(preproc.name + ".nii.gz"),
-        "bval": preproc.with_name(preproc.name + ".bval"),
+        key: derivatives_dir / relpath
+        for key, relpath in {
+            "sh": names.shell_map(candidate.shell_label, "sh"),
+            "sidecar": names.shell_map(candidate.shell_label, "sh", extension=".json"),
+            "mask": names.mask(),
+            "dwi": names.dwi(),
+            "bval": names.dwi(extension=".bval"),
+        }.items()
     }
     absent = [path for path in files.values() if not path.is_file()]
     if absent:

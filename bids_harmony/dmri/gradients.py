@@ -19,6 +19,15 @@ B_TOLERANCE = 50.0
 UNIT_TOLERANCE = 0.1
 
 
+def shell_label(bval: float) -> str:
+    """BIDS-safe label of a shell, used in file names.
+
+    >>> shell_label(999.6)
+    'b1000'
+    """
+    return f"b{int(round(bval))}"
+
+
 @dataclass(frozen=True)
 class Shell:
     """One diffusion-weighted shell of a run.
@@ -37,7 +46,7 @@ class Shell:
     @property
     def label(self) -> str:
         """BIDS-safe label, e.g. ``b1000``."""
-        return f"b{int(round(self.bval))}"
+        return shell_label(self.bval)
 
     def __len__(self) -> int:
         return int(self.indices.size)

@@ -335,7 +335,9 @@ _HOW_TO_READ = (
     "0% mean the inter-scanner variability is as low as the scan-rescan variability. Tables "
     "show σₑ scaled for readability: FA and GFA ×10⁻³ (dimensionless), MD ×10⁻⁶ mm²/s; "
     "whole-brain values exclude CSF; ROI values are mean ± SD over ROIs. Angular errors "
-    "(degrees) compare principal CSD peaks of source and harmonized data in white matter."
+    "(degrees) compare principal CSD peaks of source and harmonized data in white matter. "
+    "The maps compared are the participant outputs without desc (no harmonization), with "
+    "desc-harp (HARP) and with desc-rish (LinearRISH, written by this group level)."
 )
 
 

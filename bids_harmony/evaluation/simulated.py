@@ -51,7 +51,9 @@ def harmonization_errors(
     differences of FA/MD/GFA ``before``/``after``.
     """
     from bids_harmony.bids.gradients_io import read_gradients
+    from bids_harmony.bids.reader import RunOutputs
     from bids_harmony.dmri import metrics as dm
+    from bids_harmony.dmri.gradients import group_shells
     from bids_harmony.dmri.sh import fit_shells
     from bids_harmony.methods.harp import load_model
     from bids_harmony.methods.harp.apply import harmonize_dwi, harmonize_fits
@@ -62,8 +64,10 @@ def harmonization_errors(
     bvals, bvecs = read_gradients(f"{raw}_dwi.bval", f"{raw}_dwi.bvec")
     truth_dir = bids_root / "sourcedata" / "simulation" / f"sub-{subject}" / f"ses-{session}"
     seg = _load(truth_dir / f"sub-{subject}_ses-{session}_dseg.nii.gz").astype(int)
-    out_dir = derivatives / f"sub-{subject}" / f"ses-{session}" / "dwi"
-    mask = _load(out_dir / f"{prefix}_space-dwi_desc-brain_mask.nii.gz") > 0
+    shells = [shell.bval for shell in group_shells(bvals, b0_threshold=b0_threshold)]
+    entities = {"sub": subject, "ses": session, "acq": acq}
+    outputs = RunOutputs.from_entities(derivatives, entities, shells)
+    mask = _load(outputs.mask(required=True)) > 0
     mask &= seg > 0
 
     clean_src = regenerate_noiseless(bids_root, subject, session, acq)
@@ -77,13 +81,8 @@ def harmonization_errors(
     results: dict[str, Any] = {}
     for src, tgt, harm in zip(src_fits, tgt_fits, harm_fits, strict=True):
         label = src.label
-        from bids_harmony.bids.derivatives import shell_acq
-
-        shell_name = shell_acq(acq, label, len(src_fits))
-        noisy = _load(out_dir / f"sub-{subject}_ses-{session}_acq-{shell_name}"
-                      "_model-sh_param-coeffs_dwimap.nii.gz")[mask]  # fmt: skip
-        noisy_h = _load(out_dir / f"sub-{subject}_ses-{session}_acq-{shell_name}"
-                        "_desc-harmonized_model-sh_param-coeffs_dwimap.nii.gz")[mask]  # fmt: skip
+        noisy = _load(outputs.sh(label, required=True))[mask]
+        noisy_h = _load(outputs.sh(label, "harp", required=True))[mask]
         t = tgt.coeffs[mask]
         results[label] = {
             "sh_clean": {"before": _band_rms(src.coeffs[mask], t, src.order),

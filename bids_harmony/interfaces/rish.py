@@ -6,7 +6,8 @@ warped to the template; site templates and per-band scale maps
 (:class:`~bids_harmony.methods.rish.LinearRISH`), warped back to each source
 session and applied to its SH coefficients.  The DWI is rebuilt from the scaled
 coefficients (b0 volumes unchanged) and FA/MD/GFA recomputed; everything is
-written next to the participant outputs with ``desc-rish``.  As in the HARP
+written next to the participant outputs with ``desc-rish``, named by
+:class:`~bids_harmony.bids.derivatives.RunNames` like every participant output.  As in the HARP
 paper, the model is trained on the same traveling subjects it is evaluated on
 (the best case for LinearRISH).
 """
@@ -21,7 +22,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-from bids_harmony.bids.derivatives import bids_uri, software_versions
+from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versions
 from bids_harmony.bids.group_inputs import ShellMaps
 from bids_harmony.bids.io import save_nifti, write_json
 from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
@@ -29,7 +30,10 @@ from bids_harmony.methods.rish.linear_rish import LinearRISH, apply_rish_scales
 from bids_harmony.registration.warps import from_template, to_template
 
 LOGGER = logging.getLogger(__name__)
-METHOD = (
+#: The ``desc-`` entity of LinearRISH outputs and ``Harmonization.Method`` of their sidecars.
+METHOD = "rish"
+#: ``Harmonization.Description`` of their sidecars.
+DESCRIPTION = (
     "LinearRISH (Karayumak et al., 2019): per-band RISH scale maps "
     "sqrt(mean RISH target / mean RISH source) from traveling subjects in a common space"
 )
@@ -82,8 +86,14 @@ def apply_to_run(
     subjects: Sequence[str],
     b_tolerance: float,
     b0_threshold: float,
+    model: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Path]]:
     """Harmonize one source run with template-space ``scales`` (per shell label).
+
+    ``model`` (``ModelFile``, ``ModelSHA256``, ``SourceSite``, ``TargetSite``) is
+    given when the scales come from a trained model applied at the participant
+    level; without it the sidecars say the scales were fitted by the group level
+    on the subjects they are evaluated on.
 
     Returns ``{shell label: {"sh"|"fa"|"md"|"gfa"|"scales": written path}}``.
     """
@@ -91,14 +101,10 @@ def apply_to_run(
     from bids_harmony.dmri import metrics as dm
     from bids_harmony.dmri.sh import ShellFit, reconstruct_dwi
 
-    run_prefix = shells[0].prefix.rsplit("_acq-", 1)[0]
-    folder = shells[0].folder
-    preproc = folder / f"{shells[0].run.prefix}_space-dwi_desc-preproc_dwi.nii.gz"
-    bvals, bvecs = read_gradients(
-        preproc.with_name(preproc.name.replace(".nii.gz", ".bval")),
-        preproc.with_name(preproc.name.replace(".nii.gz", ".bvec")),
-    )
-    data, img = _load(preproc)
+    outputs = shells[0].outputs
+    preproc = outputs.preproc(required=True)
+    bvals, bvecs = read_gradients(preproc.bval, preproc.bvec)
+    data, img = _load(preproc.dwi)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     fits, native_scales = [], {}
     for m in shells:
@@ -112,13 +118,15 @@ def apply_to_run(
         indices = np.flatnonzero((np.abs(bvals - m.bval) <= b_tolerance) & (bvals > b0_threshold))
         fits.append(ShellFit(m.bval, order_from_n_coeffs(coeffs.shape[-1]), harmonized, indices))
     dwi = reconstruct_dwi(fits, bvals, bvecs, data, b0_threshold=b0_threshold)
-    sources = [bids_uri("", preproc.relative_to(folder.parents[2]))]
+    sources = [bids_uri("", outputs.names.dwi())]
     common = {
         "Harmonization": {
             "Method": METHOD,
+            "Description": DESCRIPTION,
             "TrainingSubjects": [f"sub-{s}" for s in subjects],
-            "Note": "Trained on the traveling subjects it is evaluated on "
-            "(best case, as in Jeong et al. 2026).",
+            **(dict(model) if model else {
+                "Note": "Trained on the traveling subjects it is evaluated on "
+                "(best case, as in Jeong et al. 2026)."}),
         },
         "Sources": sources,
         "SoftwareVersions": software_versions(),
@@ -153,16 +161,17 @@ def apply_to_run(
         }
         out: dict[str, Path] = {}
         for kind, array in arrays.items():
-            path = (
-                m.file(kind, "rish")
+            relpath = (
+                outputs.names.shell_map(m.label, kind, METHOD)
                 if kind != "scales"
-                else folder / f"{m.prefix}_desc-rish_model-rish_param-scales_dwimap.nii.gz"
+                else outputs.names.scales(m.label, METHOD)
             )
+            path = outputs.root / relpath
             save_nifti(nb.Nifti1Image(np.asarray(array, np.float32), img.affine), path)
             out[kind] = path
         for kind, path in out.items():  # sidecars last
             write_json(
-                path.with_name(path.name.replace(".nii.gz", ".json")),
+                sidecar_path(path),
                 {
                     **common,
                     "ShellBValue": m.bval,
@@ -170,5 +179,5 @@ def apply_to_run(
                 },
             )
         written[m.label] = out
-    LOGGER.info("LinearRISH: harmonized %s (%s)", run_prefix, ", ".join(written))
+    LOGGER.info("LinearRISH: harmonized %s (%s)", outputs.names.prefix, ", ".join(written))
     return written

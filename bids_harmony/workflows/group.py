@@ -25,7 +25,8 @@ from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
 
 LOGGER = logging.getLogger(__name__)
 METRICS = ("fa", "md", "gfa")
-VARIANTS = {"none": None, "harp": "harmonized", "rish": "rish"}
+#: Conditions of the inter-scanner comparison -> method whose outputs are read (desc-<method>).
+VARIANTS = {"none": None, "harp": "harp", "rish": "rish"}
 NOTES = (
     "Standard errors follow Jeong et al. (2026) Eq. 2: scan-rescan with K = 2 sessions "
     "per site, inter-scanner with K = 4 (two sessions at each site).",
@@ -100,7 +101,7 @@ def _load(path: Path) -> np.ndarray:
 
 
 def _mask_file(shell: Any) -> Path:
-    return shell.folder / f"{shell.run.prefix}_space-dwi_desc-brain_mask.nii.gz"
+    return shell.outputs.mask(required=True)
 
 
 def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str, Any]]:
@@ -183,9 +184,11 @@ def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] |
             b0_threshold=config.b0_threshold,
         )
 
-    def stack(run_list, label, metric, desc):
+    def stack(run_list, label, metric, method):
         arrays = [
-            to_template(shells[r.prefix][label].file(metric, desc), transforms[r.prefix], template)
+            to_template(
+                shells[r.prefix][label].file(metric, method), transforms[r.prefix], template
+            )
             for r in run_list
         ]
         return np.stack(arrays).reshape(len(subjects), 2, *arrays[0].shape)
@@ -207,8 +210,8 @@ def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] |
             key = metric.upper()  # the tables' and figures' metric names
             target_values[key] = stack(tgt_runs, label, metric, None)
             values[key] = {
-                v: stack(src_runs, label, metric, desc)
-                for v, desc in VARIANTS.items()
+                v: stack(src_runs, label, metric, method)
+                for v, method in VARIANTS.items()
                 if v != "harp" or has_harp
             }
             maps[key] = ev.error_maps(values[key], target_values[key])
@@ -243,12 +246,10 @@ def _fibres(src_runs, shells, label) -> dict[str, float]:
         fa = _load(m.raw["fa"])
         wm = fa >= 0.3
         peaks = []
-        for stem in (
-            f"{run.prefix}_space-dwi_desc-preproc_dwi",
-            f"{run.prefix}_desc-harmonized_dwi",
-        ):
-            bvals, bvecs = read_gradients(m.folder / f"{stem}.bval", m.folder / f"{stem}.bvec")
-            data = _load(m.folder / f"{stem}.nii.gz")
+        for method in (None, "harp"):
+            files = m.outputs.dwi(method, required=True)
+            bvals, bvecs = read_gradients(files.bval, files.bvec)
+            data = _load(files.dwi)
             result = csd_fodf(data, bvals, bvecs, mask=wm, shell=m.bval, fa=fa)
             peaks.append(principal_directions(result.coeffs, mask=wm))
         errors.append(angular_error_deg(*peaks)[wm])
@@ -258,12 +259,13 @@ def _fibres(src_runs, shells, label) -> dict[str, float]:
 def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
     import nibabel as nb
 
+    from bids_harmony.bids.derivatives import group_map_name
     from bids_harmony.bids.io import save_nifti
 
     affine = nb.load(template).affine
     for metric, conditions in maps.items():
         for cond, array in conditions.items():
-            name = f"{stem}_desc-{cond.replace('_', '')}_stat-stderr_{metric.lower()}.nii.gz"
+            name = group_map_name(stem, cond, metric)
             save_nifti(nb.Nifti1Image(array.astype(np.float32), affine), group_dir / name)
 
 

@@ -67,6 +67,7 @@ def init_participant_wf(
     for run in study.runs:
         run_info = {
             "entities": run_short_entities(run),
+            "n_shells": len(run.shells),
             "source": str(run.dwi.relative_to(study.bids_dir)),
             "bval": _relative(run.bval, study.bids_dir),
             "bvec": _relative(run.bvec, study.bids_dir),

@@ -54,17 +54,10 @@ def choose_sites(config: Config, sites: list[str]) -> tuple[str, list[str]]:
 
 
 def run_sh_maps(derivatives: Path, run: Any) -> list[Path]:
-    """Unharmonized SH maps of a run: those whose sidecar names its preprocessed DWI."""
-    import json
+    """Unharmonized SH maps of a run, one per shell that has one."""
+    from bids_harmony.bids.reader import RunOutputs
 
-    folder = derivatives / run.rel_dir
-    preproc = f"{run.prefix}_space-dwi_desc-preproc_dwi.nii.gz"
-    maps = []
-    for sidecar in sorted(folder.glob("*_model-sh_param-coeffs_dwimap.json")):
-        sources = json.loads(sidecar.read_text()).get("Sources", [])
-        if sources and sources[0].endswith("/" + preproc):
-            maps.append(sidecar.with_name(sidecar.name.replace(".json", ".nii.gz")))
-    return maps
+    return list(RunOutputs.of_run(derivatives, run).shell_maps("sh").values())
 
 
 def invivo_c00(
@@ -73,12 +66,14 @@ def invivo_c00(
     """C00 of in-vivo sessions of ``site`` (inside their masks), for the paper's rule."""
     import nibabel as nb
 
+    from bids_harmony.bids.reader import RunOutputs
+
     values = []
     for run in study.runs:
         if run.site != site or run.is_phantom:
             continue
-        mask_file = derivatives / run.rel_dir / f"{run.prefix}_space-dwi_desc-brain_mask.nii.gz"
-        if not mask_file.exists():
+        mask_file = RunOutputs.of_run(derivatives, run).mask()
+        if mask_file is None:
             continue
         mask = np.asarray(nb.load(mask_file).dataobj) > 0
         for sh_file in run_sh_maps(derivatives, run):

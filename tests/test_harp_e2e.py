@@ -229,6 +229,9 @@ def test_group_level_tables_report_and_harp_lowers_inter_scanner_error(demo):
     report = (group / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 6  # 2 shells x (maps + WM + GM boxes)
     assert "src=\"http" not in report and "best case" in report
+    methods = (out / "logs" / "CITATION.md").read_text()  # participant, train, participant, group
+    assert all(f"({level} level)" in methods for level in ("participant", "train", "group"))
+    assert "trained HARP model (Jeong et al., 2026)" in methods and "<h2>Methods</h2>" in report
     reductions = {}
     for shell in ("b1000", "b2000"):
         stem = group / f"src-SIGNAPremier_tgt-Prisma_acq-multishell_{shell}"

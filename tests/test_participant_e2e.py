@@ -55,6 +55,9 @@ def test_exit_code_and_description(tiny_run):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "bids_harmony"
+    methods = (out / "logs" / "CITATION.md").read_text()
+    assert "(participant level)" in methods and "(train level)" not in methods
+    assert "## References" in methods and "[@" not in methods
 
 
 def test_expected_files_and_nothing_else(tiny_run):

@@ -33,6 +33,7 @@ __all__ = [
     "CONDITION_COLORS",
     "DISPLAY_SCALE",
     "format_number",
+    "markdown_html",
     "roi_boxplot_figure",
     "standard_error_figure",
     "write_html_report",
@@ -341,6 +342,55 @@ _HOW_TO_READ = (
 )
 
 
+_CODE_SPAN = re.compile(r"(`[^`\n]+`)")
+_INLINE = (
+    (re.compile(r"\*\*([^*\n]+)\*\*"), r"<b>\1</b>"),
+    (re.compile(r"(?<![*\w])\*([^*\n]+)\*(?![*\w])"), r"<i>\1</i>"),
+    (re.compile(r"(https?://[^\s<>\"]*[^\s<>\".,;:)])"), r'<a href="\1">\1</a>'),
+)
+_LIST_ITEM = re.compile(r"^(?:[-*]|\d+\.)\s+")
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with `code`, **bold**, *italic* and bare URLs as links."""
+    out = []
+    for i, piece in enumerate(_CODE_SPAN.split(text)):
+        if i % 2:
+            out.append(f"<code>{html.escape(piece[1:-1])}</code>")
+            continue
+        piece = html.escape(piece, quote=False)
+        for pattern, repl in _INLINE:
+            piece = pattern.sub(repl, piece)
+        out.append(piece)
+    return "".join(out)
+
+
+def markdown_html(text: str) -> str:
+    """The small Markdown of the methods text as HTML (all text escaped).
+
+    Blocks are separated by blank lines: ``#`` headings (a leading level-1 heading
+    is dropped, the report gives its own; ``##`` becomes ``<h3>``), lists
+    (``-`` or ``1.`` items) and paragraphs.
+    """
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
+    if blocks and re.match(r"#\s", blocks[0]):
+        blocks = blocks[1:]
+    parts = []
+    for block in blocks:
+        lines = block.splitlines()
+        heading = re.match(r"(#{1,4})\s+(.*)", block)
+        if heading and len(lines) == 1:
+            level = min(len(heading[1]) + 1, 6)
+            parts.append(f"<h{level}>{_inline_html(heading[2])}</h{level}>")
+        elif all(_LIST_ITEM.match(line) for line in lines):
+            tag = "ol" if lines[0][0].isdigit() else "ul"
+            items = "".join(f"<li>{_inline_html(_LIST_ITEM.sub('', ln))}</li>" for ln in lines)
+            parts.append(f"<{tag}>{items}</{tag}>")
+        else:
+            parts.append(f"<p>{_inline_html(' '.join(ln.strip() for ln in lines))}</p>")
+    return "\n".join(parts)
+
+
 def _training_links(
     out_html: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None
 ) -> list[str]:
@@ -372,6 +422,7 @@ def write_html_report(
     notes: Sequence[str] | None = None,
     excluded: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     models_dir: str | os.PathLike[str] | None = None,
+    methods: str | None = None,
 ) -> Path:
     """Write one self-contained HTML report (no external CSS, JS, fonts or images).
 
@@ -394,6 +445,9 @@ def write_html_report(
     models_dir : path, optional
         Folder of the HARP models (``OUT/models``); its ``*.html`` training reports
         are linked, relative to ``out_html``, under "HARP training".
+    methods : str, optional
+        The methods text (Markdown of ``OUT/logs/CITATION.md``), shown under
+        "Methods" (:func:`markdown_html`).
 
     Returns
     -------
@@ -415,6 +469,8 @@ def write_html_report(
         parts.append("<h2>Figures</h2>")
         parts += [_figure_html(caption, path) for caption, path in figures.items()]
     parts += _training_links(out_html, models_dir)
+    if methods:
+        parts += ["<h2>Methods</h2>", markdown_html(methods)]
     parts.append("<h2>Notes</h2>")
     items = [f"<li>{esc(str(n))}</li>" for n in notes or ()]
     parts.append(f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>")

@@ -36,6 +36,7 @@ from nipype.pipeline import engine as pe
 
 from bids_harmony.dmri.acqparams import PE_VECTORS, total_readout_time
 from bids_harmony.dmri.gradients import B0_THRESHOLD
+from bids_harmony.workflows.boilerplate import fsl_preproc_desc
 
 LOGGER = logging.getLogger(__name__)
 
@@ -399,6 +400,9 @@ def init_fsl_preproc_wf(
 
     command = eddy_command(use_gpu)
     cuda = is_cuda_command(command)
+    workflow.__desc__ = fsl_preproc_desc(
+        has_reverse_pe=has_reverse_pe, eddy=command, slm=slm, topup_config=topup_config
+    )
     eddy = pe.Node(
         fsl.Eddy(
             num_threads=omp_nthreads,

@@ -274,6 +274,7 @@ def run_group(config: Config) -> int:
     from bids_harmony import __version__
     from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.evaluation import report, tables
+    from bids_harmony.workflows.boilerplate import cite_group
     from bids_harmony.workflows.run import discover_study
 
     start = time.perf_counter()
@@ -342,6 +343,7 @@ def run_group(config: Config) -> int:
         frame = tables.table4(fibre_rows)
         tables.write_table(frame, group_dir / "table4_fibres.tsv", {})
         table_frames["Fibre orientation: source vs HARP (WM)"] = frame
+    methods = cite_group(config, target=target, sources=sources, harp=bool(fibre_rows))
     html = report.write_html_report(
         group_dir / "report.html",
         title=f"bids_harmony group report: harmonization to {target}",
@@ -350,6 +352,7 @@ def run_group(config: Config) -> int:
         notes=notes,
         excluded=excluded,
         models_dir=config.output_dir / "models",
+        methods=methods,
     )
     LOGGER.info("Group level finished in %.1f s; report: %s", time.perf_counter() - start, html)
     return 0

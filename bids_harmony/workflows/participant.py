@@ -15,6 +15,7 @@ from nipype.pipeline import engine as pe
 
 from bids_harmony import __version__
 from bids_harmony.config import Config
+from bids_harmony.workflows.boilerplate import dwi_postdesc, participant_desc, python_preproc_desc
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def init_participant_wf(
     # Nipype caches by node inputs, not by our code: one cache per release.
     base_dir = config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"
     workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(base_dir))
+    workflow.__desc__ = participant_desc(site_source=study.site_source,
+                                         b_tolerance=config.b_tolerance,
+                                         b0_threshold=config.b0_threshold)  # fmt: skip
     params = {**config.recorded(), "preproc": backend}
     plans = {}
     if backend == "fsl":
@@ -148,6 +152,7 @@ def init_dwi_run_wf(
     from bids_harmony.interfaces.dmri import DiffusionMetrics, FitSH, PythonPreprocess
 
     workflow = pe.Workflow(name=name)
+    workflow.__postdesc__ = dwi_postdesc(sh_order=sh_order, gfa=gfa, harmonized=bool(harp_model))
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
     inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
@@ -160,6 +165,9 @@ def init_dwi_run_wf(
             omp_nthreads=omp_nthreads, mem_gb=mem_gb,
         )  # fmt: skip
     else:
+        workflow.__desc__ = python_preproc_desc(backend=backend, denoise=denoise,
+                                                remove_gibbs=remove_gibbs,
+                                                motion_correction=motion_correction)  # fmt: skip
         preprocess = pe.Node(
             PythonPreprocess(
                 denoise=denoise,

@@ -115,6 +115,7 @@ def run_participant(config: Config) -> int:
     from nipype import logging as nipype_logging
 
     from bids_harmony.bids.derivatives import write_dataset_description
+    from bids_harmony.workflows.boilerplate import cite_participant
     from bids_harmony.workflows.participant import init_participant_wf, wf_name
 
     study = discover_study(config)
@@ -150,6 +151,7 @@ def run_participant(config: Config) -> int:
     start = time.time()
     LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)
     run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir, names=names)
+    cite_participant(config, workflow, backend)
     LOGGER.info(
         "Participant level finished in %.1f s; outputs in %s",
         time.time() - start,

@@ -358,6 +358,7 @@ def _write_report(path: Path, card: dict, pairs: list, arrays: list, images: lis
 def run_train(config: Config) -> int:
     """Run the train level; returns the exit code."""
     from bids_harmony.bids.derivatives import write_dataset_description
+    from bids_harmony.workflows.boilerplate import cite_train
     from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
 
     study = discover_study(config)
@@ -371,4 +372,5 @@ def run_train(config: Config) -> int:
     write_dataset_description(config.output_dir, config.bids_dir)
     for source in sources:
         train_site_pair(config, study, source, target, device, registration)
+    cite_train(config, target=target, sources=sources, registration=registration)
     return 0

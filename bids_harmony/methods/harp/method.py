@@ -45,15 +45,14 @@ class HarpMethod(HarmonizationMethod[HarpNet]):
     trains_from = TrainsFrom.PHANTOM_PAIRS
     harmonizes = Harmonizes.SH
     description = (
-        "A voxel-wise network (HARP) was trained on phantom scans only: for every "
-        "shell, the spherical-harmonic (SH) coefficients of the source scanner were "
-        "mapped onto those of the target scanner by one multiplicative scale per SH "
-        "order band, predicted from the voxel's coefficients. Phantom scans of the two "
-        "sites were rigidly registered (multi-start search on the diffusion attenuation, "
-        "refined with ANTs), the target coefficients rotated into the source gradient "
-        "frame, and partial-volume voxels excluded; a noise-aware loss used source "
-        "rescans. The trained network was applied to the human scans of the source site "
-        "and the DWI rebuilt from the scaled coefficients (b0 volumes unchanged)."
+        "HARP mapped the diffusion signal of a source scanner onto that of a target "
+        "scanner with a voxel-wise neural network trained on phantom scans only: for "
+        "every shell, the network predicted from a voxel's spherical-harmonic (SH) "
+        "coefficients one multiplicative scale per SH order band (bounded to 1 ± 0.1), "
+        "which multiplied the source coefficients of that band. Trained on registered "
+        "phantom scans of the two scanners, the network was then applied to the in-vivo "
+        "scans of the source scanner, whose diffusion-weighted images were rebuilt from "
+        "the scaled coefficients."
     )
     references = (JEONG,)
 

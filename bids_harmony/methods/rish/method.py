@@ -92,7 +92,7 @@ class RishMethod(HarmonizationMethod[RishModel]):
         "LinearRISH harmonization scaled the SH coefficients of the source scanner, per "
         "voxel and order band, by the square root of the ratio of the mean rotation-"
         "invariant SH (RISH) features of the target and the source site, estimated from "
-        "traveling subjects registered to a common FA template (ANTs SyN) and warped back "
+        "traveling subjects registered to a common FA template and warped back "
         "to each session's native space."
     )
     references = (KARAYUMAK,)

@@ -1,0 +1,640 @@
+"""Methods text of every level: what was run, with citations and software versions.
+
+As niworkflows does with ``__desc__``, each participant workflow builder sets a
+Markdown paragraph on the Nipype workflow it returns (``workflow.__desc__``, and
+``workflow.__postdesc__`` for what comes after its sub-workflows), composed by the
+functions below from the options it was built with: which preprocessing backend
+and steps, the SH order, whether GFA is computed, whether HARP is applied.
+:func:`workflow_paragraphs` collects them from a built graph.  The train and
+group levels describe themselves with :func:`train_paragraphs` and
+:func:`group_paragraphs` (from the model cards and their settings).
+
+Texts cite with pandoc keys, ``[@dipy]`` or ``[@eddy; @topup]``: a key of
+:data:`REFERENCES`, or the name of a harmonization method (its own references,
+:mod:`bids_harmony.methods.registry`).  :func:`cite` turns them into author-year
+citations and the reference list; :func:`write_level_citation` writes the
+level's section of ``OUT/logs/CITATION.md`` (:mod:`bids_harmony.bids.citation`).
+
+Nothing here imports torch until a method's references are resolved.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bids_harmony import CODE_URL, __version__
+
+LOGGER = logging.getLogger(__name__)
+
+#: Citation keys → (short form, full reference, DOI or "" when not checked).
+REFERENCES: Mapping[str, tuple[str, str, str]] = {
+    "bids": (
+        "Gorgolewski et al., 2016",
+        "Gorgolewski KJ, Auer T, Calhoun VD, et al. The brain imaging data structure, a "
+        "format for organizing and describing outputs of neuroimaging experiments. "
+        "Scientific Data 3 (2016) 160044.",
+        "10.1038/sdata.2016.44",
+    ),
+    "pybids": (
+        "Yarkoni et al., 2019",
+        "Yarkoni T, Markiewicz CJ, de la Vega A, et al. PyBIDS: Python tools for BIDS "
+        "datasets. Journal of Open Source Software 4 (2019) 1294.",
+        "10.21105/joss.01294",
+    ),
+    "nipype": (
+        "Gorgolewski et al., 2011",
+        "Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and "
+        "extensible neuroimaging data processing framework in Python. Frontiers in "
+        "Neuroinformatics 5 (2011) 13.",
+        "10.3389/fninf.2011.00013",
+    ),
+    "dipy": (
+        "Garyfallidis et al., 2014",
+        "Garyfallidis E, Brett M, Amirbekian B, et al. Dipy, a library for the analysis of "
+        "diffusion MRI data. Frontiers in Neuroinformatics 8 (2014) 8.",
+        "10.3389/fninf.2014.00008",
+    ),
+    "topup": (
+        "Andersson et al., 2003",
+        "Andersson JLR, Skare S, Ashburner J. How to correct susceptibility distortions in "
+        "spin-echo echo-planar images: application to diffusion tensor imaging. "
+        "NeuroImage 20 (2003) 870-888.",
+        "10.1016/S1053-8119(03)00336-7",
+    ),
+    "eddy": (
+        "Andersson and Sotiropoulos, 2016",
+        "Andersson JLR, Sotiropoulos SN. An integrated approach to correction for "
+        "off-resonance effects and subject movement in diffusion MR imaging. "
+        "NeuroImage 125 (2016) 1063-1078.",
+        "10.1016/j.neuroimage.2015.10.019",
+    ),
+    "bet": (
+        "Smith, 2002",
+        "Smith SM. Fast robust automated brain extraction. Human Brain Mapping 17 (2002) 143-155.",
+        "",
+    ),
+    "flirt": (
+        "Jenkinson et al., 2002",
+        "Jenkinson M, Bannister P, Brady M, Smith S. Improved optimization for the robust "
+        "and accurate linear registration and motion correction of brain images. "
+        "NeuroImage 17 (2002) 825-841.",
+        "",
+    ),
+    "mppca": (
+        "Veraart et al., 2016",
+        "Veraart J, Novikov DS, Christiaens D, Ades-Aron B, Sijbers J, Fieremans E. "
+        "Denoising of diffusion MRI using random matrix theory. NeuroImage 142 (2016) "
+        "394-406.",
+        "",
+    ),
+    "patch2self": (
+        "Fadnavis et al., 2020",
+        "Fadnavis S, Batson J, Garyfallidis E. Patch2Self: denoising diffusion MRI with "
+        "self-supervised learning. Advances in Neural Information Processing Systems 33 "
+        "(2020).",
+        "",
+    ),
+    "gibbs": (
+        "Kellner et al., 2016",
+        "Kellner E, Dhital B, Kiselev VG, Reisert M. Gibbs-ringing artifact removal based "
+        "on local subvoxel-shifts. Magnetic Resonance in Medicine 76 (2016) 1574-1581.",
+        "",
+    ),
+    "descoteaux": (
+        "Descoteaux et al., 2007",
+        "Descoteaux M, Angelino E, Fitzgibbons S, Deriche R. Regularized, fast, and robust "
+        "analytical Q-ball imaging. Magnetic Resonance in Medicine 58 (2007) 497-510.",
+        "",
+    ),
+    "dti": (
+        "Basser et al., 1994",
+        "Basser PJ, Mattiello J, LeBihan D. MR diffusion tensor spectroscopy and imaging. "
+        "Biophysical Journal 66 (1994) 259-267.",
+        "10.1016/S0006-3495(94)80775-1",
+    ),
+    "wls": (
+        "Chung et al., 2006",
+        "Chung S, Lu Y, Henry RG. Comparison of bootstrap approaches for estimation of "
+        "uncertainties of DTI parameters. NeuroImage 33 (2006) 531-541.",
+        "",
+    ),
+    "csd": (
+        "Tournier et al., 2007",
+        "Tournier J-D, Calamante F, Connelly A. Robust determination of the fibre "
+        "orientation distribution in diffusion MRI: non-negativity constrained "
+        "super-resolved spherical deconvolution. NeuroImage 35 (2007) 1459-1472.",
+        "10.1016/j.neuroimage.2007.02.016",
+    ),
+    "gfa": (
+        "Tuch, 2004",
+        "Tuch DS. Q-ball imaging. Magnetic Resonance in Medicine 52 (2004) 1358-1372.",
+        "",
+    ),
+    "syn": (
+        "Avants et al., 2008",
+        "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image "
+        "registration with cross-correlation: evaluating automated labeling of elderly "
+        "and neurodegenerative brain. Medical Image Analysis 12 (2008) 26-41.",
+        "10.1016/j.media.2007.06.004",
+    ),
+    "pytorch": (
+        "Paszke et al., 2019",
+        "Paszke A, Gross S, Massa F, et al. PyTorch: an imperative style, high-performance "
+        "deep learning library. Advances in Neural Information Processing Systems 32 "
+        "(2019).",
+        "",
+    ),
+}
+
+_CITATION = re.compile(r"\[(@[\w-]+(?:\s*;\s*@[\w-]+)*)\]")
+
+#: How a study's sites were decided (``Study.site_source``), in a sentence.
+_SITE_SOURCES = {
+    "site-map": "from a site map (participant, session and site)",
+    "sidecar": "from the scanner identity in the JSON sidecars (model name, told apart by "
+    "field strength and serial number where one model occurs twice)",
+    "session": "from the session labels",
+}
+
+
+# --------------------------------------------------------------------------- citations
+
+
+def references_for(key: str) -> tuple[Any, ...]:
+    """The references of a citation key: one of :data:`REFERENCES` or a method name."""
+    from bids_harmony.methods.base import Reference
+
+    if key in REFERENCES:
+        return (Reference(*REFERENCES[key]),)
+    from bids_harmony.methods.registry import UnknownMethodError, get_method
+
+    try:
+        return tuple(get_method(key).references)
+    except UnknownMethodError:
+        raise KeyError(f"unknown citation key @{key}") from None
+
+
+def cite(paragraphs: Iterable[str]) -> tuple[list[str], list[Any]]:
+    """Resolve ``[@key; @key2]`` into ``(Author et al., year; ...)``.
+
+    Returns the paragraphs with author-year citations and the references cited,
+    without duplicates, in the order first cited.
+    """
+    cited: dict[str, Any] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        shorts = []
+        for key in (k.strip().lstrip("@") for k in match.group(1).split(";")):
+            for ref in references_for(key):
+                cited.setdefault(ref.doi or ref.text, ref)
+                if ref.short not in shorts:
+                    shorts.append(ref.short)
+        return "(" + "; ".join(shorts) + ")"
+
+    return [_CITATION.sub(replace, p) for p in paragraphs], list(cited.values())
+
+
+def software_versions(*extra: str) -> dict[str, str]:
+    """Versions recorded in sidecars, plus those of ``extra`` packages when installed."""
+    from bids_harmony.bids.derivatives import software_versions as recorded
+
+    versions = recorded()
+    for package in extra:
+        try:
+            versions.setdefault(package, importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def fsl_version() -> str | None:
+    """FSL's version from ``$FSLDIR/etc/fslversion``, when set."""
+    fsldir = os.environ.get("FSLDIR")
+    path = Path(fsldir, "etc", "fslversion") if fsldir else None
+    if path is None or not path.is_file():
+        return None
+    return path.read_text().strip().split(":")[0] or None
+
+
+def write_level_citation(
+    output_dir: str | os.PathLike[str],
+    level: str,
+    paragraphs: Sequence[str],
+    software: Mapping[str, str],
+) -> Path:
+    """Resolve the citations of ``paragraphs`` and write the section of ``level``."""
+    from bids_harmony.bids.citation import write_citation
+
+    text, references = cite(paragraphs)
+    return write_citation(output_dir, level, text, references=references, software=software)
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def workflow_paragraphs(workflow: Any) -> list[str]:
+    """The paragraphs of a Nipype workflow and its sub-workflows, without repeats.
+
+    A workflow contributes its ``__desc__``, then its sub-workflows' paragraphs
+    (by name), then its ``__postdesc__`` (niworkflows' ``visit_desc`` order).
+    Sub-workflows that say different things (one run with topup, one without;
+    one harmonized, one not) are merged keeping each one's order: a paragraph
+    new to the text is put before the next paragraph it precedes in its own
+    sub-workflow.
+    """
+    own = [getattr(workflow, "__desc__", "") or ""]
+    children: list[list[str]] = []
+    names = sorted({name.split(".")[0] for name in workflow.list_node_names() if "." in name})
+    for name in names:
+        child = workflow.get_node(name)
+        if hasattr(child, "list_node_names"):
+            children.append(workflow_paragraphs(child))
+    merged: list[str] = []
+    for sequence in children:
+        for i, paragraph in enumerate(sequence):
+            if paragraph in merged:
+                continue
+            following = [p for p in sequence[i + 1 :] if p in merged]
+            merged.insert(merged.index(following[0]) if following else len(merged), paragraph)
+    post = [getattr(workflow, "__postdesc__", "") or ""]
+    out: list[str] = []
+    for block in (*own, *merged, *post):
+        for paragraph in block.split("\n\n"):
+            if paragraph.strip() and paragraph.strip() not in out:
+                out.append(paragraph.strip())
+    return out
+
+
+def participant_desc(*, site_source: str, b_tolerance: float, b0_threshold: float) -> str:
+    """The opening paragraph of the participant level."""
+    sites = _SITE_SOURCES.get(site_source, f"by rule {site_source!r}")
+    return (
+        f"Diffusion MRI data were processed with bids_harmony {__version__} ({CODE_URL}), "
+        "a BIDS App [@bids] whose pipelines are built with Nipype [@nipype] on DIPY "
+        "[@dipy]. The input dataset was indexed with PyBIDS [@pybids]; the site of each "
+        f"session was taken {sites}. Diffusion-weighted volumes were grouped into shells "
+        f"of b-values within {b_tolerance:g} s/mm² of each other, volumes with "
+        f"b < {b0_threshold:g} s/mm² being b = 0 volumes."
+    )
+
+
+def python_preproc_desc(
+    *, backend: str, denoise: str, remove_gibbs: bool, motion_correction: bool
+) -> str:
+    """Preprocessing of the Python backend (or of ``--preproc none``) and its mask."""
+    mask = (
+        "A brain mask was computed with DIPY's `median_otsu` on the mean b = 0 image "
+        "(largest connected component, holes filled)."
+    )
+    if backend == "none":
+        return (
+            "The input series were used as given, without preprocessing (`--preproc none`: "
+            f"data already preprocessed). {mask}"
+        )
+    steps = []
+    if denoise == "mppca":
+        steps.append("Marchenko-Pastur PCA denoising [@mppca]")
+    elif denoise == "patch2self":
+        steps.append("self-supervised denoising by Patch2Self [@patch2self], linear model")
+    if remove_gibbs:
+        steps.append("Gibbs-ringing removal by local sub-voxel shifts [@gibbs]")
+    if motion_correction:
+        steps.append("rigid registration of every volume to the mean b = 0 image (mutual "
+                     "information), with the b-vectors rotated accordingly")  # fmt: skip
+    if steps:
+        done = "; ".join(steps)
+        return (
+            f"Preprocessing used DIPY [@dipy]: {done}. Susceptibility and eddy-current "
+            f"distortions were not corrected. {mask}"
+        )
+    return (
+        "The signal was not denoised, nor corrected for Gibbs ringing, motion, "
+        f"susceptibility or eddy-current distortions. {mask}"
+    )
+
+
+def fsl_preproc_desc(*, has_reverse_pe: bool, eddy: str, slm: str, topup_config: str) -> str:
+    """FSL preprocessing of one run (``fsl_preproc.init_fsl_preproc_wf``)."""
+    options = f"`{Path(eddy).name} --repol --data_is_shelled --slm={slm}`"
+    if has_reverse_pe:
+        return (
+            "Runs with b = 0 volumes of opposite phase encoding (from `fmap/` EPI images or a "
+            "reversed `dir-` run) were preprocessed with FSL: topup [@topup] (configuration "
+            f"`{topup_config}`) estimated the susceptibility-induced field from these b = 0 "
+            f"volumes, and eddy [@eddy] ({options}, outlier slices replaced) corrected "
+            "susceptibility and eddy-current distortions and head motion in one "
+            "resampling, rotating the b-vectors. The brain mask was computed with BET "
+            "[@bet] (f = 0.2) on the mean of topup's corrected b = 0 volumes."
+        )
+    return (
+        "Runs without b = 0 volumes of opposite phase encoding were preprocessed with FSL "
+        f"eddy [@eddy] ({options}, outlier slices replaced), which corrected eddy-current "
+        "distortions and head motion and rotated the b-vectors; susceptibility distortions "
+        "were not corrected. The brain mask was computed with BET [@bet] (f = 0.2) on the "
+        "mean b = 0 image."
+    )
+
+
+def _sci(value: float) -> str:
+    """``1e-05`` → ``1e-5``."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool) -> str:
+    """SH fit, DTI/CSD metrics and (when a model is applied) HARP, after preprocessing."""
+    from bids_harmony.dmri import sh
+    from bids_harmony.dmri.bands import MIN_DIRECTIONS, n_coeffs
+
+    b_ref = f"{sh.B_REF:g}"
+    basis = f"DIPY's {'legacy ' if sh.SH_LEGACY else ''}`{sh.SH_BASIS}` basis"
+    paragraphs = [
+        f"For every shell, the signal was divided by the mean b = 0 signal, clipped to "
+        f"[0, 1] and mapped to b = {b_ref} s/mm² (E' = E^({b_ref}/b)), then represented by "
+        f"real, symmetric spherical harmonics (SH) up to order {sh_order} "
+        f"({n_coeffs(sh_order)} coefficients, {basis}) fitted by least squares with a "
+        f"Laplace-Beltrami penalty, λ = {_sci(sh.LB_LAMBDA)} [@descoteaux]; a shell with fewer "
+        "directions than coefficients was fitted at the highest even order it supports."
+    ]
+    metrics = (
+        f"For every shell with at least {MIN_DIRECTIONS} directions, a diffusion tensor "
+        "[@dti] was fitted to the b = 0 volumes and that shell by weighted linear least "
+        "squares [@wls], giving fractional anisotropy (FA) and mean diffusivity (MD) maps"
+    )
+    if gfa:
+        # 0.7: the FA threshold of the response voxels (dmri.metrics.csd_fodf default).
+        metrics += (
+            f"; fibre orientation distributions (SH order up to {sh_order}; single-fibre "
+            "response from the voxels with FA > 0.7) were estimated by constrained spherical "
+            "deconvolution [@csd], and from them the generalized fractional anisotropy, GFA "
+            "[@gfa]"
+        )
+    paragraphs.append(metrics + ".")
+    if harmonized:
+        paragraphs.append(
+            "Runs of a source site with a trained HARP model [@harp] were harmonized: the SH "
+            "coefficients of every shell were scaled order band by order band by the "
+            "network's predictions, the diffusion-weighted series was rebuilt from the "
+            "harmonized coefficients on the run's own gradient table (b = 0 volumes "
+            "unchanged), and the maps above were computed again from it."
+        )
+    return "\n\n".join(paragraphs)
+
+
+def cite_participant(config: Any, workflow: Any, backend: str) -> Path:
+    """Write the participant section of ``OUT/logs/CITATION.md`` from the built graph."""
+    paragraphs = workflow_paragraphs(workflow)
+    harmonized = any("[@harp]" in p for p in paragraphs)
+    versions = software_versions(*(("torch",) if harmonized else ()))
+    if backend == "fsl" and (version := fsl_version()):
+        versions["FSL"] = version
+    return write_level_citation(config.output_dir, "participant", paragraphs, versions)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _read_card(output_dir: Path, source: str, target: str) -> dict[str, Any] | None:
+    from bids_harmony.methods.catalog import MODELS_DIR, ModelSelectionError, model_stem, read_card
+
+    path = output_dir / MODELS_DIR / f"{model_stem(source, target)}.safetensors"
+    try:
+        return read_card(path)
+    except ModelSelectionError:
+        return None
+
+
+def _schedule(recipe: Mapping[str, Any]) -> str:
+    schedule = recipe.get("lr_schedule")
+    if schedule == "cosine":
+        return f"linear warm-up over {recipe.get('warmup')} iterations, then cosine decay"
+    if schedule == "step":
+        return "decayed ten-fold at 60 % and 85 % of the iterations"
+    return "constant"
+
+
+def _recipe_text(recipe: Mapping[str, Any]) -> str:
+    """How the network was trained, from a card's ``training.recipe``."""
+    optimizer = {"adam": "Adam", "adamw": "AdamW"}.get(str(recipe.get("optimizer")), "Adam")
+    head = (
+        f"{optimizer} (learning rate {float(recipe.get('lr', 0)):g}, {_schedule(recipe)}; "
+        f"{int(recipe.get('iterations', 0)):,} iterations of {int(recipe.get('batch_size', 0)):,} "
+        f"voxels; seed {recipe.get('seed', 0)})"
+    )
+    if recipe.get("noise_aware"):
+        loss = (
+            "a noise-aware loss: the noise variance of every coefficient, estimated from a "
+            "rescan of the source phantom, was subtracted from the squared error"
+            + (", the scales being predicted from one scan and applied to the other" if
+               recipe.get("cross_fit") else "")
+            + f"; order bands whose noise-corrected power was below "
+            f"{float(recipe.get('min_band_snr', 0)):g} standard errors were held at scale 1 "
+            f"and the others pulled weakly towards 1 (weight "
+            f"{float(recipe.get('identity_prior', 0)):g})"
+        )  # fmt: skip
+    else:
+        loss = "the mean squared error between harmonized source and target coefficients"
+    return f"{head}, on {loss}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _voxel_text(selection: Sequence[Mapping[str, Any]], validation: Mapping[str, Any]) -> str:
+    """Training-voxel selection and validation split, from the cards' entries."""
+    from bids_harmony.methods.harp.voxels import C00_PERCENTILE
+
+    rules = []
+    for v in selection:
+        if v.get("rule") == "window":
+            lo, hi = v.get("c00_window", (1.0, 2.0))
+            rule = f"{float(lo):g} < C00 < {float(hi):g}, the window of the authors' code"
+        else:
+            rule = (f"C00 above the {C00_PERCENTILE:g}th percentile of the in-vivo C00 of the "
+                    "source site, as in the paper")  # fmt: skip
+        if rule not in rules:
+            rules.append(rule)
+    erode = sorted({int(v.get("erode", 1)) for v in selection})
+    peeled = (
+        f"{'/'.join(map(str, erode))} voxel(s) were peeled off the boundary of each "
+        "connected component (never more than leaves its core) and "
+        if any(erode)
+        else ""
+    )
+    text = (
+        "Training voxels were phantom voxels inside the masks of every scan of a pair, "
+        "with a tissue-like zeroth-order SH coefficient C00 at both sites"
+        + (f" ({'; '.join(rules)})" if rules else "")
+        + f"; {peeled}partial-volume voxels between materials were dropped."
+    )
+    if "fraction" in validation and "block_voxels" in validation:
+        side = int(validation["block_voxels"])
+        text += (
+            f" A random {100 * float(validation['fraction']):g} % of the {side} × {side} × "
+            f"{side}-voxel blocks of every pair was held out for validation."
+        )
+    return text
+
+
+def train_paragraphs(
+    *,
+    target: str,
+    sources: Sequence[str],
+    registration: str,
+    cards: Mapping[str, Mapping[str, Any] | None],
+) -> list[str]:
+    """The train level's paragraphs (HARP), from the model cards written by it.
+
+    ``cards`` maps each source site to its model card (None when no model was
+    written); ``registration`` is ``"ants"`` or ``"flirt"``.
+    """
+    from bids_harmony.methods.registry import get_method
+
+    harp = get_method("harp")
+    pairs = ", ".join(f"{s} → {target}" for s in sources)
+    refine = (
+        "FSL FLIRT [@flirt] (6 degrees of freedom, correlation ratio)"
+        if registration == "flirt"
+        else "ANTs (antspyx; Mattes mutual information)"
+    )
+    paragraphs = [
+        f"{harp.description.rstrip('.')} [@{harp.name}].",
+        f"One model was trained per source site and target site ({pairs}), from the "
+        "SH coefficients of the phantom sessions only (participant level, above). Phantom "
+        "scans were paired across the two sites by phantom and acquisition protocol. "
+        "Each target scan, and a rescan of the source scan when there was one, was "
+        "registered rigidly to the source scan by a multi-start search on the "
+        "diffusion-attenuation contrast (unchanged by bias fields and echo time) refined "
+        f"with {refine}; its SH coefficients were resampled and rotated into the source "
+        "frame. A pair whose registration failed the acceptance test was excluded.",
+    ]
+    written = {s: c for s, c in cards.items() if c}
+    training = [dict(c.get("training", {})) for c in written.values()]
+    selection = [dict(t.get("voxel_selection", {})) for t in training]
+    validation = next((t["validation"] for t in training if t.get("validation")), {})
+    paragraphs.append(_voxel_text(selection, validation))
+    recipes = [dict(t["recipe"]) for t in training if t.get("recipe")]
+    if recipes:
+        network = (
+            "The network (seven fully connected layers of 160 to 600 units, the input "
+            "coefficients concatenated to the inputs of layers 3, 5 and 7) was trained with "
+            f"PyTorch [@pytorch] using {_recipe_text(recipes[0])}"
+        )
+        if recipes[0].get("name") == "paper":
+            network += " (the paper's recipe)"
+        paragraphs.append(network + ".")
+    facts = []
+    for source, card in written.items():
+        t = dict(card.get("training", {}))
+        facts.append(
+            f"{source} → {card.get('target_site', target)} from "
+            + _plural(len(t.get("pairs", ())), "phantom pair")
+            + (f" ({len(t['excluded_pairs'])} excluded)" if t.get("excluded_pairs") else "")
+            + f", {_plural(int(t.get('n_train_voxels', 0)), 'training voxel')} and "
+            + _plural(int(t.get("n_validation_voxels", 0)), "validation voxel")
+            + (f", on {t['device']}" if t.get("device") else "")
+        )
+    if facts:
+        paragraphs.append("Models trained: " + "; ".join(facts) + ".")
+    missing = [s for s in sources if not cards.get(s)]
+    if missing:
+        paragraphs.append("No model was written for " + ", ".join(missing) + ".")
+    return paragraphs
+
+
+def cite_train(config: Any, *, target: str, sources: Sequence[str], registration: str) -> Path:
+    """Write the train section of ``OUT/logs/CITATION.md`` (HARP: from the model cards)."""
+    cards = {s: _read_card(config.output_dir, s, target) for s in sources}
+    paragraphs = train_paragraphs(
+        target=target, sources=sources, registration=registration, cards=cards
+    )
+    extra = ("torch",) + (("antspyx",) if registration == "ants" else ())
+    versions = software_versions(*extra)
+    if registration == "flirt" and (version := fsl_version()):
+        versions["FSL"] = version
+    return write_level_citation(config.output_dir, "train", paragraphs, versions)
+
+
+# --------------------------------------------------------------------------- group
+
+
+def group_paragraphs(
+    *,
+    target: str,
+    sources: Sequence[str],
+    harp: bool,
+    template: str | None,
+    transform: str = "SyN",
+) -> list[str]:
+    """The group level's paragraphs: registration, LinearRISH, Eq. 2, fibres.
+
+    ``harp``: whether HARP-harmonized outputs were evaluated; ``template``: the
+    ``--template`` given, None when built from the target-site sessions.
+    """
+    from bids_harmony.methods.registry import get_method
+
+    rish = get_method("rish")
+    registration = (
+        "SyN symmetric diffeomorphic registration [@syn]"
+        if transform == "SyN"
+        else "affine registration"
+    )
+    if template is None:
+        template_text = (
+            "a study FA template built from the target-site sessions (a rigid mean, then "
+            "rounds of registration, averaging and shape update, as ANTs' "
+            "`antsMultivariateTemplateConstruction2`)"
+        )
+    else:
+        template_text = f"the FA template `{template}`"
+    conditions = "without harmonization, with LinearRISH" + (" and with HARP" if harp else "")
+    sources_text = ("site " if len(sources) == 1 else "sites ") + ", ".join(sources)
+    paragraphs = [
+        f"Harmonization to the target site {target} was evaluated on traveling subjects "
+        f"scanned in two sessions at the source {sources_text} and two at the "
+        "target site. The FA map of every session (the shell closest to b = 1000 s/mm²) "
+        f"was registered with ANTs (antspyx), by {registration}, to {template_text}; the "
+        "transforms were applied to the MD and GFA maps; a session whose registered FA "
+        "correlated poorly with the template was excluded.",
+        f"{rish.description.rstrip('.')} [@{rish.name}]. LinearRISH was fitted on the same "
+        "traveling subjects it was evaluated on, a best case, whereas HARP saw phantoms "
+        "only.",
+        "Scan-rescan and inter-scanner variability of FA, MD and GFA were measured by the "
+        "standard error of the HARP paper [@harp], its Eq. 2: σₑ² = Σᵢ Σⱼ (yᵢⱼ − ȳᵢ)² / (N(K − 1)) "
+        "over N subjects, with K = 2 sessions at one site (scan-rescan, at each site) and "
+        f"K = 4, two at each site (inter-scanner, {conditions}). Voxel-wise maps in "
+        "template space were averaged over the brain without cerebrospinal fluid "
+        "(target-site mean MD > 1.5 µm²/ms); white matter was FA ≥ 0.3 and grey matter the "
+        "rest, and regions of interest were these classes cut by a 3 × 3 × 3 grid of blocks, "
+        "whose standard errors were compared between conditions by paired t-tests.",
+    ]
+    if harp:
+        paragraphs.append(
+            "Preservation of fibre orientations was measured, in white matter (FA ≥ 0.3), "
+            "by the angle between the principal peaks of the CSD [@csd] fibre orientation "
+            "distributions of the source data before and after HARP harmonization."
+        )
+    return paragraphs
+
+
+def cite_group(config: Any, *, target: str, sources: Sequence[str], harp: bool) -> str:
+    """Write the group section of ``OUT/logs/CITATION.md``; returns the whole file's text.
+
+    The returned Markdown (every level run so far) is the report's "Methods".
+    """
+    paragraphs = group_paragraphs(
+        target=target, sources=sources, harp=harp,
+        template=None if config.template is None else str(config.template),
+        transform=config.group_transform,
+    )  # fmt: skip
+    path = write_level_citation(
+        config.output_dir, "group", paragraphs, software_versions("antspyx")
+    )
+    return path.read_text(encoding="utf-8")

@@ -14,6 +14,7 @@ from bids_harmony.evaluation.report import markdown_html, write_html_report
 from bids_harmony.workflows.boilerplate import (
     REFERENCES,
     cite,
+    dwi_postdesc,
     group_paragraphs,
     train_paragraphs,
     workflow_paragraphs,
@@ -94,6 +95,11 @@ def test_fsl_paragraphs_and_runs_that_differ_are_merged_in_order(monkeypatch, tm
     # Only the python backend's text when FSL is not used.
     text = "\n".join(cite(workflow_paragraphs(_run_wf("r", "python", tmp_path=tmp_path)))[0])
     assert "FSL" not in text and "HARP" not in text and "was not denoised" in text
+
+
+def test_applied_models_are_described():
+    text = cite([dwi_postdesc(sh_order=8, gfa=True, harmonized=False, rish=True)])[0][0]
+    assert "LinearRISH model (Karayumak et al., 2019)" in text and "HARP" not in text
 
 
 def test_citations_resolve_and_references_are_unique():

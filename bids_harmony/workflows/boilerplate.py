@@ -347,8 +347,8 @@ def _sci(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool) -> str:
-    """SH fit, DTI/CSD metrics and (when a model is applied) HARP, after preprocessing."""
+def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool, rish: bool = False) -> str:
+    """SH fit, DTI/CSD metrics and the models applied (HARP, LinearRISH), after preprocessing."""
     from bids_harmony.dmri import sh
     from bids_harmony.dmri.bands import MIN_DIRECTIONS, n_coeffs
 
@@ -383,6 +383,14 @@ def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool) -> str:
             "network's predictions, the diffusion-weighted series was rebuilt from the "
             "harmonized coefficients on the run's own gradient table (b = 0 volumes "
             "unchanged), and the maps above were computed again from it."
+        )
+    if rish:
+        paragraphs.append(
+            "Runs of a source site with a trained LinearRISH model [@rish] were harmonized "
+            "too: the run's FA map (shell closest to b = 1000 s/mm²) was registered with ANTs "
+            "to the model's FA template, the model's per-band scale maps were warped to the "
+            "run and applied to its SH coefficients, and the diffusion-weighted series and "
+            "maps were computed again from them."
         )
     return "\n\n".join(paragraphs)
 

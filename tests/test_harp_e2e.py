@@ -269,7 +269,8 @@ def test_group_level_explains_what_is_missing(demo, tmp_path, caplog):
     assert "1 session(s) at SIGNAPremier" in caplog.text and "2 at each" in caplog.text
 
 
-def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypatch):
+def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypatch,
+                                                                   tmp_path):
     from bids_harmony.registration import common_space
 
     bids, out, root, _ = demo
@@ -281,9 +282,28 @@ def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypat
         return real(fa_file, *args, **kwargs)
 
     monkeypatch.setattr(common_space, "register_to_template", failing)
-    assert main([str(bids), str(out), "group", "-w", str(root / "work")]) == 0
-    report = (out / "group" / "report.html").read_text()
+    copy = _copy_outputs(out, tmp_path)
+    # a fresh work directory: Nipype would reuse the demo's registration nodes
+    assert main([str(bids), str(copy), "group", "--target-site", "Prisma",
+                 "-w", str(tmp_path / "w")]) == 0  # fmt: skip
+    report = (copy / "group" / "report.html").read_text()
     assert "sub-03 ses-GE2" in report and "0.8 -&gt; 0.1" in report
+
+
+def test_group_nprocs_1_equals_nprocs_2(demo, tmp_path):
+    """The demo's group level ran with --nprocs 2; one process gives the same numbers."""
+    bids, out, _, _ = demo
+    copy = _copy_outputs(out, tmp_path)
+    assert main([str(bids), str(copy), "group", "--target-site", "Prisma", "--nprocs", "1",
+                 "-w", str(tmp_path / "w")]) == 0  # fmt: skip
+    tables = sorted(p.name for p in (out / "group").glob("*.tsv"))
+    assert tables and tables == sorted(p.name for p in (copy / "group").glob("*.tsv"))
+    for name in tables:
+        assert (copy / "group" / name).read_bytes() == (out / "group" / name).read_bytes(), name
+    for nii in (out / "group").glob("*_stat-stderr_*.nii.gz"):
+        a = np.asarray(nb.load(nii).dataobj)
+        b = np.asarray(nb.load(copy / "group" / nii.name).dataobj)
+        np.testing.assert_array_equal(a, b, err_msg=nii.name)
 
 
 def _copy_outputs(out: Path, tmp_path: Path) -> Path:

@@ -9,8 +9,8 @@ import pytest
 
 from bids_harmony.bids.phantom_pairs import TrainingDataError
 from bids_harmony.config import Config
+from bids_harmony.interfaces.harp_training import check_enough, training_rows
 from bids_harmony.interfaces.phantom_pairs import PairArrays
-from bids_harmony.workflows.train import _check_enough, _rows
 
 REASON = ("attenuation correlation 0.41 before and 0.52 after registration (needs >= 0.70): "
           "not the same phantom")  # fmt: skip
@@ -35,7 +35,7 @@ def test_all_pairs_failing_registration_is_one_clear_error():
     arrays = [PairArrays(empty, empty, None, {}, excluded=REASON)] * 2
     config = Config(bids_dir=".", output_dir=".", analysis_level="train", work_dir=".")
     with pytest.raises(TrainingDataError, match="do not look like the same object"):
-        _check_enough(pairs, arrays, 0, config, "GE", "Prisma")
+        check_enough(pairs, arrays, 0, config.min_train_voxels, "GE", "Prisma")
 
 
 def test_too_few_voxels_says_how_many_of_what(tmp_path):
@@ -44,7 +44,7 @@ def test_too_few_voxels_says_how_many_of_what(tmp_path):
     arrays = [_arrays(30), PairArrays(empty, empty, None, {}, excluded=REASON)]
     config = Config(bids_dir=".", output_dir=".", analysis_level="train", work_dir=".")
     with pytest.raises(TrainingDataError) as info:
-        _check_enough(pairs, arrays, 24, config, "GE", "Prisma")
+        check_enough(pairs, arrays, 24, config.min_train_voxels, "GE", "Prisma")
     message = str(info.value)
     assert "24 training voxels" in message and "1 excluded" in message
     assert str(config.min_train_voxels) in message
@@ -54,7 +54,7 @@ def test_rows_split_every_pair_into_training_and_validation_blocks(caplog):
     arrays = [_arrays(50), _arrays(40), _arrays(10, rescan=False),
               PairArrays(np.zeros((0, 45), np.float32), np.zeros((0, 45), np.float32), None, {},
                          excluded=REASON)]  # fmt: skip
-    data = _rows(arrays, 45)
+    data = training_rows(arrays, 45)
     # the pair without a rescan is left out (the noise-aware loss needs one), with a warning
     assert "no usable source rescan" in caplog.text
     assert len(data["train"]["source"]) == 40 + 32 and len(data["val"]["source"]) == 10 + 8

@@ -101,3 +101,28 @@ def select_models(
     for source, entry in sorted(chosen.items()):
         LOGGER.info("HARP model for site %s: %s", source, entry["file"])
     return chosen
+
+
+def select_rish_models(
+    output_dir: Path, sites: Iterable[str], *, target_site: str | None
+) -> dict[tuple[str, str | None], Path]:
+    """LinearRISH models in ``OUT/models`` by (source site, raw ``acq``) of the data's sites."""
+    sites = set(sites)
+    chosen: dict[tuple[str, str | None], Path] = {}
+    for path in sorted((Path(output_dir) / MODELS_DIR).glob("rish_src-*_tgt-*.safetensors")):
+        card = read_card(path)
+        if card["source_site"] not in sites:
+            continue
+        if target_site is not None and card["target_site"] != target_site:
+            continue
+        key = (card["source_site"], card.get("acq"))
+        if key in chosen:
+            raise ModelSelectionError(
+                f"two LinearRISH models for site '{key[0]}'"
+                + (f" acq-{key[1]}" if key[1] else "")
+                + f": {chosen[key]} and {path}; choose one with --target-site."
+            )
+        chosen[key] = path
+        LOGGER.info("LinearRISH model for site %s%s: %s", key[0],
+                    f" acq-{key[1]}" if key[1] else "", path)  # fmt: skip
+    return chosen

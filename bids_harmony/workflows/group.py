@@ -1,12 +1,17 @@
-"""The ``group`` level: scan-rescan vs inter-scanner variability, HARP vs LinearRISH.
+"""The ``group`` level: scan-rescan vs inter-scanner variability, per harmonization method.
 
-For every source site → target site and raw ``acq``: select the traveling
-subjects (:mod:`bids_harmony.bids.group_inputs`), register each session's FA to a
-study FA template built from the target-site sessions (or ``--template``),
-fit and apply LinearRISH (:mod:`bids_harmony.interfaces.rish`), warp FA/MD/GFA of
-the raw, HARP- and LinearRISH-harmonized data to the template, and compute
-standard-error maps, the paper's tables, fibre-orientation preservation,
-figures and one self-contained ``OUT/group/report.html``.
+For every source site → target site and raw ``acq`` (a *scenario*): select the
+traveling subjects (:mod:`bids_harmony.bids.group_inputs`) and build one Nipype
+workflow (:func:`init_scenario_wf`): a study FA template from the target-site
+sessions (or ``--template``), one node per session registering its FA to it,
+LinearRISH fitted in template space and applied per source session (unless a
+trained ``rish`` model already wrote ``desc-rish`` outputs), FA/MD/GFA of the raw
+and harmonized data warped to the template per session, CSD fibre directions
+per source session, and the standard-error maps, tables and t-tests per
+scenario (:mod:`bids_harmony.interfaces.group_level`).  Sessions run in parallel
+with ``--nprocs`` (or on a cluster with ``--use-plugin``); a rerun with the same
+``--work-dir`` reuses finished nodes.  The figures, tables and the
+self-contained ``OUT/group/report.html`` are written last, in this process.
 """
 
 from __future__ import annotations
@@ -14,36 +19,45 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bids_harmony.bids.discovery import Study
+from bids_harmony.bids.group_inputs import Selection
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
+from bids_harmony.interfaces.group_level import ScenarioResult, SessionMaps
+
+if TYPE_CHECKING:
+    from nipype.pipeline.engine import Node, Workflow
 
 LOGGER = logging.getLogger(__name__)
-METRICS = ("fa", "md", "gfa")
-#: Conditions of the inter-scanner comparison -> method whose outputs are read (desc-<method>).
-VARIANTS = {"none": None, "harp": "harp", "rish": "rish"}
+#: Harmonization methods the group level can evaluate, in the tables' order.
+EVALUATED = ("harp", "rish")
 NOTES = (
     "Standard errors follow Jeong et al. (2026) Eq. 2: scan-rescan with K = 2 sessions "
     "per site, inter-scanner with K = 4 (two sessions at each site).",
-    "LinearRISH is trained on the same traveling subjects it is evaluated on: its "
-    "numbers are a best case, while HARP saw phantoms only.",
     "Summaries exclude CSF (mean target-site MD > 1.5 µm²/ms); WM is FA >= 0.3, GM the "
     "rest of the brain; ROIs are these classes cut by a 3 x 3 x 3 grid of blocks.",
 )
+RISH_IN_GROUP = (
+    "LinearRISH is trained on the same traveling subjects it is evaluated on: its "
+    "numbers are a best case, while HARP saw phantoms only."
+)
 
 
-def group_sites(config: Config, study: Any) -> tuple[str, list[str]]:
+def group_sites(config: Config, study: Study) -> tuple[str, list[str]]:
     """Target site (``--target-site`` or the models' cards) and the source sites."""
     from bids_harmony.workflows.train import choose_sites
 
     target = config.target_site
     if not target:
-        cards = sorted((config.output_dir / "models").glob("harp_src-*_tgt-*.json"))
+        cards = sorted((config.output_dir / "models").glob("*_src-*_tgt-*.json"))
         targets = {json.loads(p.read_text()).get("target_site") for p in cards}
         if len(targets) != 1:
             raise BidsHarmonyError(
@@ -94,166 +108,202 @@ def resolve_template(value: str | Path) -> Path:
     )
 
 
-def _load(path: Path) -> np.ndarray:
-    import nibabel as nb
+@dataclass(frozen=True)
+class Scenario:
+    """One source → target comparison of one protocol, ready to build its workflow.
 
-    return np.asarray(nb.load(path).dataobj, dtype=np.float32)
+    ``source``/``target`` are subject-major (two sessions per traveling subject);
+    ``labels`` the shells fitted in every session, ``ref`` the shell whose FA map
+    is registered; ``methods`` the harmonized outputs evaluated, ``rish_fit``
+    whether LinearRISH is fitted here (no trained model applied it); ``template``
+    the ``--template`` file (``None``: a study template is built).
+    """
 
+    selection: Selection
+    source: list[SessionMaps]
+    target: list[SessionMaps]
+    labels: list[str]
+    ref: str
+    stem: str
+    methods: tuple[str, ...] = ()
+    rish_fit: bool = False
+    template: Path | None = None
 
-def _mask_file(shell: Any) -> Path:
-    return shell.outputs.mask(required=True)
-
-
-def _register(config, runs, shells, ref, work, excluded) -> tuple[Path, dict[str, Any]]:
-    from bids_harmony.registration.common_space import (
-        RegistrationFailedError,
-        build_fa_template,
-        register_to_template,
-    )
-
-    if config.template is not None:
-        template = resolve_template(config.template)
-    else:
-        fa = [shells[r.prefix][ref].raw["fa"] for r in runs if r.site == config.target_site]
-        template = build_fa_template(fa, work / "template_FA.nii.gz", work, seed=config.seed)
-    transforms = {}
-    for run in runs:
-        try:
-            transforms[run.prefix] = register_to_template(
-                shells[run.prefix][ref].raw["fa"],
-                template,
-                work / "transforms",
-                seed=config.seed,
-                transform=config.group_transform,
-            )
-        except RegistrationFailedError as err:
-            LOGGER.warning("Excluded: %s", err)
-            excluded.append((f"sub-{run.subject} ses-{run.session}", str(err)))
-    return template, transforms
+    @property
+    def sessions(self) -> list[SessionMaps]:
+        return [*self.source, *self.target]
 
 
-def _scenario(config, study, sel, group_dir, work, excluded) -> dict[str, Any] | None:
+def scenario_sessions(config: Config, sel: Selection) -> Scenario:
+    """The sessions and shells of a scenario from the participant outputs."""
     from bids_harmony.bids.group_inputs import run_shells
-    from bids_harmony.evaluation import maps as ev
-    from bids_harmony.interfaces.rish import apply_to_run, fit_rish_scales
-    from bids_harmony.registration.common_space import to_template
 
-    derivatives = config.output_dir
-    runs = [r for site in sel.sessions.values() for pair in site.values() for r in pair]
-    shells = {r.prefix: {m.label: m for m in run_shells(derivatives, r)} for r in runs}
+    src_runs = [r for s in sel.subjects for r in sel.sessions[s][sel.source]]
+    tgt_runs = [r for s in sel.subjects for r in sel.sessions[s][sel.target]]
+    shells = {r.prefix: {m.label: m for m in run_shells(config.output_dir, r)}
+              for r in [*src_runs, *tgt_runs]}  # fmt: skip
     fitted = set.intersection(*(set(by_label) for by_label in shells.values()))
     labels = sorted(fitted, key=lambda label: float(label[1:]))  # fitted in every run
     if not labels:
         raise NoDataError(
             "the traveling subjects' sessions have no complete participant outputs in "
-            f"{derivatives}; run: bids-harmony {config.bids_dir} {derivatives} participant"
+            f"{config.output_dir}; run: bids-harmony {config.bids_dir} {config.output_dir} "
+            "participant"
         )
     ref = min(labels, key=lambda s: abs(float(s[1:]) - 1000.0))
-    template, transforms = _register(config, runs, shells, ref, work, excluded)
-    subjects = [
-        s
-        for s in sel.subjects
-        if all(r.prefix in transforms for pair in sel.sessions[s].values() for r in pair)
-    ]
-    if not subjects:
-        LOGGER.warning("No traveling subject left for %s -> %s.", sel.source, sel.target)
-        return None
-    src_runs = [r for s in subjects for r in sel.sessions[s][sel.source]]
-    tgt_runs = [r for s in subjects for r in sel.sessions[s][sel.target]]
-    masks = {r.prefix: _mask_file(shells[r.prefix][ref]) for r in runs}
-    has_harp = all(shells[r.prefix][lb].harp for r in src_runs for lb in labels)
-    scales = {
-        lb: fit_rish_scales(
-            [shells[r.prefix][lb] for r in src_runs],
-            [shells[r.prefix][lb] for r in tgt_runs],
-            masks,
-            transforms,
-            template,
-        )
-        for lb in labels
-    }
-    for run in src_runs:
-        apply_to_run(
-            [shells[run.prefix][lb] for lb in labels],
-            scales,
-            transforms[run.prefix],
-            template,
-            mask_file=masks[run.prefix],
-            subjects=subjects,
-            b_tolerance=config.b_tolerance,
-            b0_threshold=config.b0_threshold,
-        )
 
-    def stack(run_list, label, metric, method):
-        arrays = [
-            to_template(
-                shells[r.prefix][label].file(metric, method), transforms[r.prefix], template
-            )
-            for r in run_list
-        ]
-        return np.stack(arrays).reshape(len(subjects), 2, *arrays[0].shape)
+    def session(run) -> SessionMaps:
+        maps = shells[run.prefix]
+        return SessionMaps(
+            key=run.prefix, subject=run.subject,
+            label=f"sub-{run.subject}" + (f" ses-{run.session}" if run.session else ""),
+            mask=maps[ref].outputs.mask(required=True), shells=maps,
+        )  # fmt: skip
 
-    brain = np.stack(
-        [
-            to_template(
-                masks[r.prefix], transforms[r.prefix], template, interpolator="nearestNeighbor"
-            )
-            > 0.5
-            for r in [*src_runs, *tgt_runs]
-        ]
-    ).all(0)
-    results = {"labels": labels, "subjects": subjects, "template": template, "shells": {}}
     stem = f"src-{sel.source}_tgt-{sel.target}" + (f"_acq-{sel.acq}" if sel.acq else "")
-    for label in labels:
-        values, target_values, maps = {}, {}, {}
-        for metric in METRICS:
-            key = metric.upper()  # the tables' and figures' metric names
-            target_values[key] = stack(tgt_runs, label, metric, None)
-            values[key] = {
-                v: stack(src_runs, label, metric, method)
-                for v, method in VARIANTS.items()
-                if v != "harp" or has_harp
-            }
-            maps[key] = ev.error_maps(values[key], target_values[key])
-        mean_tgt = {m: np.nanmean(target_values[m.upper()], axis=(0, 1)) for m in ("fa", "md")}
-        tissue = ev.tissue_classes(brain, mean_tgt["fa"], mean_tgt["md"])
-        rois = ev.block_rois(tissue)
-        summary = ev.summarize(maps, values, target_values, tissue, rois)
-        summary["maps"] = {
-            m: {c: np.where(tissue > 0, v, np.nan) for c, v in conds.items()}
-            for m, conds in maps.items()
-        }
-        summary["fibres"] = _fibres(src_runs, shells, label) if has_harp else None
-        _write_maps(group_dir, f"{stem}_{label}", summary["maps"], template)
-        results["shells"][label] = summary
-    results["stem"], results["has_harp"] = stem, has_harp
-    return results
+    template = resolve_template(config.template) if config.template is not None else None
+    return Scenario(sel, [session(r) for r in src_runs], [session(r) for r in tgt_runs],
+                    labels, ref, stem, template=template)  # fmt: skip
 
 
-def _fibres(src_runs, shells, label) -> dict[str, float]:
-    """Angular error (deg) of principal CSD peaks, source vs HARP, in WM (FA >= 0.3)."""
-    from bids_harmony.bids.gradients_io import read_gradients
-    from bids_harmony.dmri.metrics import csd_fodf
-    from bids_harmony.evaluation.fibers import (
-        angular_error_deg,
-        principal_directions,
-        summarize_angular_error,
+def choose_methods(config: Config, scen: Scenario) -> Scenario:
+    """Which methods a scenario evaluates: ``--methods``, or every one with outputs.
+
+    HARP needs ``desc-harp`` outputs of every source session and shell; LinearRISH
+    is read from ``desc-rish`` outputs when a trained ``rish`` model applied it at
+    the participant level, and otherwise fitted here on the traveling subjects.
+    """
+    from bids_harmony.methods.catalog import MODELS_DIR, model_stem
+
+    wanted = config.methods or EVALUATED
+    has_harp = all(s.shells[lb].harp for s in scen.source for lb in scen.labels)
+    sel = scen.selection
+    rish_model = (config.output_dir / MODELS_DIR
+                  / f"{model_stem(sel.source, sel.target, method='rish', acq=sel.acq)}.json")
+    rish_outputs = all(
+        s.shells[lb].outputs.shell_map(lb, kind, "rish") is not None
+        for s in scen.source for lb in scen.labels for kind in ("fa", "md", "gfa")
+    )  # fmt: skip
+    rish_trained = rish_model.is_file() and rish_outputs
+    methods = [m for m in EVALUATED if m in wanted and (m != "harp" or has_harp)]
+    if "harp" in wanted and not has_harp and config.methods:
+        raise NoDataError(
+            f"--methods harp: the {sel.source} sessions have no HARP outputs (desc-harp); "
+            "run 'train' and then 'participant' first."
+        )
+    return dataclasses.replace(scen, methods=tuple(methods),
+                               rish_fit="rish" in methods and not rish_trained)  # fmt: skip
+
+
+def _name(*parts: str | None) -> str:
+    return "_".join(re.sub(r"\W", "", p) for p in parts if p)
+
+
+def common_space_wf(workflow: Workflow, config: Config, scen: Scenario) -> tuple[Node, Node]:
+    """Add the template and per-session registration nodes to ``workflow``.
+
+    Returns the node whose ``template`` output is the template file and a Merge
+    node whose ``out`` lists the sessions' transforms (``None``: rejected) in the
+    order of :attr:`Scenario.sessions`.
+    """
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from bids_harmony.interfaces.common_space import BuildFATemplate, RegisterToTemplate
+
+    space = pe.Node(niu.IdentityInterface(fields=["template"]), name="common_space")
+    if scen.template is not None:
+        space.inputs.template = str(scen.template)
+    else:
+        fa = [s.shells[scen.ref].raw["fa"] for s in scen.target]
+        build = pe.Node(BuildFATemplate(fa_files=[str(f) for f in fa], seed=config.seed),
+                        name="fa_template")  # fmt: skip
+        workflow.connect(build, "out_file", space, "template")
+    transforms = pe.Node(niu.Merge(len(scen.sessions), no_flatten=True), name="transforms")
+    excluded = pe.Node(niu.Merge(len(scen.sessions)), name="excluded")
+    for k, session in enumerate(scen.sessions, start=1):
+        reg = pe.Node(
+            RegisterToTemplate(fa_file=str(session.shells[scen.ref].raw["fa"]),
+                               seed=config.seed, transform=config.group_transform,
+                               label=session.label),
+            name=_name("register", session.key),
+        )  # fmt: skip
+        workflow.connect([(space, reg, [("template", "template_file")]),
+                          (reg, transforms, [("transform", f"in{k}")]),
+                          (reg, excluded, [("excluded", f"in{k}")])])  # fmt: skip
+    return space, transforms
+
+
+def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
+    """The group-level workflow of one scenario (see the module docstring)."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from bids_harmony.interfaces.group_level import (
+        ApplyRish,
+        EvaluateScenario,
+        FibreErrors,
+        FitRish,
+        WarpMaps,
     )
 
-    errors = []
-    for run in src_runs:
-        m = shells[run.prefix][label]
-        fa = _load(m.raw["fa"])
-        wm = fa >= 0.3
-        peaks = []
-        for method in (None, "harp"):
-            files = m.outputs.dwi(method, required=True)
-            bvals, bvecs = read_gradients(files.bval, files.bvec)
-            data = _load(files.dwi)
-            result = csd_fodf(data, bvals, bvecs, mask=wm, shell=m.bval, fa=fa)
-            peaks.append(principal_directions(result.coeffs, mask=wm))
-        errors.append(angular_error_deg(*peaks)[wm])
-    return summarize_angular_error(np.concatenate(errors) if errors else np.empty(0))
+    workflow = pe.Workflow(name=_name("group", scen.stem))
+    space, transforms = common_space_wf(workflow, config, scen)
+    n_src = len(scen.source)
+    warped = pe.Node(niu.Merge(len(scen.sessions)), name="warped")
+    fibres = pe.Node(niu.Merge(max(1, n_src * len(scen.labels)), no_flatten=True),
+                     name="fibres")  # fmt: skip
+    if scen.rish_fit:
+        fit = pe.Node(FitRish(source=scen.source, target=scen.target, labels=scen.labels),
+                      name="fit_rish")  # fmt: skip
+        workflow.connect([(space, fit, [("template", "template_file")]),
+                          (transforms, fit, [("out", "transforms")])])  # fmt: skip
+    for k, session in enumerate(scen.sessions):
+        is_source = k < n_src
+        select = pe.Node(niu.Select(index=[k]), name=_name("transform", session.key))
+        warp = pe.Node(WarpMaps(session=session, labels=scen.labels,
+                                methods=list(scen.methods) if is_source else []),
+                       name=_name("warp", session.key))  # fmt: skip
+        workflow.connect([(transforms, select, [("out", "inlist")]),
+                          (select, warp, [("out", "transform")]),
+                          (space, warp, [("template", "template_file")]),
+                          (warp, warped, [("out_file", f"in{k + 1}")])])  # fmt: skip
+        if is_source and scen.rish_fit:
+            apply = pe.Node(ApplyRish(session=session, labels=scen.labels,
+                                      b_tolerance=config.b_tolerance,
+                                      b0_threshold=config.b0_threshold),
+                            name=_name("rish", session.key))  # fmt: skip
+            workflow.connect([(fit, apply, [("scales", "scales"), ("subjects", "subjects")]),
+                              (select, apply, [("out", "transform")]),
+                              (space, apply, [("template", "template_file")]),
+                              (apply, warp, [("written", "after")])])  # fmt: skip
+        if is_source and "harp" in scen.methods:
+            for j, label in enumerate(scen.labels):
+                fibre = pe.Node(FibreErrors(session=session, label=label),
+                                name=_name("fibres", session.key, label))  # fmt: skip
+                workflow.connect(fibre, "errors", fibres, f"in{k * len(scen.labels) + j + 1}")
+    evaluate = pe.Node(EvaluateScenario(sessions_source=scen.source, sessions_target=scen.target,
+                                        labels=scen.labels, methods=list(scen.methods)),
+                       name="evaluate")  # fmt: skip
+    workflow.connect([(transforms, evaluate, [("out", "transforms")]),
+                      (warped, evaluate, [("out", "warped")])])  # fmt: skip
+    if "harp" in scen.methods:
+        workflow.connect(fibres, "out", evaluate, "fibres")
+    return workflow
+
+
+class GroupProgress:
+    """Nipype status callback of the group level: one line per finished session step."""
+
+    def __init__(self, n_steps: int) -> None:
+        self.n_steps, self.done = n_steps, 0
+
+    def __call__(self, node, status: str) -> None:
+        if status == "exception":
+            LOGGER.error("FAILED: %s", node.fullname)
+        elif status == "end" and node.name.split("_")[0] in ("register", "warp", "evaluate"):
+            self.done += 1
+            LOGGER.info("[%d/%d] %s", self.done, self.n_steps, node.fullname.split(".", 1)[-1])
 
 
 def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
@@ -269,12 +319,47 @@ def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
             save_nifti(nb.Nifti1Image(array.astype(np.float32), affine), group_dir / name)
 
 
+def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult], list]:
+    """Scenario results and excluded sessions from the executed graph."""
+    by_wf: dict[str, dict[str, object]] = {}
+    for node in graph.nodes():
+        wf = node.fullname.split(".")[-2] if "." in node.fullname else ""
+        if node.name in ("evaluate", "excluded", "fa_template"):
+            by_wf.setdefault(wf, {})[node.name] = node.result.outputs
+    results, excluded = [], []
+    for wf, scen in scenarios.items():
+        outputs = by_wf.get(wf, {})
+        excluded += [tuple(m.split(": ", 1)) for m in outputs["excluded"].out if m]
+        ev = outputs["evaluate"]
+        if not ev.shells:
+            LOGGER.warning("No traveling subject left for %s -> %s.", scen.selection.source,
+                           scen.selection.target)  # fmt: skip
+            continue
+        results.append(ScenarioResult(
+            stem=scen.stem, labels=scen.labels, subjects=list(ev.subjects),
+            template=scen.template or Path(outputs["fa_template"].out_file),
+            methods=list(scen.methods),
+            shells=dict(ev.shells),
+        ))  # fmt: skip
+    return results, excluded
+
+
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+    from nipype.pipeline import engine as pe
+
     from bids_harmony import __version__
     from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.boilerplate import cite_group
+    from bids_harmony.workflows.execution import (
+        choose_plugin,
+        new_log_dir,
+        nipype_settings,
+        run_workflow,
+    )
     from bids_harmony.workflows.run import discover_study
 
     start = time.perf_counter()
@@ -282,11 +367,17 @@ def run_group(config: Config) -> int:
     target, sources = group_sites(config, study)
     config = dataclasses.replace(config, target_site=target)
     group_dir = config.output_dir / "group"
-    work = config.work_dir / f"bids_harmony_{__version__}" / "group"
-    excluded: list[tuple[str, str]] = []
+    excluded: list[tuple[str, ...]] = []
     notes = list(NOTES)
-    figures, table_frames, fibre_rows = {}, {}, {}
-    done = 0
+    # before any workflow exists: a Workflow copies the engine settings when created
+    log_dir = new_log_dir(config.output_dir)
+    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
+    nipype_logging.update_logging(nipype_config)
+    workflow = pe.Workflow(
+        name="bids_harmony_group_wf",
+        base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
+    )
+    scenarios: dict[str, Scenario] = {}
     for source in sources:
         for sel in select_traveling(study, source, target):
             excluded.extend(tuple(item.split(": ", 1)) for item in sel.skipped)
@@ -299,46 +390,64 @@ def run_group(config: Config) -> int:
                 )
                 if not sel.subjects:
                     continue
-            scenario = _scenario(
-                config, study, sel, group_dir, work / f"{source}_{target}", excluded
-            )
-            if scenario is None:
-                continue
-            done += 1
-            if not scenario["has_harp"]:
+            scen = choose_methods(config, scenario_sessions(config, sel))
+            if "harp" not in scen.methods:
                 notes.append(f"{source}: no HARP outputs; run 'train' then 'participant'.")
-            for label, summary in scenario["shells"].items():
-                key = f"{scenario['stem']}_{label}"
-                for name, frame in (
-                    ("table2", tables.table2(summary["table2"])),
-                    ("table3", tables.table3(summary["table3"])),
-                    ("ttests", tables.ttests_table(summary["ttests"])),
-                ):
-                    tables.write_table(frame, group_dir / f"{key}_{name}.tsv", {})
-                    table_frames[f"{key}: {name}"] = frame
-                if summary["fibres"] is not None:
-                    fibre_rows[key] = summary["fibres"]
-                figures[f"{key}: standard error maps"] = report.standard_error_figure(
-                    summary["maps"], group_dir / f"{key}_stderr.png"
-                )
-                for tissue, roi_values in _by_tissue(summary["roi_errors"]).items():
-                    stars = {
-                        (metric, a, b): test.pvalue
-                        for (metric, t, (a, b)), test in summary["ttests"].items()
-                        if t == tissue
-                    }
-                    figures[f"{key}: {tissue} ROIs"] = report.roi_boxplot_figure(
-                        roi_values,
-                        group_dir / f"{key}_roi-{tissue}.png",
-                        tissue=tissue,
-                        significance=stars,
-                    )
-    if not done:
+            if scen.rish_fit:
+                notes.append(RISH_IN_GROUP)
+            elif "rish" in scen.methods:
+                notes.append(f"{source}: LinearRISH from the trained model (train --method rish), "
+                             "applied at the participant level.")  # fmt: skip
+            sub = init_scenario_wf(config, scen)
+            workflow.add_nodes([sub])
+            scenarios[sub.name] = scen
+    if not scenarios:
         raise NoDataError(
             "no traveling subject has two sessions at the source and at the target site; "
             "the group level needs at least one (two or more for meaningful numbers). "
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
+    n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
+    plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
+                                        GroupProgress(n_steps))  # fmt: skip
+    LOGGER.info("Group level: %d scenario(s), %d session step(s) with %s", len(scenarios),
+                n_steps, plugin)  # fmt: skip
+    graph = run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,
+                         names={})  # fmt: skip
+    results, failed = _results(graph, scenarios)
+    excluded += failed
+    if not results:
+        raise NoDataError(
+            "no traveling subject is left after registration to the template. "
+            + " ".join(f"{who}: {why}." for who, why in excluded)
+        )
+    figures, table_frames, fibre_rows = {}, {}, {}
+    for result in results:
+        for label, summary in result.shells.items():
+            key = f"{result.stem}_{label}"
+            _write_maps(group_dir, key, summary.maps, result.template)
+            for name, frame in (
+                ("table2", tables.table2(summary.table2)),
+                ("table3", tables.table3(summary.table3)),
+                ("ttests", tables.ttests_table(summary.ttests)),
+            ):
+                tables.write_table(frame, group_dir / f"{key}_{name}.tsv", {})
+                table_frames[f"{key}: {name}"] = frame
+            if summary.fibres is not None:
+                fibre_rows[key] = summary.fibres
+            figures[f"{key}: standard error maps"] = report.standard_error_figure(
+                summary.maps, group_dir / f"{key}_stderr.png"
+            )
+            for tissue, roi_values in _by_tissue(summary.roi_errors).items():
+                stars = {
+                    (metric, a, b): test.pvalue
+                    for (metric, t, (a, b)), test in summary.ttests.items()
+                    if t == tissue
+                }
+                figures[f"{key}: {tissue} ROIs"] = report.roi_boxplot_figure(
+                    roi_values, group_dir / f"{key}_roi-{tissue}.png", tissue=tissue,
+                    significance=stars,
+                )  # fmt: skip
     if fibre_rows:
         frame = tables.table4(fibre_rows)
         tables.write_table(frame, group_dir / "table4_fibres.tsv", {})
@@ -349,7 +458,7 @@ def run_group(config: Config) -> int:
         title=f"bids_harmony group report: harmonization to {target}",
         tables=table_frames,
         figures=figures,
-        notes=notes,
+        notes=list(dict.fromkeys(notes)),
         excluded=excluded,
         models_dir=config.output_dir / "models",
         methods=methods,

@@ -34,6 +34,7 @@ def init_participant_wf(
     *,
     backend: str,
     models: dict[str, dict[str, Any]] | None = None,
+    rish_models: dict[tuple[str, str | None], Path] | None = None,
 ) -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per dMRI run.
 
@@ -48,8 +49,12 @@ def init_participant_wf(
     models : dict, optional
         HARP model per source site (see :func:`init_dwi_run_wf`); runs of other
         sites are not harmonized.
+    rish_models : dict, optional
+        LinearRISH model file per (source site, raw ``acq``), applied to the
+        matching runs (:class:`~bids_harmony.interfaces.rish_model.ApplyRishModel`).
     """
     models = models or {}
+    rish_models = rish_models or {}
     # Nipype caches by node inputs, not by our code: one cache per release.
     base_dir = config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"
     workflow = pe.Workflow(name="bids_harmony_participant_wf", base_dir=str(base_dir))
@@ -102,11 +107,23 @@ def init_participant_wf(
                     mem_gb=estimate_mem_gb(run.shape),
                     name=wf_name(run.prefix),
                     harp_model=models.get(run.site),
+                    rish_model=_rish_for(rish_models, run, config),
                     fsl_plan=plans.get(run.dwi),
                 )
             ]
         )
     return workflow
+
+
+def _rish_for(
+    rish_models: dict[tuple[str, str | None], Path], run: Any, config: Config
+) -> dict[str, Any] | None:
+    """The LinearRISH node settings of a run, when a model maps its site and protocol."""
+    path = rish_models.get((run.site, run.entities.get("acquisition")))
+    if path is None:
+        return None
+    return {"model_file": str(path), "run": run, "seed": config.seed,
+            "transform": config.group_transform}  # fmt: skip
 
 
 def init_dwi_run_wf(
@@ -129,6 +146,7 @@ def init_dwi_run_wf(
     mem_gb: float,
     name: str,
     harp_model: dict[str, Any] | None = None,
+    rish_model: dict[str, Any] | None = None,
     fsl_plan: dict[str, Any] | None = None,
 ) -> pe.Workflow:
     """Process one dMRI run; harmonize it too when ``harp_model`` is given.
@@ -152,7 +170,8 @@ def init_dwi_run_wf(
     from bids_harmony.interfaces.dmri import DiffusionMetrics, FitSH, PythonPreprocess
 
     workflow = pe.Workflow(name=name)
-    workflow.__postdesc__ = dwi_postdesc(sh_order=sh_order, gfa=gfa, harmonized=bool(harp_model))
+    workflow.__postdesc__ = dwi_postdesc(sh_order=sh_order, gfa=gfa, harmonized=bool(harp_model),
+                                         rish=rish_model is not None)
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
     inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
@@ -212,6 +231,14 @@ def init_dwi_run_wf(
         (metrics, sink, [("out_json", "metrics_json")]),
         (sink, outputnode, [("out_files", "out_files")]),
     ])  # fmt: skip
+    if rish_model is not None:
+        from bids_harmony.interfaces.rish_model import ApplyRishModel
+
+        # after the sink: LinearRISH reads the run's SH and FA maps from the output dataset
+        rish = pe.Node(ApplyRishModel(output_dir=output_dir, **rish_model,
+                                      b_tolerance=b_tolerance, b0_threshold=b0_threshold),
+                       name="rish", mem_gb=mem_gb)  # fmt: skip
+        workflow.connect(sink, "out_files", rish, "written")
     if harp_model is None:
         return workflow
 

@@ -138,7 +138,14 @@ def run_participant(config: Config) -> int:
     nipype_config.update_config(nipype_settings(log_dir, config.verbose))
     nipype_logging.update_logging(nipype_config)
     models = participant_models(config, study)
-    workflow = init_participant_wf(study, config, backend=backend, models=models)
+    rish_models = {}
+    if (config.output_dir / "models").is_dir():
+        from bids_harmony.methods.catalog import select_rish_models
+
+        rish_models = select_rish_models(config.output_dir, study.sites,
+                                         target_site=config.target_site)  # fmt: skip
+    workflow = init_participant_wf(study, config, backend=backend, models=models,
+                                   rish_models=rish_models)  # fmt: skip
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)

@@ -347,3 +347,30 @@ def test_one_phantom_with_one_protocol_trains(trained, tmp_path):
     assert {p["phantom"] for p in card["pairs"]} == {"phantom02"}
     assert {p["protocol"] for p in card["pairs"]} == {"b1000"}
     assert card["n_train_voxels"] > 0 and card["n_validation_voxels"] > 0
+
+
+def test_rish_trains_from_traveling_subjects_and_the_participant_level_applies_it(demo,
+                                                                                  tmp_path):
+    """train --method rish writes a LinearRISH model; participant applies it (desc-rish)."""
+    from bids_harmony.methods.registry import get_method
+
+    bids, out, root, _ = demo
+    copy = _copy_outputs(out, tmp_path)
+    assert main([str(bids), str(copy), "train", "--method", "rish", "--target-site", "Prisma",
+                 "-w", str(tmp_path / "w")]) == 0  # fmt: skip
+    model_file = copy / "models" / "rish_src-SIGNAPremier_tgt-Prisma_acq-multishell.safetensors"
+    model, card = get_method("rish").load(model_file)
+    assert card["method"] == "rish" and card["training_subjects"] == ["01", "02", "03"]
+    assert model.shells == ("b1000", "b2000") and model.reference is not None
+    inside = np.isfinite(model.template_source["b1000"][..., 0])
+    assert inside.sum() > 100
+    # the simulated site effect is learned: scales away from 1 in the brain
+    assert np.abs(np.median(model.scales["b1000"][inside], axis=0) - 1).max() > 0.05
+    # the demo's work directory: preprocessing is reused, only LinearRISH runs
+    assert main([str(bids), str(copy), "participant", "--participant-label", "01",
+                 "--session-label", "GE1", "-w", str(root / "work")]) == 0  # fmt: skip
+    fa = next(copy.glob("sub-01/ses-GE1/dwi/*b1000_desc-rish_model-tensor_param-fa_dwimap.json"))
+    harmonization = json.loads(fa.read_text())["Harmonization"]
+    assert harmonization["Method"] == "rish"
+    assert harmonization["ModelFile"].endswith(model_file.name)
+    assert not list(copy.glob("sub-01/ses-Prisma1/dwi/*desc-rish*"))  # target site untouched

@@ -111,6 +111,7 @@ class _FitRishInputSpec(BaseInterfaceInputSpec):
 
 
 class _FitRishOutputSpec(TraitedSpec):
+    model = traits.Any(desc="RishModel of every shell (None: no subject left)")
     scales = traits.Dict(desc="shell label -> template-space scale maps (X, Y, Z, n_bands)")
     subjects = traits.List(traits.Str, desc="the subjects it was fitted on")
 
@@ -122,7 +123,7 @@ class FitRish(SimpleInterface):
     output_spec = _FitRishOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_harmony.interfaces.rish import fit_rish_scales
+        from bids_harmony.interfaces.rish import fit_rish_model
 
         source, target = list(self.inputs.source), list(self.inputs.target)
         keep = kept_subjects(source, target, self.inputs.transforms)
@@ -133,15 +134,17 @@ class FitRish(SimpleInterface):
         tgt = [target[2 * i + k] for i in keep for k in (0, 1)]
         self._results["subjects"] = [source[2 * i].subject for i in keep]
         if not keep:
-            self._results["scales"] = {}
+            self._results["model"], self._results["scales"] = None, {}
             return runtime
-        self._results["scales"] = {
-            label: fit_rish_scales(
+        model = None
+        for label in self.inputs.labels:
+            fitted = fit_rish_model(
                 [s.shells[label] for s in src], [s.shells[label] for s in tgt],
-                masks, transforms, Path(self.inputs.template_file),
-            )
-            for label in self.inputs.labels
-        }  # fmt: skip
+                masks, transforms, Path(self.inputs.template_file), shell=label,
+            )  # fmt: skip
+            model = fitted if model is None else model.with_shells(fitted)
+        self._results["model"] = model
+        self._results["scales"] = dict(model.scales)
         return runtime
 
 

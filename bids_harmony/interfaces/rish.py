@@ -26,7 +26,8 @@ from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versi
 from bids_harmony.bids.group_inputs import ShellMaps
 from bids_harmony.bids.io import save_nifti, write_json
 from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
-from bids_harmony.methods.rish.linear_rish import LinearRISH, apply_rish_scales
+from bids_harmony.methods.rish.linear_rish import apply_rish_scales
+from bids_harmony.methods.rish.method import RishMethod, RishModel
 from bids_harmony.registration.warps import from_template, to_template
 
 LOGGER = logging.getLogger(__name__)
@@ -44,14 +45,16 @@ def _load(path: Path) -> tuple[np.ndarray, nb.Nifti1Image]:
     return np.asarray(img.dataobj, dtype=np.float32), img
 
 
-def fit_rish_scales(
+def fit_rish_model(
     source: Sequence[ShellMaps],
     target: Sequence[ShellMaps],
     masks: Mapping[str, Path],
     transforms: Mapping[str, Any],
     template_file: Path,
-) -> np.ndarray:
-    """Template-space scale maps (X, Y, Z, n_bands) of one shell.
+    *,
+    shell: str,
+) -> RishModel:
+    """The LinearRISH model of one shell, fitted in template space.
 
     ``masks`` and ``transforms`` are keyed by the run prefix (``run.prefix``).
     """
@@ -72,8 +75,8 @@ def fit_rish_scales(
 
     src_rish, src_masks = warped(source)
     tgt_rish, tgt_masks = warped(target)
-    model = LinearRISH().fit(src_rish, tgt_rish, src_masks, tgt_masks)
-    return np.asarray(model.scales_, dtype=np.float32)
+    return RishMethod().fit(src_rish, tgt_rish, source_masks=src_masks,  # type: ignore[arg-type]
+                            target_masks=tgt_masks, shell=shell)  # fmt: skip
 
 
 def apply_to_run(

@@ -298,7 +298,8 @@ def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     if tensor.dtype == torch.float64:
         tensor = tensor.to(torch.float32)
-    return tensor.contiguous()
+    # a copy: safetensors refuses tensors that share memory (e.g. two views of one array)
+    return tensor.contiguous().clone()
 
 
 def jsonable(value: Any) -> Any:

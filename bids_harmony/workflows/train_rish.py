@@ -14,6 +14,7 @@ sessions (registering each to the model's template), writing ``desc-rish``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -34,7 +35,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 class _SaveInputSpec(BaseInterfaceInputSpec):
-    scales = traits.Dict(mandatory=True, desc="shell label -> template-space scales")
+    model = traits.Any(mandatory=True, desc="RishModel fitted in template space")
     template_file = File(exists=True, mandatory=True)
     models_dir = traits.Str(mandatory=True)
     stem = traits.Str(mandatory=True)
@@ -58,12 +59,14 @@ class SaveRishModel(SimpleInterface):
         from bids_harmony.bids.derivatives import software_versions
         from bids_harmony.bids.io import sha256_file
         from bids_harmony.methods.registry import get_method
-        from bids_harmony.methods.rish.method import RishModel
 
+        if self.inputs.model is None:
+            raise NoDataError(f"{self.inputs.stem}: no traveling subject was registered to the "
+                              "template; no LinearRISH model.")  # fmt: skip
         img = nb.load(self.inputs.template_file)
-        scales = {k: np.asarray(v, np.float32) for k, v in self.inputs.scales.items()}
-        nan = {k: np.full_like(v, np.nan) for k, v in scales.items()}
-        model = RishModel(scales, nan, nan, np.asarray(img.dataobj, np.float32), img.affine)
+        model = dataclasses.replace(self.inputs.model,
+                                    reference=np.asarray(img.dataobj, np.float32),
+                                    affine=img.affine)  # fmt: skip
         card = {
             **self.inputs.card,
             "template_sha256": sha256_file(Path(self.inputs.template_file)),
@@ -136,7 +139,7 @@ def run_train_rish(config: Config) -> int:
                       "study FA template of the target-site sessions",
                       "registration": f"ANTs {config.group_transform} of each session FA"},
             ), name="ds_model")  # fmt: skip
-            sub.connect([(fit, save, [("scales", "scales")]),
+            sub.connect([(fit, save, [("model", "model")]),
                          (space, save, [("template", "template_file")])])  # fmt: skip
             workflow.add_nodes([sub])
             n_steps += len(scen.sessions) + 1

@@ -347,6 +347,8 @@ def train_model(pairs: list[PhantomPair], arrays: list[PairArrays], images: list
 
 class _TrainInputSpec(BaseInterfaceInputSpec):
     pairs = traits.List(traits.Any, mandatory=True, desc="PhantomPair objects, in order")
+    order = traits.List(traits.Int, mandatory=True,
+                        desc="index in 'pairs' of each entry of the flattened 'arrays'")
     arrays = traits.List(traits.Any, mandatory=True, desc="lists of PairArrays per session")
     images = traits.List(traits.Any, desc="lists of PhantomImage per session (report)")
     options = traits.Any(mandatory=True, desc="TrainOptions")
@@ -363,7 +365,10 @@ class TrainHarpModel(SimpleInterface):
     output_spec = _TrainOutputSpec
 
     def _run_interface(self, runtime):
-        arrays = [a for group in self.inputs.arrays for a in group]
+        flat = [a for group in self.inputs.arrays for a in group]
+        arrays: list[PairArrays] = [None] * len(flat)  # type: ignore[list-item]
+        for position, index in enumerate(self.inputs.order):
+            arrays[index] = flat[position]  # the pairs' own order: the rows train the same
         images = {img.name: img for group in self.inputs.images for img in group}
         self._results["outcome"] = train_model(
             list(self.inputs.pairs), arrays, list(images.values()), self.inputs.options,

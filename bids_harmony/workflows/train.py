@@ -165,8 +165,7 @@ def init_harp_train_wf(
         )
         workflow.connect([(sample, merge_arrays, [("arrays", f"in{k}")]),
                           (sample, merge_images, [("images", f"in{k}")])])  # fmt: skip
-    train = pe.Node(TrainHarpModel(pairs=[pairs[i] for i in order], options=training),
-                    name="train")  # fmt: skip
+    train = pe.Node(TrainHarpModel(pairs=pairs, order=order, options=training), name="train")
     sink = pe.Node(ModelSink(models_dir=str(models_dir)), name="ds_model")
     workflow.connect([
         (merge_arrays, train, [("out", "arrays")]),

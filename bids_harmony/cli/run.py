@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from bids_harmony.workflows.group import run_group
 
             return run_group(config)
+        if config.analysis_level == "train" and config.method == "rish":
+            from bids_harmony.workflows.train_rish import run_train_rish
+
+            return run_train_rish(config)
         if config.analysis_level == "train":
             from bids_harmony.workflows.train import run_train
 

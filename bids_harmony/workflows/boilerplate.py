@@ -580,15 +580,18 @@ def group_paragraphs(
     harp: bool,
     template: str | None,
     transform: str = "SyN",
+    rish: str = "fitted",
 ) -> list[str]:
     """The group level's paragraphs: registration, LinearRISH, Eq. 2, fibres.
 
     ``harp``: whether HARP-harmonized outputs were evaluated; ``template``: the
-    ``--template`` given, None when built from the target-site sessions.
+    ``--template`` given, None when built from the target-site sessions; ``rish``:
+    ``"fitted"`` (here, on the evaluated subjects), ``"model"`` (a trained model
+    applied at the participant level) or ``"none"`` (not evaluated).
     """
     from bids_harmony.methods.registry import get_method
 
-    rish = get_method("rish")
+    rish_method = get_method("rish")
     registration = (
         "SyN symmetric diffeomorphic registration [@syn]"
         if transform == "SyN"
@@ -602,7 +605,14 @@ def group_paragraphs(
         )
     else:
         template_text = f"the FA template `{template}`"
-    conditions = "without harmonization, with LinearRISH" + (" and with HARP" if harp else "")
+    conditions = ("without harmonization" + (", with LinearRISH" if rish != "none" else "")
+                  + (" and with HARP" if harp else ""))  # fmt: skip
+    rish_text = {
+        "fitted": "LinearRISH was fitted on the same traveling subjects it was evaluated on, "
+        "a best case, whereas HARP saw phantoms only.",
+        "model": "LinearRISH came from a model trained beforehand on traveling subjects "
+        "(train --method rish) and applied at the participant level.",
+    }
     sources_text = ("site " if len(sources) == 1 else "sites ") + ", ".join(sources)
     paragraphs = [
         f"Harmonization to the target site {target} was evaluated on traveling subjects "
@@ -611,9 +621,8 @@ def group_paragraphs(
         f"was registered with ANTs (antspyx), by {registration}, to {template_text}; the "
         "transforms were applied to the MD and GFA maps; a session whose registered FA "
         "correlated poorly with the template was excluded.",
-        f"{rish.description.rstrip('.')} [@{rish.name}]. LinearRISH was fitted on the same "
-        "traveling subjects it was evaluated on, a best case, whereas HARP saw phantoms "
-        "only.",
+        *([f"{rish_method.description.rstrip('.')} [@{rish_method.name}]. "
+           + rish_text[rish]] if rish != "none" else []),
         "Scan-rescan and inter-scanner variability of FA, MD and GFA were measured by the "
         "standard error of the HARP paper [@harp], its Eq. 2: σₑ² = Σᵢ Σⱼ (yᵢⱼ − ȳᵢ)² / (N(K − 1)) "
         "over N subjects, with K = 2 sessions at one site (scan-rescan, at each site) and "
@@ -632,7 +641,9 @@ def group_paragraphs(
     return paragraphs
 
 
-def cite_group(config: Any, *, target: str, sources: Sequence[str], harp: bool) -> str:
+def cite_group(
+    config: Any, *, target: str, sources: Sequence[str], harp: bool, rish: str = "fitted"
+) -> str:
     """Write the group section of ``OUT/logs/CITATION.md``; returns the whole file's text.
 
     The returned Markdown (every level run so far) is the report's "Methods".
@@ -640,7 +651,7 @@ def cite_group(config: Any, *, target: str, sources: Sequence[str], harp: bool) 
     paragraphs = group_paragraphs(
         target=target, sources=sources, harp=harp,
         template=None if config.template is None else str(config.template),
-        transform=config.group_transform,
+        transform=config.group_transform, rish=rish,
     )  # fmt: skip
     path = write_level_citation(
         config.output_dir, "group", paragraphs, software_versions("antspyx")

@@ -452,7 +452,11 @@ def run_group(config: Config) -> int:
         frame = tables.table4(fibre_rows)
         tables.write_table(frame, group_dir / "table4_fibres.tsv", {})
         table_frames["Fibre orientation: source vs HARP (WM)"] = frame
-    methods = cite_group(config, target=target, sources=sources, harp=bool(fibre_rows))
+    evaluated = [s for s in scenarios.values()]
+    rish = ("fitted" if any(s.rish_fit for s in evaluated) else
+            "model" if any("rish" in s.methods for s in evaluated) else "none")  # fmt: skip
+    methods = cite_group(config, target=target, sources=sources,
+                         harp=any("harp" in r.methods for r in results), rish=rish)  # fmt: skip
     html = report.write_html_report(
         group_dir / "report.html",
         title=f"bids_harmony group report: harmonization to {target}",

@@ -8,7 +8,7 @@ its pairs, a node trains (:mod:`bids_harmony.interfaces.harp_training`), a sink
 writes ``OUT/models/harp_src-<S>_tgt-<T>.safetensors`` with its JSON model card
 and training report.  Sessions and site pairs run in parallel with ``--nprocs``
 (or on a cluster with ``--use-plugin``); a rerun with the same ``--work-dir``
-reuses finished nodes.  Other methods: :mod:`bids_harmony.workflows.train_rish`.
+reuses finished nodes.  ``--method rish``: :mod:`bids_harmony.workflows.train_rish`.
 """
 
 from __future__ import annotations
@@ -210,10 +210,6 @@ def run_train(config: Config) -> int:
     )
     from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
 
-    if config.method != "harp":
-        from bids_harmony.workflows.train_rish import run_train_rish
-
-        return run_train_rish(config)
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     target, sources = choose_sites(config, study.sites)

@@ -73,6 +73,22 @@ def new_log_dir(output_dir: Path) -> Path:
     return Path(output_dir) / LOGS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
+def start_engine(output_dir: Path, verbose: int = 0) -> Path:
+    """Nipype's settings for this invocation, with its own log folder (returned).
+
+    Call it before building any workflow: a Workflow copies the engine settings
+    when it is created (with Nipype's defaults, ``remove_unnecessary_outputs``
+    would delete the transforms our nodes pass on inside dataclasses).
+    """
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    log_dir = new_log_dir(output_dir)
+    nipype_config.update_config(nipype_settings(log_dir, verbose))
+    nipype_logging.update_logging(nipype_config)
+    return log_dir
+
+
 def ensure_bidsignore(output_dir: Path) -> None:
     """Add ``logs/`` to ``OUT/.bidsignore`` (the validator would flag crash files)."""
     from bids_harmony.bids.io import write_text
@@ -156,6 +172,27 @@ class Progress:
         elif status == "end" and node.name == self.sink_name and run not in self.failed:
             self.done += 1
             LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
+
+
+class StepProgress:
+    """Nipype status callback of the train and group levels: one line per finished step.
+
+    ``steps`` maps the first word of a node name (``sample``, ``register``) to the
+    verb logged when such a node ends; other nodes are not counted.
+    """
+
+    def __init__(self, n_steps: int, steps: dict[str, str]) -> None:
+        self.n_steps, self.steps, self.done = n_steps, steps, 0
+
+    def __call__(self, node, status: str) -> None:
+        if status == "exception":
+            LOGGER.error("FAILED: %s", node.fullname)
+            return
+        verb = self.steps.get(node.name.split("_")[0])
+        if status == "end" and verb:
+            self.done += 1
+            LOGGER.info("[%d/%d] %s %s", self.done, self.n_steps, verb,
+                        node.fullname.split(".", 1)[-1])  # fmt: skip
 
 
 def run_of(fullname: str, names: dict[str, str]) -> str:

@@ -292,18 +292,8 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
     return workflow
 
 
-class GroupProgress:
-    """Nipype status callback of the group level: one line per finished session step."""
-
-    def __init__(self, n_steps: int) -> None:
-        self.n_steps, self.done = n_steps, 0
-
-    def __call__(self, node, status: str) -> None:
-        if status == "exception":
-            LOGGER.error("FAILED: %s", node.fullname)
-        elif status == "end" and node.name.split("_")[0] in ("register", "warp", "evaluate"):
-            self.done += 1
-            LOGGER.info("[%d/%d] %s", self.done, self.n_steps, node.fullname.split(".", 1)[-1])
+#: Steps counted in the progress lines: node-name word -> verb.
+GROUP_STEPS = {"register": "registered", "warp": "warped", "evaluate": "evaluated"}
 
 
 def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
@@ -346,8 +336,6 @@ def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult
 
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
     from nipype.pipeline import engine as pe
 
     from bids_harmony import __version__
@@ -355,10 +343,10 @@ def run_group(config: Config) -> int:
     from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.boilerplate import cite_group
     from bids_harmony.workflows.execution import (
+        StepProgress,
         choose_plugin,
-        new_log_dir,
-        nipype_settings,
         run_workflow,
+        start_engine,
     )
     from bids_harmony.workflows.run import discover_study
 
@@ -370,9 +358,7 @@ def run_group(config: Config) -> int:
     excluded: list[tuple[str, ...]] = []
     notes = list(NOTES)
     # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = new_log_dir(config.output_dir)
-    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
-    nipype_logging.update_logging(nipype_config)
+    log_dir = start_engine(config.output_dir, config.verbose)
     workflow = pe.Workflow(
         name="bids_harmony_group_wf",
         base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
@@ -409,7 +395,7 @@ def run_group(config: Config) -> int:
         )
     n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
     plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        GroupProgress(n_steps))  # fmt: skip
+                                        StepProgress(n_steps, GROUP_STEPS))  # fmt: skip
     LOGGER.info("Group level: %d scenario(s), %d session step(s) with %s", len(scenarios),
                 n_steps, plugin)  # fmt: skip
     graph = run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,

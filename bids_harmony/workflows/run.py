@@ -13,9 +13,8 @@ from bids_harmony.workflows.execution import (
     Progress,
     choose_plugin,
     ensure_bidsignore,
-    new_log_dir,
-    nipype_settings,
     run_workflow,
+    start_engine,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -111,9 +110,6 @@ def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
 
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
     from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.workflows.boilerplate import cite_participant
     from bids_harmony.workflows.participant import init_participant_wf, wf_name
@@ -134,9 +130,7 @@ def run_participant(config: Config) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(config.omp_nthreads)
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = new_log_dir(config.output_dir)
-    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
-    nipype_logging.update_logging(nipype_config)
+    log_dir = start_engine(config.output_dir, config.verbose)
     models = participant_models(config, study)
     rish_models = {}
     if (config.output_dir / "models").is_dir():

@@ -175,26 +175,12 @@ def init_harp_train_wf(
     return workflow
 
 
-class TrainProgress:
-    """Nipype status callback of the train level: one line per finished step."""
-
-    def __init__(self, n_steps: int) -> None:
-        self.n_steps, self.done = n_steps, 0
-
-    def __call__(self, node, status: str) -> None:
-        if status == "exception":
-            LOGGER.error("FAILED: %s", node.fullname)
-        elif status == "end" and (node.name.startswith("sample_") or node.name == "train"):
-            self.done += 1
-            what = "sampled" if node.name != "train" else "trained"
-            LOGGER.info("[%d/%d] %s %s", self.done, self.n_steps, what,
-                        node.fullname.split(".", 1)[-1])  # fmt: skip
+#: Steps counted in the progress lines: node-name word -> verb.
+TRAIN_STEPS = {"sample": "sampled", "train": "trained"}
 
 
 def run_train(config: Config) -> int:
     """Run the train level; returns the exit code."""
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
     from nipype.pipeline import engine as pe
 
     from bids_harmony import __version__
@@ -202,11 +188,11 @@ def run_train(config: Config) -> int:
     from bids_harmony.methods.catalog import MODELS_DIR
     from bids_harmony.workflows.boilerplate import cite_train
     from bids_harmony.workflows.execution import (
+        StepProgress,
         choose_plugin,
         ensure_bidsignore,
-        new_log_dir,
-        nipype_settings,
         run_workflow,
+        start_engine,
     )
     from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
 
@@ -218,9 +204,7 @@ def run_train(config: Config) -> int:
     registration = "flirt" if resolve_backend(config.preproc) == "fsl" else "ants"
     LOGGER.info("Phantom registration: %s", registration)
     # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = new_log_dir(config.output_dir)
-    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
-    nipype_logging.update_logging(nipype_config)
+    log_dir = start_engine(config.output_dir, config.verbose)
     workflow = pe.Workflow(
         name="bids_harmony_train_wf",
         base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
@@ -245,7 +229,7 @@ def run_train(config: Config) -> int:
     write_dataset_description(config.output_dir, config.bids_dir)
     ensure_bidsignore(config.output_dir)
     plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        TrainProgress(n_steps))  # fmt: skip
+                                        StepProgress(n_steps, TRAIN_STEPS))  # fmt: skip
     graph = run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,
                          names={})  # fmt: skip
     errors = []

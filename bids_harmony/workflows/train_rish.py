@@ -32,6 +32,8 @@ from bids_harmony.config import Config
 from bids_harmony.errors import NoDataError
 
 LOGGER = logging.getLogger(__name__)
+#: Steps counted in the progress lines: node-name word -> verb.
+RISH_STEPS = {"register": "registered", "fit": "fitted"}
 
 
 class _SaveInputSpec(BaseInterfaceInputSpec):
@@ -84,8 +86,6 @@ def _name(*parts: str | None) -> str:
 
 def run_train_rish(config: Config) -> int:
     """Fit and save one LinearRISH model per site pair and protocol; the exit code."""
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
     from nipype.pipeline import engine as pe
 
     from bids_harmony import __version__
@@ -94,23 +94,21 @@ def run_train_rish(config: Config) -> int:
     from bids_harmony.methods.catalog import MODELS_DIR, model_stem
     from bids_harmony.methods.model_file import sh_convention
     from bids_harmony.workflows.execution import (
+        StepProgress,
         choose_plugin,
         ensure_bidsignore,
-        new_log_dir,
-        nipype_settings,
         run_workflow,
+        start_engine,
     )
     from bids_harmony.workflows.group import common_space_wf, scenario_sessions
     from bids_harmony.workflows.run import discover_study
-    from bids_harmony.workflows.train import TrainProgress, choose_sites
+    from bids_harmony.workflows.train import choose_sites
 
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     target, sources = choose_sites(config, study.sites)
     # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = new_log_dir(config.output_dir)
-    nipype_config.update_config(nipype_settings(log_dir, config.verbose))
-    nipype_logging.update_logging(nipype_config)
+    log_dir = start_engine(config.output_dir, config.verbose)
     workflow = pe.Workflow(
         name="bids_harmony_train_rish_wf",
         base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
@@ -153,7 +151,7 @@ def run_train_rish(config: Config) -> int:
     write_dataset_description(config.output_dir, config.bids_dir)
     ensure_bidsignore(config.output_dir)
     plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        TrainProgress(n_steps))  # fmt: skip
+                                        StepProgress(n_steps, RISH_STEPS))  # fmt: skip
     run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir, names={})
     for stem in planned:
         LOGGER.info("Saved %s", config.output_dir / MODELS_DIR / f"{stem}.safetensors")

@@ -80,3 +80,12 @@ def test_cli_lists_methods_and_offers_them(capsys):
     assert args.method == "rish"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["in", "out", "group", "--methods", "nope"])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_the_same_model_gives_byte_identical_files(method: HarmonizationMethod, tmp_path):
+    ex = method.example(seed=0)
+    model = method.fit(ex.source, ex.target, **ex.fit_options)
+    first = method.save(model, tmp_path / "a", {"seed": 0}).read_bytes()
+    for _ in range(3):  # safetensors' metadata map has no fixed order: one entry only
+        assert method.save(model, tmp_path / "b", {"seed": 0}).read_bytes() == first

@@ -131,7 +131,9 @@ def save_tensors(
     weights_path, card_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     plain = {name: _as_tensor(value) for name, value in tensors.items()}
-    metadata = {"format": FORMAT, "method": method}
+    # One metadata entry: safetensors writes its metadata map in no fixed order, and
+    # a model file must be byte-identical for identical training.
+    metadata = {"format": json.dumps({"format": FORMAT, "method": method}, sort_keys=True)}
     with atomic_path(weights_path, durable=True) as tmp:
         save_file(plain, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)

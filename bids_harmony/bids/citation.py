@@ -40,14 +40,19 @@ _FORMAT = "bids_harmony.citation"
 
 
 @dataclass(frozen=True)
-class CitedReference:
-    """One entry of the reference list (the fields of ``methods.base.Reference``)."""
+class Reference:
+    """A citation: short form (``Jeong et al., 2026``), full text, DOI.
+
+    Used by the methods (:class:`bids_harmony.methods.base.HarmonizationMethod`
+    ``.references``) and by the methods text of every level.
+    """
 
     short: str
     text: str
     doi: str = ""
 
     def markdown(self) -> str:
+        """One reference line, with a DOI link when there is one."""
         return self.text + (f" https://doi.org/{self.doi}" if self.doi else "")
 
 
@@ -57,7 +62,7 @@ class CitationSection:
 
     level: str
     paragraphs: tuple[str, ...]
-    references: tuple[CitedReference, ...] = ()
+    references: tuple[Reference, ...] = ()
     software: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -73,7 +78,7 @@ class CitationSection:
             level=level,
             paragraphs=tuple(str(p) for p in data.get("paragraphs", ())),
             references=tuple(
-                CitedReference(str(r["short"]), str(r["text"]), str(r.get("doi", "")))
+                Reference(str(r["short"]), str(r["text"]), str(r.get("doi", "")))
                 for r in data.get("references", ())
             ),
             software={str(k): str(v) for k, v in dict(data.get("software", {})).items()},
@@ -120,11 +125,11 @@ def _software_lines(sections: Sequence[CitationSection]) -> list[str]:
     return lines
 
 
-def unique_references(references: Iterable[Any]) -> list[CitedReference]:
+def unique_references(references: Iterable[Any]) -> list[Reference]:
     """References without duplicates (same DOI, else same text), alphabetical."""
-    out: dict[str, CitedReference] = {}
+    out: dict[str, Reference] = {}
     for ref in references:
-        cited = CitedReference(ref.short, ref.text, getattr(ref, "doi", "") or "")
+        cited = Reference(ref.short, ref.text, getattr(ref, "doi", "") or "")
         out.setdefault(cited.doi.lower() or cited.text, cited)
     return sorted(out.values(), key=lambda r: r.text.lower())
 

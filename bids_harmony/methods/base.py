@@ -31,7 +31,10 @@ from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
+from bids_harmony.bids.citation import Reference
 from bids_harmony.methods.model_file import load_tensors, save_tensors
+
+__all__ = ["Config", "Example", "HarmonizationMethod", "Harmonizes", "Reference", "TrainsFrom"]
 
 ModelT = TypeVar("ModelT")
 
@@ -56,19 +59,6 @@ class Harmonizes(str, enum.Enum):
     PARAMETER_MAPS = "parameter maps"
     STRUCTURAL = "structural images"
     FEATURES = "feature tables"
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A citation of a methods paragraph: short form, full text, DOI."""
-
-    short: str
-    text: str
-    doi: str = ""
-
-    def markdown(self) -> str:
-        """One reference line, with a DOI link when there is one."""
-        return self.text + (f" https://doi.org/{self.doi}" if self.doi else "")
 
 
 @dataclass

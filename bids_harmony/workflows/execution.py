@@ -220,6 +220,21 @@ def _tool_error(lines: list[str], max_lines: int = 6) -> list[str]:
     return stderr[-max_lines:]
 
 
+def run_steps(
+    workflow: Any, config: Any, log_dir: Path, n_steps: int, steps: dict[str, str]
+) -> Any:
+    """Run a train or group workflow with the plugin the settings ask for.
+
+    ``--use-plugin`` or, with ``--nprocs`` > 1, MultiProc; one progress line per
+    finished step (:class:`StepProgress`).  Returns the execution graph.
+    """
+    plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
+                                        StepProgress(n_steps, steps))  # fmt: skip
+    LOGGER.info("%d step(s) with %s; work dir %s", n_steps, plugin, config.work_dir)
+    return run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,
+                        names={})  # fmt: skip
+
+
 def crash_summary(crash_dir: Path, names: dict[str, str] | None = None) -> str:
     """A readable list of the failed nodes in ``crash_dir``'s crash files.
 

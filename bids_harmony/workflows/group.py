@@ -343,9 +343,7 @@ def run_group(config: Config) -> int:
     from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.boilerplate import cite_group
     from bids_harmony.workflows.execution import (
-        StepProgress,
-        choose_plugin,
-        run_workflow,
+        run_steps,
         start_engine,
     )
     from bids_harmony.workflows.run import discover_study
@@ -394,12 +392,8 @@ def run_group(config: Config) -> int:
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
     n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
-    plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        StepProgress(n_steps, GROUP_STEPS))  # fmt: skip
-    LOGGER.info("Group level: %d scenario(s), %d session step(s) with %s", len(scenarios),
-                n_steps, plugin)  # fmt: skip
-    graph = run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,
-                         names={})  # fmt: skip
+    LOGGER.info("Group level: %d scenario(s)", len(scenarios))
+    graph = run_steps(workflow, config, log_dir, n_steps, GROUP_STEPS)
     results, failed = _results(graph, scenarios)
     excluded += failed
     if not results:

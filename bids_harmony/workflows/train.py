@@ -188,10 +188,8 @@ def run_train(config: Config) -> int:
     from bids_harmony.methods.catalog import MODELS_DIR
     from bids_harmony.workflows.boilerplate import cite_train
     from bids_harmony.workflows.execution import (
-        StepProgress,
-        choose_plugin,
         ensure_bidsignore,
-        run_workflow,
+        run_steps,
         start_engine,
     )
     from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
@@ -228,10 +226,7 @@ def run_train(config: Config) -> int:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
     ensure_bidsignore(config.output_dir)
-    plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        StepProgress(n_steps, TRAIN_STEPS))  # fmt: skip
-    graph = run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir,
-                         names={})  # fmt: skip
+    graph = run_steps(workflow, config, log_dir, n_steps, TRAIN_STEPS)
     errors = []
     for node in graph.nodes() if graph is not None else ():
         if node.name != "ds_model":

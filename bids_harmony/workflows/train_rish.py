@@ -94,10 +94,8 @@ def run_train_rish(config: Config) -> int:
     from bids_harmony.methods.catalog import MODELS_DIR, model_stem
     from bids_harmony.methods.model_file import sh_convention
     from bids_harmony.workflows.execution import (
-        StepProgress,
-        choose_plugin,
         ensure_bidsignore,
-        run_workflow,
+        run_steps,
         start_engine,
     )
     from bids_harmony.workflows.group import common_space_wf, scenario_sessions
@@ -150,9 +148,7 @@ def run_train_rish(config: Config) -> int:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
     ensure_bidsignore(config.output_dir)
-    plugin, plugin_args = choose_plugin(config.plugin_file, config.nprocs, n_steps,
-                                        StepProgress(n_steps, RISH_STEPS))  # fmt: skip
-    run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir, names={})
+    run_steps(workflow, config, log_dir, n_steps, RISH_STEPS)
     for stem in planned:
         LOGGER.info("Saved %s", config.output_dir / MODELS_DIR / f"{stem}.safetensors")
     return 0

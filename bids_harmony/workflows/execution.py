@@ -89,6 +89,22 @@ def start_engine(output_dir: Path, verbose: int = 0) -> Path:
     return log_dir
 
 
+def level_workflow(config: Any, name: str) -> tuple[Any, Path]:
+    """The top workflow of a level and this invocation's log folder.
+
+    The engine settings come first (:func:`start_engine`); the work folder is per
+    release (``WORK/bids_harmony_<version>``): Nipype caches by node inputs, not by
+    our code.
+    """
+    from nipype.pipeline import engine as pe
+
+    from bids_harmony import __version__
+
+    log_dir = start_engine(config.output_dir, config.verbose)
+    base_dir = Path(config.work_dir) / f"bids_harmony_{__version__.replace('.', '_')}"
+    return pe.Workflow(name=name, base_dir=str(base_dir)), log_dir
+
+
 def ensure_bidsignore(output_dir: Path) -> None:
     """Add ``logs/`` to ``OUT/.bidsignore`` (the validator would flag crash files)."""
     from bids_harmony.bids.io import write_text

@@ -336,15 +336,13 @@ def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult
 
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
-    from nipype.pipeline import engine as pe
 
-    from bids_harmony import __version__
     from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.boilerplate import cite_group
     from bids_harmony.workflows.execution import (
+        level_workflow,
         run_steps,
-        start_engine,
     )
     from bids_harmony.workflows.run import discover_study
 
@@ -355,12 +353,7 @@ def run_group(config: Config) -> int:
     group_dir = config.output_dir / "group"
     excluded: list[tuple[str, ...]] = []
     notes = list(NOTES)
-    # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = start_engine(config.output_dir, config.verbose)
-    workflow = pe.Workflow(
-        name="bids_harmony_group_wf",
-        base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
-    )
+    workflow, log_dir = level_workflow(config, "bids_harmony_group_wf")
     scenarios: dict[str, Scenario] = {}
     for source in sources:
         for sel in select_traveling(study, source, target):

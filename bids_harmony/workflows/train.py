@@ -181,16 +181,14 @@ TRAIN_STEPS = {"sample": "sampled", "train": "trained"}
 
 def run_train(config: Config) -> int:
     """Run the train level; returns the exit code."""
-    from nipype.pipeline import engine as pe
 
-    from bids_harmony import __version__
     from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.methods.catalog import MODELS_DIR
     from bids_harmony.workflows.boilerplate import cite_train
     from bids_harmony.workflows.execution import (
         ensure_bidsignore,
+        level_workflow,
         run_steps,
-        start_engine,
     )
     from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
 
@@ -201,12 +199,7 @@ def run_train(config: Config) -> int:
     # Phantom pairs are registered with FLIRT whenever FSL preprocesses (--preproc fsl/auto).
     registration = "flirt" if resolve_backend(config.preproc) == "fsl" else "ants"
     LOGGER.info("Phantom registration: %s", registration)
-    # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = start_engine(config.output_dir, config.verbose)
-    workflow = pe.Workflow(
-        name="bids_harmony_train_wf",
-        base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
-    )
+    workflow, log_dir = level_workflow(config, "bids_harmony_train_wf")
     n_steps = 0
     for source in sources:
         pairs = phantom_pairs_for(config, study, source, target)

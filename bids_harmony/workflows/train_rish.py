@@ -88,15 +88,14 @@ def run_train_rish(config: Config) -> int:
     """Fit and save one LinearRISH model per site pair and protocol; the exit code."""
     from nipype.pipeline import engine as pe
 
-    from bids_harmony import __version__
     from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.methods.catalog import MODELS_DIR, model_stem
     from bids_harmony.methods.model_file import sh_convention
     from bids_harmony.workflows.execution import (
         ensure_bidsignore,
+        level_workflow,
         run_steps,
-        start_engine,
     )
     from bids_harmony.workflows.group import common_space_wf, scenario_sessions
     from bids_harmony.workflows.run import discover_study
@@ -105,12 +104,7 @@ def run_train_rish(config: Config) -> int:
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     target, sources = choose_sites(config, study.sites)
-    # before any workflow exists: a Workflow copies the engine settings when created
-    log_dir = start_engine(config.output_dir, config.verbose)
-    workflow = pe.Workflow(
-        name="bids_harmony_train_rish_wf",
-        base_dir=str(config.work_dir / f"bids_harmony_{__version__.replace('.', '_')}"),
-    )
+    workflow, log_dir = level_workflow(config, "bids_harmony_train_rish_wf")
     n_steps, planned = 0, []
     for source in sources:
         for sel in select_traveling(study, source, target):

@@ -179,22 +179,34 @@ def init_harp_train_wf(
 TRAIN_STEPS = {"sample": "sampled", "train": "trained"}
 
 
-def run_train(config: Config) -> int:
-    """Run the train level; returns the exit code."""
-
-    from bids_harmony.bids.derivatives import write_dataset_description
-    from bids_harmony.methods.catalog import MODELS_DIR
-    from bids_harmony.workflows.boilerplate import cite_train
-    from bids_harmony.workflows.execution import (
-        ensure_bidsignore,
-        level_workflow,
-        run_steps,
-    )
-    from bids_harmony.workflows.run import discover_study, resolve_backend, resolve_device
+def training_sites(config: Config) -> tuple[Study, str, list[str]]:
+    """The study, its target site and the source sites to train (every method)."""
+    from bids_harmony.workflows.run import discover_study
 
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
     target, sources = choose_sites(config, study.sites)
+    return study, target, sources
+
+
+def write_description(config: Config) -> None:
+    """The output dataset's description and ``.bidsignore`` (before models are written)."""
+    from bids_harmony.bids.derivatives import write_dataset_description
+    from bids_harmony.workflows.execution import ensure_bidsignore
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(config.output_dir, config.bids_dir)
+    ensure_bidsignore(config.output_dir)
+
+
+def run_train(config: Config) -> int:
+    """Run the train level; returns the exit code."""
+    from bids_harmony.methods.catalog import MODELS_DIR
+    from bids_harmony.workflows.boilerplate import cite_train
+    from bids_harmony.workflows.execution import level_workflow, run_steps
+    from bids_harmony.workflows.run import resolve_backend, resolve_device
+
+    study, target, sources = training_sites(config)
     device = resolve_device(config.device)
     # Phantom pairs are registered with FLIRT whenever FSL preprocesses (--preproc fsl/auto).
     registration = "flirt" if resolve_backend(config.preproc) == "fsl" else "ants"
@@ -216,9 +228,7 @@ def run_train(config: Config) -> int:
         workflow.add_nodes([sub])
         n_steps += len({(p.source.subject, p.source.session) for p in pairs}) + 1
 
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(config.output_dir, config.bids_dir)
-    ensure_bidsignore(config.output_dir)
+    write_description(config)
     graph = run_steps(workflow, config, log_dir, n_steps, TRAIN_STEPS)
     errors = []
     for node in graph.nodes() if graph is not None else ():

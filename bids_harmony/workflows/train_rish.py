@@ -88,22 +88,14 @@ def run_train_rish(config: Config) -> int:
     """Fit and save one LinearRISH model per site pair and protocol; the exit code."""
     from nipype.pipeline import engine as pe
 
-    from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.bids.group_inputs import select_traveling
     from bids_harmony.methods.catalog import MODELS_DIR, model_stem
     from bids_harmony.methods.model_file import sh_convention
-    from bids_harmony.workflows.execution import (
-        ensure_bidsignore,
-        level_workflow,
-        run_steps,
-    )
+    from bids_harmony.workflows.execution import level_workflow, run_steps
     from bids_harmony.workflows.group import common_space_wf, scenario_sessions
-    from bids_harmony.workflows.run import discover_study
-    from bids_harmony.workflows.train import choose_sites
+    from bids_harmony.workflows.train import training_sites, write_description
 
-    study = discover_study(config)
-    LOGGER.info("Discovered:\n%s", study.summary())
-    target, sources = choose_sites(config, study.sites)
+    study, target, sources = training_sites(config)
     workflow, log_dir = level_workflow(config, "bids_harmony_train_rish_wf")
     n_steps, planned = 0, []
     for source in sources:
@@ -139,9 +131,7 @@ def run_train_rish(config: Config) -> int:
             f"no traveling subject has two sessions at a source site and at {target}; "
             "LinearRISH needs traveling subjects (human participants scanned at both sites)."
         )
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(config.output_dir, config.bids_dir)
-    ensure_bidsignore(config.output_dir)
+    write_description(config)
     run_steps(workflow, config, log_dir, n_steps, RISH_STEPS)
     for stem in planned:
         LOGGER.info("Saved %s", config.output_dir / MODELS_DIR / f"{stem}.safetensors")

@@ -32,8 +32,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_harmony.evaluation.scenario import METRICS, evaluate_shells
+
 LOGGER = logging.getLogger("bids_harmony.workflows.group")
-METRICS = ("fa", "md", "gfa")
 #: WM threshold of the fibre-orientation comparison.
 WM_FA = 0.3
 
@@ -52,30 +53,6 @@ class SessionMaps:
     label: str
     mask: Path
     shells: dict
-
-
-@dataclass(frozen=True)
-class ShellSummary:
-    """The statistics of one shell (see :func:`bids_harmony.evaluation.maps.summarize`)."""
-
-    table2: dict
-    table3: dict
-    roi_errors: dict
-    ttests: dict
-    maps: dict
-    fibres: dict | None = None
-
-
-@dataclass(frozen=True)
-class ScenarioResult:
-    """Everything the report needs of one scenario."""
-
-    stem: str
-    labels: list[str]
-    subjects: list[str]
-    template: Path
-    methods: list[str]
-    shells: dict[str, ShellSummary]
 
 
 def kept_subjects(
@@ -277,54 +254,6 @@ class WarpMaps(SimpleInterface):
 # --------------------------------------------------------------------------- statistics
 
 
-def evaluate(
-    source: Sequence[Path],
-    target: Sequence[Path],
-    n_subjects: int,
-    labels: Sequence[str],
-    methods: Sequence[str],
-    fibres: dict[str, list[np.ndarray]],
-) -> dict[str, ShellSummary]:
-    """Standard-error maps, tables and t-tests per shell from the warped sessions.
-
-    ``source``/``target``: :class:`WarpMaps` files, subject-major (two sessions
-    per subject, in order); ``fibres``: shell label → angular errors per session.
-    """
-    from bids_harmony.evaluation import maps as ev
-    from bids_harmony.evaluation.fibers import summarize_angular_error
-
-    src = [np.load(f) for f in source]
-    tgt = [np.load(f) for f in target]
-    brain = np.stack([z["mask"] for z in [*src, *tgt]]).all(0)
-
-    def stack(files, key):
-        arrays = [z[key] for z in files]
-        return np.stack(arrays).reshape(n_subjects, 2, *arrays[0].shape)
-
-    out = {}
-    for label in labels:
-        values, target_values, maps = {}, {}, {}
-        for metric in METRICS:
-            key = metric.upper()  # the tables' and figures' metric names
-            target_values[key] = stack(tgt, f"{label}/{metric}/none")
-            values[key] = {m: stack(src, f"{label}/{metric}/{m}") for m in ["none", *methods]}
-            maps[key] = ev.error_maps(values[key], target_values[key])
-        mean_tgt = {m: np.nanmean(target_values[m.upper()], axis=(0, 1)) for m in ("fa", "md")}
-        tissue = ev.tissue_classes(brain, mean_tgt["fa"], mean_tgt["md"])
-        rois = ev.block_rois(tissue)
-        summary = ev.summarize(maps, values, target_values, tissue, rois)
-        errors = fibres.get(label)
-        out[label] = ShellSummary(
-            table2=summary["table2"], table3=summary["table3"],
-            roi_errors=summary["roi_errors"], ttests=summary["ttests"],
-            maps={m: {c: np.where(tissue > 0, v, np.nan) for c, v in conds.items()}
-                  for m, conds in maps.items()},
-            fibres=None if errors is None else summarize_angular_error(
-                np.concatenate(errors) if errors else np.empty(0)),
-        )  # fmt: skip
-    return out
-
-
 class _EvaluateInputSpec(BaseInterfaceInputSpec):
     sessions_source = traits.List(traits.Any, mandatory=True, desc="SessionMaps (source)")
     sessions_target = traits.List(traits.Any, mandatory=True, desc="SessionMaps (target)")
@@ -361,7 +290,8 @@ class EvaluateScenario(SimpleInterface):
         warped = [Path(f) for f in self.inputs.warped]
         src = [warped[2 * i + k] for i in keep for k in (0, 1)]
         tgt = [warped[len(source) + 2 * i + k] for i in keep for k in (0, 1)]
-        self._results["shells"] = evaluate(
-            src, tgt, len(keep), list(self.inputs.labels), list(self.inputs.methods), fibres,
+        self._results["shells"] = evaluate_shells(
+            [dict(np.load(f)) for f in src], [dict(np.load(f)) for f in tgt], len(keep),
+            list(self.inputs.labels), list(self.inputs.methods), fibres,
         )  # fmt: skip
         return runtime

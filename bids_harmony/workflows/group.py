@@ -31,7 +31,8 @@ from bids_harmony.bids.discovery import Study
 from bids_harmony.bids.group_inputs import Selection
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
-from bids_harmony.interfaces.group_level import ScenarioResult, SessionMaps
+from bids_harmony.evaluation.scenario import ScenarioResult
+from bids_harmony.interfaces.group_level import SessionMaps
 
 if TYPE_CHECKING:
     from nipype.pipeline.engine import Node, Workflow

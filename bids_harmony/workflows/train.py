@@ -165,7 +165,10 @@ def init_harp_train_wf(
         )
         workflow.connect([(sample, merge_arrays, [("arrays", f"in{k}")]),
                           (sample, merge_images, [("images", f"in{k}")])])  # fmt: skip
-    train = pe.Node(TrainHarpModel(pairs=pairs, order=order, options=training), name="train")
+    # In this process, not a forked worker: torch's thread pool does not survive a fork
+    # of a process that already used it (the worker hangs), and training uses all cores.
+    train = pe.Node(TrainHarpModel(pairs=pairs, order=order, options=training), name="train",
+                    run_without_submitting=True)  # fmt: skip
     sink = pe.Node(ModelSink(models_dir=str(models_dir)), name="ds_model")
     workflow.connect([
         (merge_arrays, train, [("out", "arrays")]),

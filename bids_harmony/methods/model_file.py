@@ -228,7 +228,7 @@ def load_tensors(
                 f"{weights_path}: tensors {diff[:4]} differ from those listed in "
                 f"{card_path.name}; the two files do not belong together."
             )
-    _check_expect(card, expect or {}, card_path)
+    check_expect(card, expect or {}, card_path)
     return dict(tensors), card
 
 
@@ -260,7 +260,9 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
-def _check_expect(card: Mapping[str, Any], expect: Mapping[str, Any], card_path: Path) -> None:
+def check_expect(card: Mapping[str, Any], expect: Mapping[str, Any], card_path: Path) -> None:
+    """Raise :class:`ModelFileError` unless ``card`` holds the ``expect`` values (see
+    :func:`load_tensors`)."""
     convention = card.get("sh_convention")
     convention = convention if isinstance(convention, Mapping) else {}
     for key, wanted in expect.items():

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from bids_harmony.methods.harp.network import HarpNet
-from bids_harmony.methods.model_file import ModelFileError, load_tensors, save_tensors
+from bids_harmony.methods.model_file import (
+    ModelFileError,
+    check_expect,
+    load_tensors,
+    model_paths,
+    save_tensors,
+)
 
 METHOD = "harp"
 
@@ -51,8 +57,10 @@ def load_model(
         Anything :func:`load_tensors` refuses; a card without an architecture or
         with one the tensors do not fit; an SH order that contradicts the network.
     """
-    state, card = load_tensors(path, method=METHOD, expect=expect)
-    card_name = Path(path).with_suffix(".json").name
+    # the card's own consistency first, then whether it fits the data (clearer messages)
+    state, card = load_tensors(path, method=METHOD)
+    card_path = model_paths(path)[1]
+    card_name = card_path.name
     if "architecture" not in card:
         raise ModelFileError(f"model card {card_name} lacks ['architecture']; it was not "
                              "written by save_model.")  # fmt: skip
@@ -79,4 +87,5 @@ def load_model(
                 f"{card_name}: sh_convention says order {convention['sh_order']} but the "
                 f"network takes order {model.sh_order}; the card is inconsistent."
             )
+    check_expect(card, expect or {}, card_path)
     return model.eval(), card

@@ -181,11 +181,10 @@ def choose_methods(config: Config, scen: Scenario) -> Scenario:
     sel = scen.selection
     rish_model = (config.output_dir / MODELS_DIR
                   / f"{model_stem(sel.source, sel.target, method='rish', acq=sel.acq)}.json")
-    rish_outputs = all(
-        s.shells[lb].outputs.shell_map(lb, kind, "rish") is not None
+    rish_trained = rish_model.is_file() and all(
+        _from_model(s.shells[lb].outputs.shell_map(lb, kind, "rish"), rish_model)
         for s in scen.source for lb in scen.labels for kind in ("fa", "md", "gfa")
     )  # fmt: skip
-    rish_trained = rish_model.is_file() and rish_outputs
     methods = [m for m in EVALUATED if m in wanted and (m != "harp" or has_harp)]
     if "harp" in wanted and not has_harp and config.methods:
         raise NoDataError(
@@ -194,6 +193,22 @@ def choose_methods(config: Config, scen: Scenario) -> Scenario:
         )
     return dataclasses.replace(scen, methods=tuple(methods),
                                rish_fit="rish" in methods and not rish_trained)  # fmt: skip
+
+
+def _from_model(path: Path | None, model_card: Path) -> bool:
+    """Whether a ``desc-rish`` map exists and its sidecar names the trained model.
+
+    The group level's own LinearRISH fit writes ``desc-rish`` maps too; those do
+    not count as the model's outputs.
+    """
+    if path is None:
+        return False
+    sidecar = path.with_name(path.name.removesuffix(".nii.gz") + ".json")
+    try:
+        harmonization = json.loads(sidecar.read_text()).get("Harmonization", {})
+    except (OSError, ValueError):
+        return False
+    return str(harmonization.get("ModelFile", "")).endswith(model_card.stem + ".safetensors")
 
 
 def _name(*parts: str | None) -> str:

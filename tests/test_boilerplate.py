@@ -12,15 +12,13 @@ from bids_harmony.bids.discovery import discover
 from bids_harmony.config import Config
 from bids_harmony.evaluation.report import markdown_html, write_html_report
 from bids_harmony.workflows.boilerplate import (
-    REFERENCES,
-    cite,
     dwi_postdesc,
     group_paragraphs,
     train_paragraphs,
     workflow_paragraphs,
-    write_level_citation,
 )
 from bids_harmony.workflows.participant import init_dwi_run_wf, init_participant_wf
+from bids_harmony.workflows.references import REFERENCES, cite, write_level_citation
 from tests.conftest import make_bids
 
 

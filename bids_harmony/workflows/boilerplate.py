@@ -9,150 +9,28 @@ and steps, the SH order, whether GFA is computed, whether HARP is applied.
 group levels describe themselves with :func:`train_paragraphs` and
 :func:`group_paragraphs` (from the model cards and their settings).
 
-Texts cite with pandoc keys, ``[@dipy]`` or ``[@eddy; @topup]``: a key of
-:data:`REFERENCES`, or the name of a harmonization method (its own references,
-:mod:`bids_harmony.methods.registry`).  :func:`cite` turns them into author-year
-citations and the reference list; :func:`write_level_citation` writes the
-level's section of ``OUT/logs/CITATION.md`` (:mod:`bids_harmony.bids.citation`).
+Texts cite with pandoc keys, ``[@dipy]`` or ``[@eddy; @topup]``, resolved by
+:mod:`.references` (the reference table, :func:`~.references.cite`,
+:func:`~.references.write_level_citation`).
 
 Nothing here imports torch until a method's references are resolved.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bids_harmony import CODE_URL, __version__
+from bids_harmony.workflows.references import (
+    fsl_version,
+    software_versions,
+    write_level_citation,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-#: Citation keys → (short form, full reference, DOI or "" when not checked).
-REFERENCES: Mapping[str, tuple[str, str, str]] = {
-    "bids": (
-        "Gorgolewski et al., 2016",
-        "Gorgolewski KJ, Auer T, Calhoun VD, et al. The brain imaging data structure, a "
-        "format for organizing and describing outputs of neuroimaging experiments. "
-        "Scientific Data 3 (2016) 160044.",
-        "10.1038/sdata.2016.44",
-    ),
-    "pybids": (
-        "Yarkoni et al., 2019",
-        "Yarkoni T, Markiewicz CJ, de la Vega A, et al. PyBIDS: Python tools for BIDS "
-        "datasets. Journal of Open Source Software 4 (2019) 1294.",
-        "10.21105/joss.01294",
-    ),
-    "nipype": (
-        "Gorgolewski et al., 2011",
-        "Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and "
-        "extensible neuroimaging data processing framework in Python. Frontiers in "
-        "Neuroinformatics 5 (2011) 13.",
-        "10.3389/fninf.2011.00013",
-    ),
-    "dipy": (
-        "Garyfallidis et al., 2014",
-        "Garyfallidis E, Brett M, Amirbekian B, et al. Dipy, a library for the analysis of "
-        "diffusion MRI data. Frontiers in Neuroinformatics 8 (2014) 8.",
-        "10.3389/fninf.2014.00008",
-    ),
-    "topup": (
-        "Andersson et al., 2003",
-        "Andersson JLR, Skare S, Ashburner J. How to correct susceptibility distortions in "
-        "spin-echo echo-planar images: application to diffusion tensor imaging. "
-        "NeuroImage 20 (2003) 870-888.",
-        "10.1016/S1053-8119(03)00336-7",
-    ),
-    "eddy": (
-        "Andersson and Sotiropoulos, 2016",
-        "Andersson JLR, Sotiropoulos SN. An integrated approach to correction for "
-        "off-resonance effects and subject movement in diffusion MR imaging. "
-        "NeuroImage 125 (2016) 1063-1078.",
-        "10.1016/j.neuroimage.2015.10.019",
-    ),
-    "bet": (
-        "Smith, 2002",
-        "Smith SM. Fast robust automated brain extraction. Human Brain Mapping 17 (2002) 143-155.",
-        "",
-    ),
-    "flirt": (
-        "Jenkinson et al., 2002",
-        "Jenkinson M, Bannister P, Brady M, Smith S. Improved optimization for the robust "
-        "and accurate linear registration and motion correction of brain images. "
-        "NeuroImage 17 (2002) 825-841.",
-        "",
-    ),
-    "mppca": (
-        "Veraart et al., 2016",
-        "Veraart J, Novikov DS, Christiaens D, Ades-Aron B, Sijbers J, Fieremans E. "
-        "Denoising of diffusion MRI using random matrix theory. NeuroImage 142 (2016) "
-        "394-406.",
-        "",
-    ),
-    "patch2self": (
-        "Fadnavis et al., 2020",
-        "Fadnavis S, Batson J, Garyfallidis E. Patch2Self: denoising diffusion MRI with "
-        "self-supervised learning. Advances in Neural Information Processing Systems 33 "
-        "(2020).",
-        "",
-    ),
-    "gibbs": (
-        "Kellner et al., 2016",
-        "Kellner E, Dhital B, Kiselev VG, Reisert M. Gibbs-ringing artifact removal based "
-        "on local subvoxel-shifts. Magnetic Resonance in Medicine 76 (2016) 1574-1581.",
-        "",
-    ),
-    "descoteaux": (
-        "Descoteaux et al., 2007",
-        "Descoteaux M, Angelino E, Fitzgibbons S, Deriche R. Regularized, fast, and robust "
-        "analytical Q-ball imaging. Magnetic Resonance in Medicine 58 (2007) 497-510.",
-        "",
-    ),
-    "dti": (
-        "Basser et al., 1994",
-        "Basser PJ, Mattiello J, LeBihan D. MR diffusion tensor spectroscopy and imaging. "
-        "Biophysical Journal 66 (1994) 259-267.",
-        "10.1016/S0006-3495(94)80775-1",
-    ),
-    "wls": (
-        "Chung et al., 2006",
-        "Chung S, Lu Y, Henry RG. Comparison of bootstrap approaches for estimation of "
-        "uncertainties of DTI parameters. NeuroImage 33 (2006) 531-541.",
-        "",
-    ),
-    "csd": (
-        "Tournier et al., 2007",
-        "Tournier J-D, Calamante F, Connelly A. Robust determination of the fibre "
-        "orientation distribution in diffusion MRI: non-negativity constrained "
-        "super-resolved spherical deconvolution. NeuroImage 35 (2007) 1459-1472.",
-        "10.1016/j.neuroimage.2007.02.016",
-    ),
-    "gfa": (
-        "Tuch, 2004",
-        "Tuch DS. Q-ball imaging. Magnetic Resonance in Medicine 52 (2004) 1358-1372.",
-        "",
-    ),
-    "syn": (
-        "Avants et al., 2008",
-        "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image "
-        "registration with cross-correlation: evaluating automated labeling of elderly "
-        "and neurodegenerative brain. Medical Image Analysis 12 (2008) 26-41.",
-        "10.1016/j.media.2007.06.004",
-    ),
-    "pytorch": (
-        "Paszke et al., 2019",
-        "Paszke A, Gross S, Massa F, et al. PyTorch: an imperative style, high-performance "
-        "deep learning library. Advances in Neural Information Processing Systems 32 "
-        "(2019).",
-        "",
-    ),
-}
-
-_CITATION = re.compile(r"\[(@[\w-]+(?:\s*;\s*@[\w-]+)*)\]")
 
 #: How a study's sites were decided (``Study.site_source``), in a sentence.
 _SITE_SOURCES = {
@@ -161,78 +39,6 @@ _SITE_SOURCES = {
     "field strength and serial number where one model occurs twice)",
     "session": "from the session labels",
 }
-
-
-# --------------------------------------------------------------------------- citations
-
-
-def references_for(key: str) -> tuple[Any, ...]:
-    """The references of a citation key: one of :data:`REFERENCES` or a method name."""
-    from bids_harmony.methods.base import Reference
-
-    if key in REFERENCES:
-        return (Reference(*REFERENCES[key]),)
-    from bids_harmony.methods.registry import UnknownMethodError, get_method
-
-    try:
-        return tuple(get_method(key).references)
-    except UnknownMethodError:
-        raise KeyError(f"unknown citation key @{key}") from None
-
-
-def cite(paragraphs: Iterable[str]) -> tuple[list[str], list[Any]]:
-    """Resolve ``[@key; @key2]`` into ``(Author et al., year; ...)``.
-
-    Returns the paragraphs with author-year citations and the references cited,
-    without duplicates, in the order first cited.
-    """
-    cited: dict[str, Any] = {}
-
-    def replace(match: re.Match[str]) -> str:
-        shorts = []
-        for key in (k.strip().lstrip("@") for k in match.group(1).split(";")):
-            for ref in references_for(key):
-                cited.setdefault(ref.doi or ref.text, ref)
-                if ref.short not in shorts:
-                    shorts.append(ref.short)
-        return "(" + "; ".join(shorts) + ")"
-
-    return [_CITATION.sub(replace, p) for p in paragraphs], list(cited.values())
-
-
-def software_versions(*extra: str) -> dict[str, str]:
-    """Versions recorded in sidecars, plus those of ``extra`` packages when installed."""
-    from bids_harmony.bids.derivatives import software_versions as recorded
-
-    versions = recorded()
-    for package in extra:
-        try:
-            versions.setdefault(package, importlib.metadata.version(package))
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def fsl_version() -> str | None:
-    """FSL's version from ``$FSLDIR/etc/fslversion``, when set."""
-    fsldir = os.environ.get("FSLDIR")
-    path = Path(fsldir, "etc", "fslversion") if fsldir else None
-    if path is None or not path.is_file():
-        return None
-    return path.read_text().strip().split(":")[0] or None
-
-
-def write_level_citation(
-    output_dir: str | os.PathLike[str],
-    level: str,
-    paragraphs: Sequence[str],
-    software: Mapping[str, str],
-) -> Path:
-    """Resolve the citations of ``paragraphs`` and write the section of ``level``."""
-    from bids_harmony.bids.citation import write_citation
-
-    text, references = cite(paragraphs)
-    return write_citation(output_dir, level, text, references=references, software=software)
 
 
 # --------------------------------------------------------------------------- workflows

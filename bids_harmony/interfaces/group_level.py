@@ -135,6 +135,7 @@ class _ApplyRishInputSpec(BaseInterfaceInputSpec):
                            desc="training subjects (the session is skipped unless its own)")
     b_tolerance = traits.Float(mandatory=True)
     b0_threshold = traits.Float(mandatory=True)
+    n_threads = traits.Int(1, usedefault=True, desc="CSD threads (GFA)")
 
 
 class _ApplyRishOutputSpec(TraitedSpec):
@@ -160,7 +161,7 @@ class ApplyRish(SimpleInterface):
             [session.shells[label] for label in self.inputs.labels], self.inputs.scales,
             self.inputs.transform, Path(self.inputs.template_file), mask_file=session.mask,
             subjects=list(self.inputs.subjects), b_tolerance=self.inputs.b_tolerance,
-            b0_threshold=self.inputs.b0_threshold,
+            b0_threshold=self.inputs.b0_threshold, n_threads=self.inputs.n_threads,
         )  # fmt: skip
         self._results["written"] = {k: {kk: str(p) for kk, p in v.items()}
                                     for k, v in written.items()}  # fmt: skip
@@ -173,6 +174,7 @@ class ApplyRish(SimpleInterface):
 class _FibreInputSpec(BaseInterfaceInputSpec):
     session = traits.Any(mandatory=True, desc="SessionMaps of a source session")
     label = traits.Str(mandatory=True, desc="shell label")
+    n_threads = traits.Int(1, usedefault=True, desc="CSD threads")
 
 
 class _FibreOutputSpec(TraitedSpec):
@@ -199,7 +201,8 @@ class FibreErrors(SimpleInterface):
             files = m.outputs.dwi(method, required=True)
             bvals, bvecs = read_gradients(files.bval, files.bvec)
             data = _load(files.dwi)
-            result = csd_fodf(data, bvals, bvecs, mask=wm, shell=m.bval, fa=fa)
+            result = csd_fodf(data, bvals, bvecs, mask=wm, shell=m.bval, fa=fa,
+                              n_threads=self.inputs.n_threads)  # fmt: skip
             peaks.append(principal_directions(result.coeffs, mask=wm))
         self._results["errors"] = (self.inputs.label, angular_error_deg(*peaks)[wm])
         return runtime

@@ -90,13 +90,14 @@ def apply_to_run(
     b_tolerance: float,
     b0_threshold: float,
     model: Mapping[str, str] | None = None,
+    n_threads: int | None = None,
 ) -> dict[str, dict[str, Path]]:
     """Harmonize one source run with template-space ``scales`` (per shell label).
 
     ``model`` (``ModelFile``, ``ModelSHA256``, ``SourceSite``, ``TargetSite``) is
     given when the scales come from a trained model applied at the participant
     level; without it the sidecars say the scales were fitted by the group level
-    on the subjects they are evaluated on.
+    on the subjects they are evaluated on.  ``n_threads``: CSD threads (GFA).
 
     Returns ``{shell label: {"sh"|"fa"|"md"|"gfa"|"scales": written path}}``.
     """
@@ -154,6 +155,7 @@ def apply_to_run(
             fa=tensor["fa"],
             b_tolerance=b_tolerance,
             b0_threshold=b0_threshold,
+            n_threads=n_threads,
         )
         arrays = {
             "sh": fit.coeffs,

@@ -265,6 +265,9 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
 
     workflow = pe.Workflow(name=_name("group", scen.stem))
     space, transforms = common_space_wf(workflow, config, scen)
+    # CSD threads per node: the cores left per parallel node (all of them when serial)
+    threads = config.omp_nthreads or max(1, config.nprocs // min(config.nprocs,
+                                                                len(scen.sessions)))
     n_src = len(scen.source)
     warped = pe.Node(niu.Merge(len(scen.sessions)), name="warped")
     fibres = pe.Node(niu.Merge(max(1, n_src * len(scen.labels)), no_flatten=True),
@@ -287,16 +290,17 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
         if is_source and scen.rish_fit:
             apply = pe.Node(ApplyRish(session=session, labels=scen.labels,
                                       b_tolerance=config.b_tolerance,
-                                      b0_threshold=config.b0_threshold),
-                            name=_name("rish", session.key))  # fmt: skip
+                                      b0_threshold=config.b0_threshold, n_threads=threads),
+                            name=_name("rish", session.key), n_procs=threads)  # fmt: skip
             workflow.connect([(fit, apply, [("scales", "scales"), ("subjects", "subjects")]),
                               (select, apply, [("out", "transform")]),
                               (space, apply, [("template", "template_file")]),
                               (apply, warp, [("written", "after")])])  # fmt: skip
         if is_source and "harp" in scen.methods:
             for j, label in enumerate(scen.labels):
-                fibre = pe.Node(FibreErrors(session=session, label=label),
-                                name=_name("fibres", session.key, label))  # fmt: skip
+                fibre = pe.Node(FibreErrors(session=session, label=label, n_threads=threads),
+                                name=_name("fibres", session.key, label),
+                                n_procs=threads)  # fmt: skip
                 workflow.connect(fibre, "errors", fibres, f"in{k * len(scen.labels) + j + 1}")
     evaluate = pe.Node(EvaluateScenario(sessions_source=scen.source, sessions_target=scen.target,
                                         labels=scen.labels, methods=list(scen.methods)),

@@ -42,6 +42,10 @@ class MissingOutputError(BidsHarmonyError, FileNotFoundError):
     """A derivative an earlier level should have written is absent or incomplete."""
 
 
+class LockError(BidsHarmonyError, RuntimeError):
+    """Another run holds the work directory or the outputs this run would write."""
+
+
 class NotImplementedLevelError(BidsHarmonyError, NotImplementedError):
     """An analysis level that this version does not provide yet."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bids_harmony.cli.parser import build_parser
 from bids_harmony.errors import BidsHarmonyError, OutputDirectoryError
+from bids_harmony.workflows.locking import release_locks
 
 LOGGER = logging.getLogger("bids_harmony.cli")
 
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         LOGGER.error("interrupted; rerun with the same --work-dir to resume")
         return 130
+    finally:
+        # A backstop: each level releases its own locks (locking.releases_locks).
+        release_locks()
 
 
 if __name__ == "__main__":

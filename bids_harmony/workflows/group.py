@@ -33,6 +33,7 @@ from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
 from bids_harmony.evaluation.scenario import ScenarioResult
 from bids_harmony.interfaces.group_level import SessionMaps
+from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
 
 if TYPE_CHECKING:
     from nipype.pipeline.engine import Node, Workflow
@@ -354,6 +355,7 @@ def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult
     return results, excluded
 
 
+@releases_locks
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
 
@@ -406,6 +408,7 @@ def run_group(config: Config) -> int:
         )
     n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
     LOGGER.info("Group level: %d scenario(s)", len(scenarios))
+    hold_locks(config, level_keys(config, study))
     graph = run_steps(workflow, config, log_dir, n_steps, GROUP_STEPS)
     results, failed = _results(graph, scenarios)
     excluded += failed

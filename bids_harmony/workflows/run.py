@@ -16,6 +16,7 @@ from bids_harmony.workflows.execution import (
     run_workflow,
     start_engine,
 )
+from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
     return models
 
 
+@releases_locks
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
     from bids_harmony.bids.derivatives import write_dataset_description
@@ -141,6 +143,7 @@ def run_participant(config: Config) -> int:
     workflow = init_participant_wf(study, config, backend=backend, models=models,
                                    rish_models=rish_models)  # fmt: skip
 
+    hold_locks(config, level_keys(config, study))
     config.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(config.output_dir, config.bids_dir)
     ensure_bidsignore(config.output_dir)

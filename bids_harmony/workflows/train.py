@@ -33,6 +33,7 @@ from bids_harmony.interfaces.harp_training import (
     TrainOptions,
     pair_files,
 )
+from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
 
 if TYPE_CHECKING:
     from nipype.pipeline.engine import Workflow
@@ -202,6 +203,7 @@ def write_description(config: Config) -> None:
     ensure_bidsignore(config.output_dir)
 
 
+@releases_locks
 def run_train(config: Config) -> int:
     """Run the train level; returns the exit code."""
     from bids_harmony.methods.catalog import MODELS_DIR
@@ -231,6 +233,7 @@ def run_train(config: Config) -> int:
         workflow.add_nodes([sub])
         n_steps += len({(p.source.subject, p.source.session) for p in pairs}) + 1
 
+    hold_locks(config, level_keys(config, study))
     write_description(config)
     graph = run_steps(workflow, config, log_dir, n_steps, TRAIN_STEPS)
     errors = []

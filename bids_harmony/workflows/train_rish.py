@@ -30,6 +30,7 @@ from nipype.interfaces.base import (
 
 from bids_harmony.config import Config
 from bids_harmony.errors import NoDataError
+from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
 
 LOGGER = logging.getLogger(__name__)
 #: Steps counted in the progress lines: node-name word -> verb.
@@ -84,6 +85,7 @@ def _name(*parts: str | None) -> str:
     return "_".join(re.sub(r"\W", "", p) for p in parts if p)
 
 
+@releases_locks
 def run_train_rish(config: Config) -> int:
     """Fit and save one LinearRISH model per site pair and protocol; the exit code."""
     from nipype.pipeline import engine as pe
@@ -131,6 +133,7 @@ def run_train_rish(config: Config) -> int:
             f"no traveling subject has two sessions at a source site and at {target}; "
             "LinearRISH needs traveling subjects (human participants scanned at both sites)."
         )
+    hold_locks(config, level_keys(config, study))
     write_description(config)
     run_steps(workflow, config, log_dir, n_steps, RISH_STEPS)
     for stem in planned:

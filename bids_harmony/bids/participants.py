@@ -10,12 +10,12 @@ A participant is a *phantom* (DESIGN §2) when, by the first rule that applies:
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from bids_harmony.bids.sites import strip_prefix
+from bids_harmony.bids.tsv import read_tsv
 from bids_harmony.errors import InputDatasetError, NoDataError
 
 LOGGER = logging.getLogger(__name__)
@@ -118,16 +118,12 @@ def _phantoms_from_tsv(path: Path) -> tuple[set[str], set[str]] | None:
     """(phantom labels, all listed labels) of participants.tsv; None without the columns."""
     if not path.is_file():
         return None
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputDatasetError(
-            f"Cannot read {path}: {err}. Fix the file (tab-separated, UTF-8) or select "
-            "phantoms with --phantom-label."
-        ) from err
+    table = read_tsv(
+        path,
+        what="Participants table",
+        hint="Fix the file (tab-separated, UTF-8) or select phantoms with --phantom-label.",
+    )
+    columns = list(table.columns)
     if "phantom" not in columns and "species" not in columns:
         return None
     if "participant_id" not in columns:
@@ -136,9 +132,12 @@ def _phantoms_from_tsv(path: Path) -> tuple[set[str], set[str]] | None:
             f"{columns}). Add participant_id (tab-separated) or use --phantom-label."
         )
     marked, listed = set(), set()
-    for row in rows:
+    for row in table.rows:
+        if not row["participant_id"]:
+            continue  # n/a or empty: names no participant
         label = strip_prefix(row["participant_id"], "sub-")
         listed.add(label)
-        if row.get("phantom", "").lower() in _TRUE or row.get("species", "").lower() == "phantom":
+        phantom, species = row.get("phantom") or "", row.get("species") or ""
+        if phantom.lower() in _TRUE or species.lower() == "phantom":
             marked.add(label)
     return marked, listed

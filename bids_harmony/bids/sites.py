@@ -2,7 +2,7 @@
 
 The site of a session is decided by the first rule that applies (DESIGN §2):
 
-1. ``site-map``: a ``--site-map`` TSV (``participant_id``, ``session_id``, ``site``);
+1. ``site-map``: a ``--site-map`` TSV (:mod:`bids_harmony.bids.site_map`);
    every session must be covered.
 2. ``sidecar``: the scanner identity in the JSON sidecars.  The label is the
    sanitized ``ManufacturersModelName`` (``Manufacturer`` when the model is absent);
@@ -16,22 +16,42 @@ All labels are BIDS-safe alphanumerics (:func:`sanitize_label`).
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bids_harmony.bids.labels import (
+    NOT_ALNUM,
+    SessionKey,
+    format_session,
+    sanitize_label,
+    strip_prefix,
+)
+from bids_harmony.bids.site_map import (
+    SiteMap,
+    load_site_map,
+    sites_from_map,
+    warn_unmatched_rows,
+)
 from bids_harmony.errors import InputDatasetError
 
-LOGGER = logging.getLogger(__name__)
+__all__ = [
+    "SITE_SOURCES",
+    "UNKNOWN_SITE",
+    "ScannerIdentity",
+    "SessionKey",
+    "SiteMap",
+    "assign_sites",
+    "format_session",
+    "load_site_map",
+    "sanitize_label",
+    "strip_prefix",
+]
 
-SessionKey = tuple[str, str | None]
-"""``(subject, session)`` labels without prefixes; ``session`` is None without sessions."""
+LOGGER = logging.getLogger(__name__)
 
 SITE_SOURCES: Mapping[str, str] = {
     "site-map": "from the site map",
@@ -42,132 +62,7 @@ SITE_SOURCES: Mapping[str, str] = {
 UNKNOWN_SITE = "unknown"
 """Site of session-less runs when no site map and no scanner fields are available."""
 
-_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
-_MISSING = {"", "n/a"}
 _SERIAL_TAIL = 4
-
-
-def sanitize_label(text: str, *, context: str | None = None) -> str:
-    """Reduce free text to a BIDS-safe label (ASCII letters and digits only).
-
-    Parameters
-    ----------
-    text : str
-        E.g. a scanner model name or a site name from a site map.
-    context : str, optional
-        Where the text comes from (a file, a field), named in the error message.
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    InputDatasetError
-        If nothing is left.
-
-    >>> sanitize_label("SIGNA Premier")
-    'SIGNAPremier'
-    >>> sanitize_label("Siemens-Prisma_fit 3.0")
-    'SiemensPrismafit30'
-    """
-    label = _NOT_ALNUM.sub("", str(text))
-    if not label:
-        where = f" ({context})" if context else ""
-        raise InputDatasetError(
-            f"Cannot make a BIDS label from {text!r}{where}: it contains no ASCII letters "
-            "or digits. Use a name with letters or digits (e.g. 'GE1', 'Prisma')."
-        )
-    return label
-
-
-def strip_prefix(label: str, prefix: str) -> str:
-    """Remove a BIDS key prefix (``sub-``, ``ses-``) if present.
-
-    >>> strip_prefix("sub-01", "sub-"), strip_prefix("01", "sub-")
-    ('01', '01')
-    """
-    label = str(label).strip()
-    return label[len(prefix) :] if label.startswith(prefix) else label
-
-
-def format_session(key: SessionKey) -> str:
-    """``('01', 'GE')`` -> ``'sub-01/ses-GE'``; ``('01', None)`` -> ``'sub-01'``."""
-    subject, session = key
-    return f"sub-{subject}" + (f"/ses-{session}" if session is not None else "")
-
-
-def load_site_map(path: str | os.PathLike[str]) -> dict[SessionKey, str]:
-    """Read a site map TSV.
-
-    Columns: ``participant_id`` and ``site`` (required) and ``session_id``
-    (optional; without it, or where it is ``n/a``, the site applies to all sessions
-    of the participant).  Labels may be written with or without ``sub-``/``ses-``.
-
-    Parameters
-    ----------
-    path : path-like
-        Tab-separated file with a header row.
-
-    Returns
-    -------
-    dict
-        ``{(subject, session or None): sanitized site label}``.
-
-    Raises
-    ------
-    InputDatasetError
-        If the file is missing or unreadable, lacks a required column, has an empty
-        cell, gives one session two sites, or two site names sanitize to one label.
-    """
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
-    except FileNotFoundError:
-        raise InputDatasetError(
-            f"Site map {path} does not exist. Pass an existing TSV file to --site-map."
-        ) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputDatasetError(f"Cannot read site map {path}: {err}.") from err
-    if not rows:
-        raise InputDatasetError(
-            f"Site map {path} has no rows. Write a header 'participant_id<TAB>session_id"
-            "<TAB>site' followed by one row per session."
-        )
-    missing = [c for c in ("participant_id", "site") if c not in columns]
-    if missing:
-        raise InputDatasetError(
-            f"Site map {path} lacks the column(s) {', '.join(missing)} (found: {columns}). "
-            "It must be tab-separated with a header 'participant_id<TAB>session_id<TAB>site'."
-        )
-    site_map: dict[SessionKey, str] = {}
-    raw_names: dict[str, str] = {}
-    for line, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        subject = strip_prefix(row["participant_id"], "sub-")
-        session: str | None = strip_prefix(row.get("session_id", ""), "ses-")
-        if session is not None and session.lower() in _MISSING:
-            session = None
-        if subject.lower() in _MISSING or row["site"].lower() in _MISSING:
-            raise InputDatasetError(
-                f"Site map {path}, line {line}: participant_id and site must not be empty."
-            )
-        site = sanitize_label(row["site"], context=f"site map {path}, line {line}")
-        other = raw_names.setdefault(site, row["site"])
-        if other != row["site"]:
-            raise InputDatasetError(
-                f"Site map {path}: the site names {other!r} and {row['site']!r} both become "
-                f"the label {site!r}. Rename one of them."
-            )
-        key = (subject, session)
-        if site_map.setdefault(key, site) != site:
-            raise InputDatasetError(
-                f"Site map {path}, line {line}: {format_session(key)} is given two sites "
-                f"({site_map[key]!r} and {site!r}). Keep one row per session."
-            )
-    return site_map
 
 
 @dataclass(frozen=True)
@@ -193,7 +88,7 @@ class ScannerIdentity:
         """Read the scanner fields of a (merged) sidecar."""
 
         def text(key: str) -> str | None:
-            value = _NOT_ALNUM.sub("", str(metadata.get(key) or ""))
+            value = NOT_ALNUM.sub("", str(metadata.get(key) or ""))
             return value or None
 
         try:
@@ -231,6 +126,7 @@ def assign_sites(
     *,
     site_map: Mapping[SessionKey, str] | None = None,
     others: Mapping[SessionKey, Sequence[tuple[Path, Mapping[str, Any]]]] | None = None,
+    dataset_sessions: Collection[SessionKey] | None = None,
 ) -> tuple[dict[SessionKey, str], str]:
     """Decide the site of every session.
 
@@ -245,6 +141,10 @@ def assign_sites(
         The same for the dataset's sessions outside the selection.  They take part
         in choosing the rule and the labels (so a participant-level run labels its
         sites as a run on the whole dataset does), but their errors are ignored.
+    dataset_sessions : collection of SessionKey, optional
+        All sessions of the dataset with dMRI runs, selected or not.  Site map rows
+        that match none of them are logged as a warning (e.g. a typo in a label);
+        without it, rows are checked against ``sessions`` only.
 
     Returns
     -------
@@ -260,7 +160,9 @@ def assign_sites(
         different scanners, or only some sessions carry scanner fields.
     """
     if site_map is not None:
-        return _sites_from_map(sessions, site_map), "site-map"
+        known = set(sessions) | set(dataset_sessions or ())
+        warn_unmatched_rows(site_map, known, whole_dataset=dataset_sessions is not None)
+        return sites_from_map(sessions, site_map), "site-map"
     others = {k: v for k, v in (others or {}).items() if k not in sessions}
     identities = {
         key: [(path, ScannerIdentity.from_metadata(meta)) for path, meta in runs]
@@ -283,25 +185,6 @@ def assign_sites(
             LOGGER.debug("Ignoring unselected session for site labels: %s", err)
     labels = _label_identities(per_session)
     return {key: labels[key] for key in sessions}, "sidecar"
-
-
-def _sites_from_map(
-    sessions: Mapping[SessionKey, object], site_map: Mapping[SessionKey, str]
-) -> dict[SessionKey, str]:
-    sites: dict[SessionKey, str] = {}
-    uncovered = []
-    for key in sessions:
-        site = site_map.get(key, site_map.get((key[0], None)))
-        if site is None:
-            uncovered.append(format_session(key))
-        else:
-            sites[key] = sanitize_label(site, context=f"site map entry of {format_session(key)}")
-    if uncovered:
-        raise InputDatasetError(
-            f"The site map does not cover {len(uncovered)} session(s) with dMRI runs: "
-            f"{', '.join(uncovered)}. Add a row (participant_id, session_id, site) for each."
-        )
-    return sites
 
 
 def _session_identity(

@@ -46,10 +46,19 @@ def normalize_labels(labels: str | Iterable[str] | None, prefix: str) -> list[st
     return out
 
 
-def check_labels(requested: list[str], existing: Iterable[str], prefix: str, what: str) -> None:
+def check_labels(
+    requested: list[str],
+    existing: Iterable[str],
+    prefix: str,
+    what: str,
+    *,
+    listing: str | None = None,
+) -> None:
     """Raise :class:`NoDataError` if some requested labels do not exist.
 
-    The message lists the labels that do exist.
+    The message lists the labels that do exist, introduced by ``listing``
+    (default ``"Existing <what>s"``; the phantom check lists every participant,
+    which are not all phantoms).
     """
     existing = sorted(set(existing))
     unknown = [label for label in requested if label not in existing]
@@ -57,7 +66,8 @@ def check_labels(requested: list[str], existing: Iterable[str], prefix: str, wha
         found = ", ".join(f"{prefix}{e}" for e in existing) or "none"
         raise NoDataError(
             f"{what} {', '.join(prefix + u for u in unknown)} not found in the dataset. "
-            f"Existing {what.lower()}s: {found}. Check the spelling of the label(s)."
+            f"{listing or f'Existing {what.lower()}s'}: {found}. Check the spelling of the "
+            "label(s)."
         )
 
 
@@ -95,7 +105,8 @@ def find_phantoms(
     subjects = sorted(set(subjects))
     labels = normalize_labels(phantom_label, "sub-")
     if labels is not None:
-        check_labels(labels, subjects, "sub-", "Phantom participant")
+        check_labels(labels, subjects, "sub-", "Phantom participant",
+                     listing="Participants in the dataset")  # fmt: skip
         return frozenset(labels), "phantom-label"
     prefixed = {s for s in subjects if s.lower().startswith(PHANTOM_PREFIX)}
     table = _phantoms_from_tsv(bids_dir / "participants.tsv")

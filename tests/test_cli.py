@@ -67,6 +67,18 @@ def test_help_does_not_import_heavy_libraries():
     assert out.stdout.strip() == "[]"
 
 
+def test_help_states_each_default_once():
+    from bids_harmony.cli.simulate import build_parser as build_simulate_parser
+
+    for parser in (build_parser(), build_simulate_parser()):
+        text = " ".join(parser.format_help().split())  # undo line wrapping
+        for noise in ("(default: True)", "(default: False)", "(default: [])", "(default: None)"):
+            assert noise not in text, (parser.prog, noise)
+    text = " ".join(build_parser().format_help().split())
+    assert "GFA maps, which are written by default" in text
+    assert "--sh-order SH_ORDER maximum spherical-harmonic order (default: 8)" in text
+
+
 def run_cli(bids: Path, out: Path, tmp_path: Path, *extra: str) -> int:
     return main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
                  "--nprocs", "1", "--no-gfa", *extra])  # fmt: skip
@@ -107,6 +119,14 @@ def test_unknown_participant_lists_existing(small_bids, tmp_path, caplog):
     out = tmp_path / "out"
     assert run_cli(small_bids, out, tmp_path, "--participant-label", "99") == 2
     assert "99" in caplog.text and "01" in caplog.text
+    assert not out.exists()
+
+
+def test_unknown_phantom_label_lists_participants(small_bids, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run_cli(small_bids, out, tmp_path, "--phantom-label", "99") == 2
+    assert "sub-99" in caplog.text and "Participants in the dataset: sub-01" in caplog.text
+    assert "phantom participants:" not in caplog.text.lower()
     assert not out.exists()
 
 

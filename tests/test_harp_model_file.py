@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -163,3 +164,15 @@ def test_reserved_card_entries_are_refused(tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         save_model(tmp_path / "m", _model(), {"sha256": "x"})
     assert not list(tmp_path.iterdir())
+
+
+def test_model_files_are_readable_by_all_whatever_the_umask(tmp_path):
+    # A restrictive umask (shared clusters) must not make models private: other users
+    # of the output dataset load them; atomic writes would otherwise give 0600.
+    previous = os.umask(0o077)
+    try:
+        path = save_model(tmp_path / "models" / "harp_src-GE_tgt-Prisma", _model(), _card())
+    finally:
+        os.umask(previous)
+    for file in (path, path.with_suffix(".json")):
+        assert file.stat().st_mode & 0o777 == 0o644, file

@@ -72,6 +72,27 @@ class _ListMethods(argparse.Action):
         parser.exit()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append ``(default: X)`` to an option's help only where it informs.
+
+    Not to flags (``--no-gfa (default: True)`` reads as "GFA off"), not to
+    options whose default is None or an empty list (the help says what happens
+    without them), and not where the help already states its default in words.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.nargs == 0
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.default == []
+            or "default" in text
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; see ``bids-harmony --help``."""
     parser = argparse.ArgumentParser(
@@ -83,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "model per site pair from phantom sessions; 'group' evaluates scanner "
             "variability."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="root of the output derivatives dataset")
@@ -181,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="volumes with a b-value below this (s/mm²) are b0",
     )
     proc.add_argument(
-        "--no-gfa", dest="gfa", action="store_false", help="skip the CSD fit and GFA maps"
-    )
+        "--no-gfa", dest="gfa", action="store_false",
+        help="skip the CSD fit and the GFA maps, which are written by default",
+    )  # fmt: skip
 
     harm = parser.add_argument_group("Harmonization")
     harm.add_argument(

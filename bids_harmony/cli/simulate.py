@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-noiseless",
         dest="write_noiseless",
         action="store_false",
-        help="do not write the noise-free image of each run (they can be regenerated)",
+        help="skip the noise-free image of each run under sourcedata/simulation, written by "
+        "default (it can be regenerated)",
     )
     zoo = parser.add_argument_group(
         "phantom scenario", "a preset of the phantom zoo, then changes to it"

@@ -24,6 +24,7 @@ class Config:
     session_label: tuple[str, ...] = ()
     bids_filter_file: Path | None = None
     skip_bids_validation: bool = False
+    ignore_checks: tuple[str, ...] = ()
     nprocs: int = 1
     omp_nthreads: int | None = None
     plugin_file: Path | None = None

@@ -30,6 +30,10 @@ class BadImageError(BidsHarmonyError, ValueError):
     """An image cannot be read or holds unusable values (NaN/Inf, wrong dimensions)."""
 
 
+class InputCheckError(BidsHarmonyError, ValueError):
+    """The selected runs failed the input checks (the message lists every problem)."""
+
+
 class RegistrationError(BidsHarmonyError, RuntimeError):
     """A registration failed or made the alignment worse."""
 

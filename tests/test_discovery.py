@@ -13,7 +13,6 @@ import pytest
 from bids_harmony.bids.discovery import (
     DwiRun,
     Study,
-    discover,
     load_bids_filters,
     load_site_map,
     read_gradients,
@@ -25,6 +24,16 @@ from bids_harmony.errors import (
     InputDatasetError,
     NoDataError,
 )
+
+
+def discover(*args, **kwargs) -> Study:
+    """Discovery without the plausibility checks: these skeleton runs hold zeros and three
+    directions on purpose (the checks have their own tests, test_input_checks.py)."""
+    from bids_harmony.bids.discovery import discover as discover_checked
+
+    kwargs.setdefault("checks", False)
+    return discover_checked(*args, **kwargs)
+
 
 BVALS = [0, 1000, 1000, 1000]
 BVECS = [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # file layout: 3 rows, one column per volume

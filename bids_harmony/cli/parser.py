@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from bids_harmony import __version__
+from bids_harmony.bids.checks import OVERRIDABLE as OVERRIDABLE_CHECKS
 from bids_harmony.methods.names import METHOD_NAMES
 
 LEVELS = ("participant", "train", "group")
@@ -147,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip_bids_validation",
         action="store_true",
         help="index the dataset without pybids' BIDS validation",
+    )
+    sel.add_argument(
+        "--ignore-check",
+        action="append",
+        default=[],
+        choices=OVERRIDABLE_CHECKS,
+        metavar="CHECK",
+        help="turn an input check's error into a warning (repeatable): 'affine' (no "
+        "orientation in the header: trust the voxel axes) or 'bvalue-range' (b-values "
+        "above 30000 s/mm² are real). The README lists every check",
     )
     sel.add_argument(
         "--site-map",

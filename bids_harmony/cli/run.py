@@ -96,6 +96,7 @@ def config_from_args(args) -> object:
         session_label=tuple(args.session_label),
         bids_filter_file=args.bids_filter_file,
         skip_bids_validation=args.skip_bids_validation,
+        ignore_checks=tuple(args.ignore_check),
         nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads,
         plugin_file=args.use_plugin,
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         check_output_dir(config.bids_dir, config.output_dir)
+        if config.plugin_file is not None:
+            from bids_harmony.workflows.execution import load_plugin_file
+
+            load_plugin_file(config.plugin_file)  # a bad file is an error before any work
         if config.analysis_level == "group":
             from bids_harmony.workflows.group import run_group
 

@@ -176,3 +176,73 @@ def validate_gradients(
     clean = np.zeros_like(bvecs)
     clean[~is_b0] = bvecs[~is_b0] / norms[~is_b0, None]
     return bvals, clean
+
+
+#: Largest plausible b-value (s/mm²): above ex-vivo and preclinical protocols (~20 000);
+#: a table above it is almost always a units or scaling slip (s/m², or × 1000).
+B_MAX = 30_000.0
+#: The smallest b-value (s/mm²) a diffusion-weighted shell usually has; lower shells
+#: (IVIM, perfusion) are kept with a warning.
+B_MIN_SHELL = 100.0
+#: Directions needed to fit a diffusion tensor (six unknowns besides S0).
+MIN_TENSOR_DIRECTIONS = 6
+
+
+def distinct_axes(bvecs: np.ndarray, *, angle: float = 2.0) -> int:
+    """Number of distinct axes among unit vectors; ``g`` and ``-g`` are one axis.
+
+    Diffusion is antipodally symmetric, so a direction and its opposite carry the
+    same information, and repeated directions (averages) add none.  Vectors within
+    ``angle`` degrees of an earlier one count once (greedy, in table order).
+
+    Parameters
+    ----------
+    bvecs : ndarray, shape (n, 3)
+        Unit vectors (e.g. one shell's).
+    angle : float
+        Tolerance in degrees.
+
+    Returns
+    -------
+    int
+
+    >>> distinct_axes(np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, 1, 0.001]]))
+    2
+    """
+    vectors = np.asarray(bvecs, dtype=float).reshape(-1, 3)
+    cos = np.cos(np.deg2rad(angle))
+    kept: list[np.ndarray] = []
+    for vector in vectors:
+        if not kept or np.max(np.abs(np.stack(kept) @ vector)) < cos:
+            kept.append(vector)
+    return len(kept)
+
+
+def tensor_conditioning(bvecs: np.ndarray) -> float:
+    """Reciprocal condition number of the tensor design of unit vectors, in [0, 1].
+
+    The diffusion tensor enters the signal through
+    ``g^T D g = [gx², gy², gz², 2gxgy, 2gxgz, 2gygz] · d``; with directions that
+    are all along one axis or in one plane this 6-column design is singular and
+    the tensor (FA, MD) is undetermined.  A well-spread scheme gives about 0.3;
+    0 means degenerate.
+
+    Parameters
+    ----------
+    bvecs : ndarray, shape (n, 3)
+
+    Returns
+    -------
+    float
+        ``σ_min / σ_max`` of the design (0 with fewer than 6 vectors).
+
+    >>> round(tensor_conditioning(np.eye(3)), 3)
+    0.0
+    """
+    g = np.asarray(bvecs, dtype=float).reshape(-1, 3)
+    if g.shape[0] < MIN_TENSOR_DIRECTIONS:
+        return 0.0
+    x, y, z = g.T
+    design = np.column_stack([x * x, y * y, z * z, 2 * x * y, 2 * x * z, 2 * y * z])
+    sigma = np.linalg.svd(design, compute_uv=False)
+    return float(sigma[-1] / sigma[0]) if sigma[0] > 0 else 0.0

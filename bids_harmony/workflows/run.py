@@ -60,6 +60,9 @@ def discover_study(config: Config):
             else None
         ),
         validate=not config.skip_bids_validation,
+        ignore_checks=config.ignore_checks,
+        # The train and group levels read participant outputs, not raw voxels.
+        check_data=config.analysis_level == "participant",
     )
 
 
@@ -131,7 +134,6 @@ def run_participant(config: Config) -> int:
         config = dataclasses.replace(config, omp_nthreads=max(1, config.nprocs // parallel_runs))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(config.omp_nthreads)
-    config.work_dir.mkdir(parents=True, exist_ok=True)
     log_dir = start_engine(config.output_dir, config.verbose)
     models = participant_models(config, study)
     rish_models = {}
@@ -143,15 +145,17 @@ def run_participant(config: Config) -> int:
     workflow = init_participant_wf(study, config, backend=backend, models=models,
                                    rish_models=rish_models)  # fmt: skip
 
-    hold_locks(config, level_keys(config, study))
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(config.output_dir, config.bids_dir)
-    ensure_bidsignore(config.output_dir)
-
     names = {wf_name(run.prefix): run.prefix for run in study.runs}
     plugin, plugin_args = choose_plugin(
         config.plugin_file, config.nprocs, len(study.runs), Progress(names)
     )
+
+    # Every check has passed: only now is anything written.
+    hold_locks(config, level_keys(config, study))
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(config.output_dir, config.bids_dir)
+    ensure_bidsignore(config.output_dir)
     start = time.time()
     LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)
     run_workflow(workflow, plugin=plugin, plugin_args=plugin_args, log_dir=log_dir, names=names)

@@ -37,6 +37,7 @@ from bids_harmony.bids.indexing import (
 )
 from bids_harmony.bids.participants import check_labels, find_phantoms, normalize_labels
 from bids_harmony.bids.runs import GradientFiles, check_unique, read_run
+from bids_harmony.bids.scan import check_sidecars, scan_dataset
 from bids_harmony.bids.sites import (
     SITE_SOURCES,
     SessionKey,
@@ -296,7 +297,10 @@ def discover(
     root, description = check_dataset(bids_dir, validate=validate)
     if site_map is not None and not isinstance(site_map, Mapping):
         site_map = load_site_map(site_map)
-    layout = index_dataset(root, description, validate=validate, database_dir=database_dir)
+    scan = scan_dataset(root)  # symlink loops and unreadable JSON files, kept from pybids
+    layout = index_dataset(
+        root, description, validate=validate, database_dir=database_dir, scan=scan
+    )
     subjects = layout.get(return_type="id", target="subject")
     phantoms, phantom_source = find_phantoms(root, subjects, phantom_label=phantom_label)
     query = filter_query(layout, bids_filters)
@@ -315,6 +319,7 @@ def discover(
     if not files:
         raise NoDataError(nothing_found(root, query, validate=validate))
     files = sorted(files, key=lambda f: f.path)
+    check_sidecars(scan, (f.path for f in files))
     check_unique(files)
     gradient_files = GradientFiles(layout)
     pieces = [
@@ -336,7 +341,9 @@ def discover(
     for piece in pieces:
         by_session[(piece["subject"], piece["session"])].append((piece["dwi"], piece["metadata"]))
     others = _unselected_sessions(layout, files) if site_map is None else None
-    sites, site_source = assign_sites(by_session, site_map=site_map, others=others)
+    sites, site_source = assign_sites(
+        by_session, site_map=site_map, others=others, dataset_sessions=scan.dwi_sessions
+    )
     runs = tuple(
         DwiRun(
             **piece,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from bids import BIDSLayout, BIDSLayoutIndexer
 from bids.exceptions import PyBIDSError
 from bids.layout import Query
 
+from bids_harmony.bids.scan import IGNORE, DatasetScan, scan_dataset
 from bids_harmony.errors import InputDatasetError
 
 LOGGER = logging.getLogger(__name__)
@@ -35,19 +35,6 @@ NAME_ENTITIES_SKIPPED = frozenset({"suffix", "extension", "datatype"})
 
 FILTER_QUERIES = ("dwi",)
 """Top-level keys a ``--bids-filter-file`` may hold."""
-
-IGNORE: tuple[str | re.Pattern[str], ...] = (
-    "code",
-    "derivatives",
-    "sourcedata",
-    "stimuli",
-    "models",
-    # Only dwi/, fmap/ and anat/ matter here; skip the rest to index large datasets fast.
-    re.compile(
-        r"^/sub-[^/]+/(ses-[^/]+/)?(func|beh|eeg|meg|ieeg|pet|perf|micr|nirs|motion|mrs)(/|$)"
-    ),
-)
-"""Paths (relative to the dataset root) and patterns that are not indexed."""
 
 _SHORT_KEYS = {
     "sub": "subject",
@@ -123,8 +110,13 @@ def index_dataset(
     *,
     validate: bool = True,
     database_dir: str | os.PathLike[str] | None = None,
+    scan: DatasetScan | None = None,
 ) -> BIDSLayout:
     """Index the dataset with pybids.
+
+    Symlink loops and JSON files pybids cannot read are not indexed (see
+    :mod:`bids_harmony.bids.scan`): a malformed sidecar would stop pybids, a loop
+    would keep it walking for hours.
 
     Parameters
     ----------
@@ -138,13 +130,19 @@ def index_dataset(
     database_dir : path-like, optional
         Write the index (SQLite) there instead of keeping it in memory.  It is
         rebuilt on every call; use a directory per run (e.g. in the work directory).
+    scan : DatasetScan, optional
+        From :func:`~bids_harmony.bids.scan.scan_dataset`; scanned here if not given.
 
     Returns
     -------
     BIDSLayout
     """
     derivative = description.get("DatasetType") == "derivative"
-    indexer = BIDSLayoutIndexer(validate=validate and not derivative, ignore=list(IGNORE))
+    if scan is None:
+        scan = scan_dataset(root)
+    indexer = BIDSLayoutIndexer(
+        validate=validate and not derivative, ignore=[*IGNORE, *scan.ignore]
+    )
     kwargs: dict[str, Any] = {}
     if database_dir is not None:
         database = Path(database_dir).absolute()

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from bids_harmony.bids.sites import strip_prefix
+from bids_harmony.bids.labels import strip_prefix
 from bids_harmony.bids.tsv import read_tsv
 from bids_harmony.errors import InputDatasetError, NoDataError
 

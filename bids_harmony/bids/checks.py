@@ -52,14 +52,12 @@ from bids_harmony.dmri.gradients import (
     b0_mask,
     distinct_axes,
     group_shells,
-    tensor_conditioning,
+    usable_directions,
 )
 from bids_harmony.errors import BidsHarmonyError, InputCheckError
 
 LOGGER = logging.getLogger(__name__)
 
-#: Below this reciprocal condition number the tensor design is degenerate.
-MIN_CONDITIONING = 0.01
 #: Voxel sizes (mm) and anisotropy above which a warning is given (the built-in tiny
 #: study has 11 mm voxels; clinical dMRI is 1-3 mm).
 MAX_VOXEL_MM = 20.0
@@ -206,8 +204,7 @@ def check_gradients(
     for shell in group_shells(bvals, b_tolerance=b_tolerance, b0_threshold=b0_threshold):
         vectors = np.asarray(facts.bvecs)[shell.indices]
         axes = distinct_axes(vectors)
-        conditioning = tensor_conditioning(vectors)
-        if axes >= MIN_TENSOR_DIRECTIONS and conditioning >= MIN_CONDITIONING:
+        if usable_directions(vectors):
             usable += 1
         else:
             why = (

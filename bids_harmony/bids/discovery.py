@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 from bids import BIDSLayout
 from bids.layout import BIDSFile
 
+from bids_harmony.bids.checks import RunFacts, apply_overrides, check_runs, report
 from bids_harmony.bids.fieldmaps import ReversePE, find_reverse_pe
 from bids_harmony.bids.gradients_io import read_gradients
 from bids_harmony.bids.indexing import (
@@ -52,7 +53,7 @@ from bids_harmony.dmri.gradients import (
     b0_mask,
     group_shells,
 )
-from bids_harmony.errors import NoDataError
+from bids_harmony.errors import BadGradientsError, BadImageError, NoDataError
 
 __all__ = [
     "DWI_QUERY",
@@ -256,6 +257,9 @@ def discover(
     bids_filters: Mapping[str, Any] | None = None,
     database_dir: str | os.PathLike[str] | None = None,
     validate: bool = True,
+    checks: bool = True,
+    check_data: bool = True,
+    ignore_checks: Collection[str] = (),
 ) -> Study:
     """Find and check the dMRI runs of a BIDS dataset.
 
@@ -278,6 +282,14 @@ def discover(
         Where pybids keeps its index (e.g. in the work directory).
     validate : bool
         Index only BIDS-valid files (``False`` for ``--skip-bids-validation``).
+    checks : bool
+        Run the plausibility checks of :mod:`bids_harmony.bids.checks` on every
+        selected run (header, gradient table, and with ``check_data`` the voxels).
+    check_data : bool
+        Stream every selected image once (truncation, NaN/Inf, all-zero); the train
+        and group levels, which read no raw voxels, skip it.
+    ignore_checks : collection of str
+        Checks whose errors become warnings (``--ignore-check``).
 
     Returns
     -------
@@ -293,6 +305,8 @@ def discover(
         Missing, malformed or inconsistent ``.bval``/``.bvec``.
     BadImageError
         Unreadable NIfTI header, or not a 4-D image.
+    InputCheckError
+        Several runs failed, or a check found an error: one message lists them all.
     """
     root, description = check_dataset(bids_dir, validate=validate)
     if site_map is not None and not isinstance(site_map, Mapping):
@@ -322,10 +336,20 @@ def discover(
     check_sidecars(scan, (f.path for f in files))
     check_unique(files)
     gradient_files = GradientFiles(layout)
-    pieces = [
-        read_run(layout, f, gradient_files, b_tolerance=b_tolerance, b0_threshold=b0_threshold)
-        for f in files
-    ]
+    pieces, failures = [], []
+    for file in files:
+        try:
+            pieces.append(read_run(layout, file, gradient_files, b_tolerance=b_tolerance,
+                                   b0_threshold=b0_threshold))  # fmt: skip
+        except (BadGradientsError, BadImageError) as err:
+            failures.append(err)  # reported with every other run's problems below
+    problems = []
+    if checks:
+        facts = [RunFacts(p["dwi"], p["bvals"], p["bvecs"]) for p in pieces]
+        problems = check_runs(facts, data=check_data, b0_threshold=b0_threshold,
+                              b_tolerance=b_tolerance)  # fmt: skip
+        problems = apply_overrides(problems, ignore_checks)
+    report(problems, failures=failures)
     for piece in pieces:
         piece["reverse_pe"] = find_reverse_pe(
             layout,

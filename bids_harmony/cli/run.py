@@ -38,6 +38,10 @@ def configure_logging(verbosity: int) -> None:
         logger.addHandler(handler)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    # Node failures are summarized by us; Nipype's own report is a traceback.
+    logging.getLogger("nipype.workflow").setLevel(
+        logging.INFO if verbosity >= 1 else logging.CRITICAL
+    )
 
 
 def check_output_dir(bids_dir: Path, output_dir: Path) -> None:

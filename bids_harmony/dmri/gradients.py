@@ -246,3 +246,23 @@ def tensor_conditioning(bvecs: np.ndarray) -> float:
     design = np.column_stack([x * x, y * y, z * z, 2 * x * y, 2 * x * z, 2 * y * z])
     sigma = np.linalg.svd(design, compute_uv=False)
     return float(sigma[-1] / sigma[0]) if sigma[0] > 0 else 0.0
+
+
+#: Below this reciprocal condition number (:func:`tensor_conditioning`) a shell's
+#: directions are degenerate: a well-spread scheme gives about 0.3.
+MIN_CONDITIONING = 0.01
+
+
+def usable_directions(bvecs: np.ndarray) -> bool:
+    """Whether one shell's directions support a tensor or spherical-harmonic fit.
+
+    At least :data:`MIN_TENSOR_DIRECTIONS` distinct axes, not all along one axis
+    or in one plane (:func:`distinct_axes`, :func:`tensor_conditioning`).
+
+    >>> usable_directions(np.eye(3))
+    False
+    """
+    return (
+        distinct_axes(bvecs) >= MIN_TENSOR_DIRECTIONS
+        and tensor_conditioning(bvecs) >= MIN_CONDITIONING
+    )

@@ -48,6 +48,7 @@ from bids_harmony.dmri.gradients import (
     Shell,
     b0_mask,
     group_shells,
+    usable_directions,
     validate_gradients,
 )
 from bids_harmony.dmri.sh import MAX_ORDER, sh_order_for_directions
@@ -77,6 +78,7 @@ def select_shell(
     shell: float | None = None,
     b_tolerance: float = B_TOLERANCE,
     b0_threshold: float = B0_THRESHOLD,
+    bvecs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Shell]:
     """Volumes of the b0s plus one shell.
 
@@ -86,6 +88,9 @@ def select_shell(
     shell : float, optional
         b-value of the wanted shell (within ``b_tolerance``); default: the shell
         closest to b = 1000.
+    bvecs : ndarray, shape (N, 3), optional
+        With the default shell, only shells whose directions can hold a tensor
+        (:func:`~bids_harmony.dmri.gradients.usable_directions`) are candidates.
 
     Returns
     -------
@@ -94,6 +99,10 @@ def select_shell(
     shell : Shell
     """
     shells = group_shells(bvals, b_tolerance=b_tolerance, b0_threshold=b0_threshold)
+    if shell is None and bvecs is not None:
+        # A degenerate shell (all volumes along one axis) makes the tensor fit fail.
+        usable = [s for s in shells if usable_directions(np.asarray(bvecs)[s.indices])]
+        shells = usable or shells
     chosen = choose_shell(shells, TARGET_BVAL if shell is None else shell)
     if shell is not None and abs(chosen.bval - shell) > b_tolerance:
         raise BadGradientsError(
@@ -117,7 +126,7 @@ def _select(data, bvals, bvecs, shell, b_tolerance, b0_threshold) -> _Selection:
     _voxels.check_4d(data)
     bvals, bvecs = validate_gradients(bvals, bvecs, data.shape[-1], b0_threshold=b0_threshold)
     volumes, chosen = select_shell(
-        bvals, shell=shell, b_tolerance=b_tolerance, b0_threshold=b0_threshold
+        bvals, shell=shell, b_tolerance=b_tolerance, b0_threshold=b0_threshold, bvecs=bvecs
     )
     gtab = gradient_table(bvals[volumes], bvecs=bvecs[volumes], b0_threshold=b0_threshold)
     return _Selection(gtab=gtab, volumes=volumes, shell=chosen)

@@ -82,6 +82,7 @@ from bids_harmony.dmri.gradients import (
     B_TOLERANCE,
     b0_mask,
     group_shells,
+    usable_directions,
     validate_gradients,
 )
 from bids_harmony.errors import BadGradientsError, BadImageError
@@ -345,6 +346,10 @@ def fit_shells(
             order = sh_order_for_directions(len(shell), sh_order)
         except BadGradientsError as err:
             logger.warning("Shell %s skipped: %s", shell.label, err)
+            continue
+        if not usable_directions(bvecs[shell.indices]):
+            logger.warning("Shell %s skipped: its directions lie along one axis or in one "
+                           "plane (or repeat fewer than 6 axes).", shell.label)  # fmt: skip
             continue
         if order < sh_order:
             logger.warning(

@@ -259,7 +259,7 @@ class DiffusionMetrics(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_harmony.dmri import metrics
         from bids_harmony.dmri.bands import MIN_DIRECTIONS
-        from bids_harmony.dmri.gradients import group_shells
+        from bids_harmony.dmri.gradients import group_shells, usable_directions
 
         img, data = load_image(self.inputs.in_file)
         _, mask = load_image(self.inputs.in_mask)
@@ -281,6 +281,12 @@ class DiffusionMetrics(SimpleInterface):
                 LOGGER.warning(
                     "%s: shell %s has %d directions; DTI and CSD need %d, no maps for it.",
                     self.inputs.run_name or self.inputs.in_file, label, len(shell), MIN_DIRECTIONS,
+                )  # fmt: skip
+                continue
+            if not usable_directions(np.asarray(bvecs)[shell.indices]):
+                LOGGER.warning(
+                    "%s: shell %s has directions along one axis or in one plane; no maps "
+                    "for it.", self.inputs.run_name or self.inputs.in_file, label,
                 )  # fmt: skip
                 continue
             start = time.perf_counter()

@@ -22,6 +22,7 @@ tool's own error output.  ``logs/`` is listed in the dataset's ``.bidsignore``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -47,7 +48,12 @@ class ProcessingError(BidsHarmonyError, RuntimeError):
 
 
 def nipype_settings(crash_dir: Path, verbose: int = 0) -> dict[str, dict[str, object]]:
-    """Execution settings of the Nipype engine for this run."""
+    """Execution settings of the Nipype engine for this run.
+
+    Without ``-v`` Nipype's workflow logger is silent: a failed node is reported by
+    :class:`Progress` and :func:`crash_summary`, its traceback is in the crash file,
+    and the console shows no traceback.
+    """
     return {
         "execution": {
             "crashdump_dir": str(crash_dir),
@@ -62,8 +68,9 @@ def nipype_settings(crash_dir: Path, verbose: int = 0) -> dict[str, dict[str, ob
         },
         "monitoring": {"enabled": False},
         "logging": {
-            level: "INFO" if verbose else "WARNING"
-            for level in ("workflow_level", "interface_level", "utils_level")
+            "workflow_level": "INFO" if verbose else "CRITICAL",
+            "interface_level": "INFO" if verbose else "WARNING",
+            "utils_level": "INFO" if verbose else "WARNING",
         },
     }
 
@@ -264,8 +271,12 @@ def crash_summary(crash_dir: Path, names: dict[str, str] | None = None) -> str:
         lines = path.read_text(errors="replace").splitlines()
         node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")), "?")
         run = run_of(node, names)
+        ours = [m for ln in lines if (m := INPUT_ERROR.match(ln.strip()))]
         errors = [ln.strip() for ln in lines if "Error:" in ln and not ln.startswith(" ")]
-        message = errors[-1] if errors else (lines[-1].strip() if lines else "unknown error")
+        if ours:  # our own message, not Nipype's wrapper around it
+            message = f"{ours[-1]['name']}: {ours[-1]['message']}"
+        else:
+            message = errors[-1] if errors else (lines[-1].strip() if lines else "unknown error")
         entry = [f"{names.get(run, run) or '?'}: node {node.split('.')[-1]} failed", f"  {message}"]
         tool = _tool_error(lines)
         if tool:
@@ -274,6 +285,30 @@ def crash_summary(crash_dir: Path, names: dict[str, str] | None = None) -> str:
         entry.append(f"  crash file: {path}")
         entries.append("\n".join(entry))
     return "\n".join(entries)
+
+
+INPUT_ERROR = re.compile(r"^bids_harmony\.errors\.(?P<name>\w+): (?P<message>.*)$")
+"""The last line of a node's traceback when one of our errors stopped it."""
+
+
+def input_error_in_crashes(crash_dir: Path) -> bool:
+    """Whether every failed node in ``crash_dir`` was stopped by bad input.
+
+    Bad input is one of our exit-2 errors (:mod:`bids_harmony.errors`) raised in the
+    node: something only processing can find (e.g. no brain voxel in the mask).
+    """
+    from bids_harmony import errors
+
+    found = False
+    for path in sorted(Path(crash_dir).glob("crash-*.txt")):
+        names = [m["name"] for ln in path.read_text(errors="replace").splitlines()
+                 if (m := INPUT_ERROR.match(ln.strip()))]  # fmt: skip
+        kind = getattr(errors, names[-1], None) if names else None
+        if not (isinstance(kind, type) and issubclass(kind, BidsHarmonyError)
+                and kind.exit_code == 2):  # fmt: skip
+            return False
+        found = True
+    return found
 
 
 def run_workflow(
@@ -301,9 +336,14 @@ def run_workflow(
             from bids_harmony.bids.io import write_text
 
             write_text(log_dir / "crash_summary.txt", summary + "\n")
-        raise ProcessingError(
-            f"processing failed:\n{summary or err}\n"
+        bad_input = log_dir.is_dir() and input_error_in_crashes(log_dir)
+        failure = ProcessingError(
+            ("bad input found during processing" if bad_input else "processing failed")
+            + f":\n{summary or err}\n"
             + (f"Summary and crash files: {log_dir}\n" if summary else "")
             + "Outputs of runs that finished are complete; rerun with the same --work-dir "
             "to resume after fixing the problem."
-        ) from err
+        )
+        if bad_input:
+            failure.exit_code = 2  # the input's fault, as when the checks find it
+        raise failure from err

@@ -107,7 +107,12 @@ def test_bidsignore(tmp_path):
     assert (tmp_path / ".bidsignore").read_text() == "extra/\nlogs/\n"
 
 
-def test_failed_run_leaves_a_crash_summary_in_the_output(small_bids, tmp_path, caplog):
+def test_bad_input_found_in_a_node_exits_2_with_a_crash_summary(
+    small_bids, tmp_path, caplog, capsys, monkeypatch
+):
+    # What only processing finds (here a truncated image, with the input checks
+    # switched off) is the input's fault: exit 2, our message, no traceback.
+    monkeypatch.setattr("bids_harmony.bids.discovery.check_runs", lambda *a, **k: [])
     caplog.set_level(logging.INFO, logger="bids_harmony")
     dwi = next(small_bids.rglob("*_dwi.nii.gz"))
     dwi.write_bytes(dwi.read_bytes()[:-2000])
@@ -116,13 +121,29 @@ def test_failed_run_leaves_a_crash_summary_in_the_output(small_bids, tmp_path, c
     plugin.write_text("plugin: Linear\n")
     code = main([str(small_bids), str(out), "participant", "--preproc", "python",
                  "--use-plugin", str(plugin), "-w", str(tmp_path / "work")])  # fmt: skip
-    assert code == 1
+    assert code == 2
     (summary,) = out.glob("logs/*/crash_summary.txt")
     text = summary.read_text()
     assert "sub-01_ses-A: node preprocess_python failed" in text
-    assert dwi.name in text  # the error names the file
+    assert f"BadImageError: {dwi}" in text  # our message, naming the file
+    assert "bad input found during processing" in caplog.text
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
     assert "logs/" in (out / ".bidsignore").read_text()
     assert "with Linear" in caplog.text
+
+
+def test_failed_node_exits_1(small_bids, tmp_path, caplog, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr("bids_harmony.dmri.preprocess.check_finite", broken)
+    out = tmp_path / "out"
+    code = main([str(small_bids), str(out), "participant", "--preproc", "python",
+                 "-w", str(tmp_path / "work")])  # fmt: skip
+    assert code == 1
+    (summary,) = out.glob("logs/*/crash_summary.txt")
+    assert "a bug, not bad input" in summary.read_text()
+    assert "processing failed" in caplog.text
 
 
 def test_tool_error_of_older_nipype_crash_files(tmp_path):
@@ -157,13 +178,19 @@ def test_unwritable_output_dir_says_how_to_fix_it(small_bids, tmp_path, caplog, 
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_rerun_with_the_same_work_dir_resumes(tmp_path):
+def test_rerun_with_the_same_work_dir_resumes(tmp_path, monkeypatch):
+    from bids_harmony.dmri import preprocess
     from tests.conftest import make_bids
 
     bids = make_bids(tmp_path / "bids", sessions=("A", "B"))
-    broken = bids / "sub-01" / "ses-B" / "dwi" / "sub-01_ses-B_dwi.nii.gz"
-    original = broken.read_bytes()
-    broken.write_bytes(original[:-2000])  # an interrupted copy, say
+    check_finite = preprocess.check_finite
+
+    def fails_on_b(data, *, name):  # a failure of session B's processing (a full disk, say)
+        if "ses-B" in str(name):
+            raise RuntimeError("No space left on device")
+        check_finite(data, name=name)
+
+    monkeypatch.setattr(preprocess, "check_finite", fails_on_b)
     out, work = tmp_path / "out", tmp_path / "work"
     args = [str(bids), str(out), "participant", "--preproc", "python", "--nprocs", "1",
             "--no-gfa", "-w", str(work)]  # fmt: skip
@@ -172,7 +199,7 @@ def test_rerun_with_the_same_work_dir_resumes(tmp_path):
     stamp = done.stat().st_mtime_ns
     assert list(out.rglob("sub-01_ses-A*_dwimap.nii.gz"))
     assert not list(out.rglob("sub-01_ses-B*_dwimap.nii.gz"))
-    broken.write_bytes(original)
+    monkeypatch.setattr(preprocess, "check_finite", check_finite)
     assert main(args) == 0
     assert done.stat().st_mtime_ns == stamp  # session A came from the work directory
     assert list(out.rglob("sub-01_ses-B*_dwimap.nii.gz"))

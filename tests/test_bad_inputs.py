@@ -470,3 +470,61 @@ def test_bad_input(case: Case, study, tmp_path, caplog, capsys):
     assert re.search(case.problem, message, flags=re.S), message[-3000:]
     assert digests(out) == before, "earlier outputs changed"
     assert not work.exists(), "the work directory was created before the checks passed"
+
+
+# --- odd but usable input: a warning, and the same outputs as before ----------------------
+
+
+def _loop(bids, tmp):
+    (bids / "sub-02" / "loop").symlink_to("..")
+    (bids / "sub-01" / "ses-GE2" / "dwi" / "back").symlink_to("../../..")
+    return []
+
+
+WARNINGS = [
+    Case("other-sidecar-bad-json", _write(f"{OTHER}.json", "{oops"), r"(?i)skipped.*invalid JSON",
+         f"{OTHER.rsplit('/', 1)[1]}.json", code=0),
+    Case("participants-trailing-tabs-crlf-bom", _participants(
+         "\ufeffparticipant_id\tphantom\t\r\nsub-01\tno\t\r\nsub-phantom01\tyes\t\t\r\n\r\n"),
+         r".", None, code=0),
+    Case("symlink-loops", _loop, r"loop", "loop", code=0),
+    Case("site-map-unmatched-row", _site_map("participant_id\tsession_id\tsite\n"
+         "sub-01\tGE1\tGE\nsub-01\tGE9\tGE\n"), r"match no", "GE9", code=0),
+    Case("zero-volume", _image(lambda d: np.where(np.arange(d.shape[3]) == 70, 0, d)),
+         r"entirely 0", NAME, code=0),
+]  # fmt: skip
+
+
+def outputs_of(found: dict[str, str], *, sidecars: bool = True) -> dict[str, str]:
+    """The digests of the run's outputs in ``found`` (from :func:`digests`).
+
+    ``logs/`` holds this invocation's own files and ``dataset_description.json``
+    names the input dataset's path, which differs between the copies.
+    """
+    return {
+        key: value
+        for key, value in found.items()
+        if not key.startswith("logs")
+        and key != "dataset_description.json"
+        and (sidecars or not key.endswith(".json"))
+    }
+
+
+@pytest.mark.parametrize("case", WARNINGS, ids=[case.id for case in WARNINGS])
+def test_odd_input_warns_and_gives_the_same_outputs(case: Case, study, tmp_path, caplog):
+    bids_source, earlier, before = study
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    linked_copy(bids_source, bids)
+    extra = case.corrupt(bids, tmp_path)
+    select = ["--participant-label", "01", "--session-label", "GE1"]
+    caplog.set_level("INFO", logger="bids_harmony")
+    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "w"), *select, *extra])
+    assert code == 0, caplog.text[-3000:]
+    warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert re.search(case.problem, warnings, flags=re.S), warnings
+    assert case.culprit is None or case.culprit in warnings, warnings
+    if case.id == "zero-volume":  # the data changed: the outputs may too
+        return
+    # A site map renames the site, which the sidecars record; the data are the same.
+    sidecars = case.id != "site-map-unmatched-row"
+    assert outputs_of(digests(out), sidecars=sidecars) == outputs_of(before, sidecars=sidecars)

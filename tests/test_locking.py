@@ -202,7 +202,7 @@ def test_cli_participant_held_by_another_run(tmp_path, live_pid, caplog):
     assert code == 2
     assert str(held) in caplog.text and f"PID {live_pid}" in caplog.text
     assert tree_digest(out) == before
-    assert not list(work.rglob("*.lock"))
+    assert not work.exists()  # the lock folders it made are removed with its locks
 
 
 def test_cli_other_participant_not_blocked(tmp_path, live_pid):

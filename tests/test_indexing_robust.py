@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from bids_harmony.bids.discovery import discover
 from bids_harmony.bids.gradients_io import read_gradients
 from bids_harmony.bids.scan import scan_dataset
+from bids_harmony.bids.sites import assign_sites
 from bids_harmony.bids.tsv import read_tsv
 from bids_harmony.errors import BadGradientsError, InputDatasetError
 from tests.conftest import make_bids
@@ -168,6 +169,18 @@ def test_site_map_rows_that_match_no_session(
     with caplog.at_level(logging.WARNING):
         discover(two_subjects, site_map=site_map, participant_label="01")
     assert "Site map" not in warnings_of(caplog)
+
+
+def test_site_map_rows_checked_against_the_selection_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without the dataset's sessions, the message says what the rows were compared with.
+    sessions = {("01", "A"): [(Path("sub-01_ses-A_dwi.nii.gz"), {})]}
+    with caplog.at_level(logging.WARNING):
+        sites, source = assign_sites(sessions, site_map={("01", "A"): "GE", ("09", None): "SI"})
+    assert sites == {("01", "A"): "GE"} and source == "site-map"
+    assert "1 row(s) match no selected session (only the selected" in warnings_of(caplog)
+    assert "(sub-09)" in warnings_of(caplog)
 
 
 # --- symlink loops ------------------------------------------------------------------------------

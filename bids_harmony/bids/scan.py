@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,8 +242,9 @@ def check_sidecars(scan: DatasetScan, runs: Iterable[str | os.PathLike[str]]) ->
         raise InputDatasetError(
             "Malformed JSON sidecar(s) of selected runs: "
             + _listing(f"{bad.path} ({bad.problem}), read by {run}" for bad, run in used.items())
-            + ". Fix the file (e.g. a trailing comma, an unquoted key, a missing brace; "
-            "save it as UTF-8 without byte-order mark) or deselect the run."
+            + ". Fix the file (one JSON object, UTF-8 without byte-order mark; look for a "
+            "trailing comma or a missing quote or brace) or leave the run out "
+            "(--participant-label, --bids-filter-file)."
         )
 
 
@@ -254,7 +255,7 @@ class _Walker:
         self.root, self.patterns = root, patterns
         self.visited = {os.path.realpath(root)}
         self.pending: list[tuple[str, str, str]] = [(str(root), "", os.path.realpath(root))]
-        self.links: list[tuple[str, str, str]] = []
+        self.links: deque[tuple[str, str, str]] = deque()
         self.skipped: list[SkippedLink] = []
         self.bad_json: list[BadJson] = []
         self.unreadable: list[Path] = []
@@ -266,7 +267,7 @@ class _Walker:
             if self.pending:
                 self._list(*self.pending.pop())
                 continue
-            link, rel, holder = self.links.pop(0)
+            link, rel, holder = self.links.popleft()
             target = os.path.realpath(link)
             if target in self.visited:
                 loop = holder == target or holder.startswith(target.rstrip(os.sep) + os.sep)

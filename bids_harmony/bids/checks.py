@@ -43,6 +43,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 
+from bids_harmony.bids.check_names import OVERRIDABLE
 from bids_harmony.dmri.gradients import (
     B0_THRESHOLD,
     B_MAX,
@@ -63,8 +64,6 @@ LOGGER = logging.getLogger(__name__)
 MAX_VOXEL_MM = 20.0
 MAX_ANISOTROPY = 5.0
 
-#: Checks whose error can be turned into a warning with ``--ignore-check``.
-OVERRIDABLE = ("affine", "bvalue-range")
 
 
 @dataclass(frozen=True)

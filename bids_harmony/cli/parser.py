@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from bids_harmony import __version__
-from bids_harmony.bids.checks import OVERRIDABLE as OVERRIDABLE_CHECKS
+from bids_harmony.bids.check_names import OVERRIDABLE as OVERRIDABLE_CHECKS
 from bids_harmony.methods.names import METHOD_NAMES
 
 LEVELS = ("participant", "train", "group")

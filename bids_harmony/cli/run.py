@@ -7,9 +7,11 @@ this version does not provide yet.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -133,10 +135,19 @@ def config_from_args(args) -> object:
     )
 
 
+def _terminated(signum: int, frame: object) -> None:
+    LOGGER.error("terminated (signal %d); rerun with the same --work-dir to resume", signum)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``bids-harmony``; returns the exit code."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        # `docker stop` and schedulers send SIGTERM: exit through `finally` so the
+        # locks are released.
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         config = config_from_args(args)
         check_output_dir(config.bids_dir, config.output_dir)

@@ -53,7 +53,13 @@ from bids_harmony.dmri.gradients import (
     b0_mask,
     group_shells,
 )
-from bids_harmony.errors import BadGradientsError, BadImageError, NoDataError
+from bids_harmony.errors import (
+    BadGradientsError,
+    BadImageError,
+    BidsHarmonyError,
+    InputDatasetError,
+    NoDataError,
+)
 
 __all__ = [
     "DWI_QUERY",
@@ -333,10 +339,14 @@ def discover(
     if not files:
         raise NoDataError(nothing_found(root, query, validate=validate))
     files = sorted(files, key=lambda f: f.path)
-    check_sidecars(scan, (f.path for f in files))
+    failures: list[BidsHarmonyError] = []
+    try:
+        check_sidecars(scan, (f.path for f in files))
+    except InputDatasetError as err:
+        failures.append(err)  # reported with every other run's problems below
     check_unique(files)
     gradient_files = GradientFiles(layout)
-    pieces, failures = [], []
+    pieces = []
     for file in files:
         try:
             pieces.append(read_run(layout, file, gradient_files, b_tolerance=b_tolerance,

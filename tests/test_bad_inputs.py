@@ -442,7 +442,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input(case: Case, study, tmp_path, caplog, capsys):
+def test_bad_input(case: Case, study, tmp_path, caplog, capsys, record_property):
     bids_source, earlier, before = study
     bids, out, work = tmp_path / "bids", tmp_path / "out", tmp_path / "work"
     linked_copy(bids_source, bids)
@@ -463,7 +463,12 @@ def test_bad_input(case: Case, study, tmp_path, caplog, capsys):
         code = main(argv)
     except SystemExit as exit_:  # argparse
         code = exit_.code
-    message = caplog.text + capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    message = caplog.text + stderr
+    # The table of cases for the note: pytest --junitxml=cases.xml
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    record_property("exit", code)
+    record_property("message", " | ".join(errors) or stderr.strip().splitlines()[-1])
     assert code == case.code, message[-3000:]
     assert "Traceback" not in message, message[-3000:]
     assert case.culprit is None or case.culprit in message, message[-3000:]

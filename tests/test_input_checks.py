@@ -259,3 +259,11 @@ def test_discover_with_an_override(tmp_path, caplog):
     study = discover(bids, ignore_checks=["bvalue-range"])
     assert study.runs[0].shells == (40000.0,)
     assert "(ignored: --ignore-check)" in caplog.text
+
+
+def test_zero_is_judged_after_scaling(tmp_path):
+    # Raw zeros with an intercept (Philips-style scaling) are not an empty image.
+    img = nib.Nifti1Image(np.zeros((4, 4, 3, 62), np.int16), np.eye(4))
+    img.header.set_slope_inter(2.0, 100.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    assert check_data(tmp_path / "scaled.nii.gz", BVALS) == []

@@ -65,7 +65,6 @@ MAX_VOXEL_MM = 20.0
 MAX_ANISOTROPY = 5.0
 
 
-
 @dataclass(frozen=True)
 class Problem:
     """One finding about one file.
@@ -262,6 +261,9 @@ def check_data(
         shape = tuple(int(n) for n in img.shape)
         dtype = np.dtype(proxy.dtype)
         offset = int(proxy.offset)
+        # Zero means zero after scaling (Philips data store an intercept).
+        inter = float(getattr(proxy, "inter", 0.0) or 0.0)
+        slope = float(getattr(proxy, "slope", 1.0) or 1.0)
     except (ImageFileError, OSError, EOFError, ValueError, AttributeError):
         return []  # discovery reports unreadable headers
     n_volumes = shape[3] if len(shape) == 4 else 1
@@ -288,7 +290,7 @@ def check_data(
                     if not finite.all():
                         nonfinite += int(values.size - finite.sum())
                         values = values[finite]
-                if not values.any():
+                if not (values.any() if inter == 0 else (values * slope + inter).any()):
                     zero_volumes.append(volume)
             handle.read(1)  # gzip checks its CRC and length at the end of the stream
     except (EOFError, OSError, zlib.error) as err:

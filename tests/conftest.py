@@ -38,10 +38,15 @@ def write_run(
     n_b0: int = 2,
     shape: tuple[int, int, int] = (10, 10, 6),
     metadata: dict | None = None,
+    dirs: np.ndarray | None = None,
 ) -> Path:
-    """Write a single-shell run of an anisotropic blob with Rician-ish noise."""
+    """Write a single-shell run of an anisotropic blob with Rician-ish noise.
+
+    ``dirs`` (n, 3) replaces the default full-sphere spiral of ``n_dirs`` directions.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    dirs = fibonacci_directions(n_dirs)
+    dirs = fibonacci_directions(n_dirs) if dirs is None else np.asarray(dirs, dtype=float)
+    n_dirs = len(dirs)
     bvals = np.r_[np.zeros(n_b0), np.full(n_dirs, bval)]
     bvecs = np.vstack([np.zeros((n_b0, 3)), dirs])
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)

@@ -42,12 +42,14 @@ def test_b0_of_10_and_a_three_direction_shell(small_bids, tmp_path):
 
 @pytest.mark.parametrize(("n_dirs", "order"), [(15, 4), (6, 2)])
 def test_few_directions_lower_the_order(tmp_path, n_dirs, order):
-    from tests.conftest import make_bids, write_run
+    from tests.conftest import hemisphere, make_bids, write_run
 
     bids = make_bids(tmp_path / "bids")
     for path in bids.rglob("*_dwi.*"):
         path.unlink()
-    write_run(bids / "sub-01" / "ses-A" / "dwi", "sub-01_ses-A", n_dirs=n_dirs,
+    # Half-sphere spirals: six points of a full-sphere spiral lie on a cone, where
+    # the tensor is undetermined (the input checks refuse such a table).
+    write_run(bids / "sub-01" / "ses-A" / "dwi", "sub-01_ses-A", dirs=hemisphere(n_dirs),
               rng=np.random.default_rng(0))  # fmt: skip
     out = tmp_path / "out"
     assert main([str(bids), str(out), "participant", "-w", str(tmp_path / "w")]) == 0

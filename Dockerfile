@@ -83,7 +83,7 @@ FROM deps AS venv
 # pip fetches the build backend (setuptools) for the package build.
 ARG PIP_INDEX_URL
 ARG PIP_FIND_LINKS
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY bids_harmony /src/bids_harmony
 RUN pip install --no-deps /src && rm -rf /src
 
@@ -138,6 +138,9 @@ RUN bids-harmony --version \
 
 ARG VERSION=unknown
 ARG VCS_REF=unknown
+# GeneratedBy.Container of the outputs' dataset_description.json: the package runs from
+# /opt/venv, and a virtual environment without this variable counts as no container.
+ENV BIDS_HARMONY_CONTAINER_IMAGE="bids_harmony:${VERSION}"
 LABEL org.opencontainers.image.title="bids_harmony" \
       org.opencontainers.image.description="BIDS App for phantom-trained (HARP) harmonization of multi-site diffusion MRI" \
       org.opencontainers.image.source="https://github.com/bids-harmony/bids_harmony" \

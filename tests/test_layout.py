@@ -1,4 +1,4 @@
-"""Package layout rules (DESIGN §5): no private name across packages, no import cycle."""
+"""Package layout rules: no private name imported across packages, no import cycle."""
 
 from __future__ import annotations
 

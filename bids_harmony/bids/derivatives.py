@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,11 @@ PYBIDS_KEYS = {
     "part": "part",
 }
 
-#: Packages whose versions are recorded in every sidecar.
-RECORDED_PACKAGES = ("bids_harmony", "dipy", "nibabel", "numpy", "scipy", "nipype", "pybids")
+#: Packages whose versions are recorded in every sidecar (torch runs HARP; reading its
+#: version from the installed metadata does not import it).
+RECORDED_PACKAGES = (
+    "bids_harmony", "dipy", "nibabel", "numpy", "scipy", "nipype", "pybids", "torch",
+)  # fmt: skip
 
 
 def bids_name(entities: Mapping[str, str | None], suffix: str, extension: str) -> str:
@@ -284,12 +288,25 @@ def write_derivatives(output_dir: Path, derivatives: list[Derivative]) -> list[P
     return written
 
 
+#: ``HowToAcknowledge`` when the caller gives none (the levels give the references,
+#: :func:`bids_harmony.workflows.references.how_to_acknowledge`).
+ACKNOWLEDGE_FALLBACK = (
+    f"Cite bids_harmony (CITATION.cff at {CODE_URL}) and the references listed in "
+    "logs/CITATION.md."
+)
+
+
 def dataset_description(
     bids_dir: Path,
     *,
     container: Mapping[str, str] | None = None,
+    acknowledge: str | None = None,
 ) -> dict[str, Any]:
-    """The ``dataset_description.json`` content of our derivatives dataset."""
+    """The ``dataset_description.json`` content of our derivatives dataset.
+
+    ``container`` defaults to :func:`detect_container`; ``acknowledge`` (the
+    ``HowToAcknowledge`` text, with the references) to :data:`ACKNOWLEDGE_FALLBACK`.
+    """
     generated_by: dict[str, Any] = {
         "Name": PIPELINE_NAME,
         "Version": __version__,
@@ -307,25 +324,60 @@ def dataset_description(
         "GeneratedBy": [generated_by],
         "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
         "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
-        "HowToAcknowledge": "Cite the HARP paper (Jeong et al., 2026) and bids_harmony.",
+        "HowToAcknowledge": acknowledge or ACKNOWLEDGE_FALLBACK,
     }
 
 
+#: Files that exist only inside a Docker container.
+DOCKER_ENV_FILE = Path("/.dockerenv")
+#: Control groups of this process; under Docker (cgroup v1) they name ``docker``.
+CGROUP_FILE = Path("/proc/self/cgroup")
+
+
+def in_docker() -> bool:
+    """Whether this process runs inside a Docker container."""
+    if DOCKER_ENV_FILE.exists():
+        return True
+    try:
+        return "docker" in CGROUP_FILE.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def in_virtualenv() -> bool:
+    """Whether Python runs from a virtual environment (``python -m venv``, virtualenv)."""
+    return sys.prefix != sys.base_prefix
+
+
 def detect_container() -> dict[str, str] | None:
-    """Describe the container we run in, from variables our images set."""
+    """``GeneratedBy[].Container`` of the dataset description, or None outside one.
+
+    Apptainer and Singularity set ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER``
+    (the image path) inside every container they run.  Docker is recognized by
+    ``/.dockerenv`` or its control group; but a user's own virtual environment
+    inside some Docker-based machine is not our image, so a virtual environment
+    counts as a container only when ``BIDS_HARMONY_CONTAINER_IMAGE`` (set by our
+    Dockerfile, whose package lives in ``/opt/venv``) says so.
+    """
     image = os.environ.get("BIDS_HARMONY_CONTAINER_IMAGE")
-    if os.environ.get("SINGULARITY_NAME") or os.environ.get("APPTAINER_NAME"):
-        return {"Type": "singularity", **({"Tag": image} if image else {})}
-    if image or Path("/.dockerenv").exists():
-        return {"Type": "docker", **({"Tag": image} if image else {})}
-    return None
+    for variable, kind in (("APPTAINER_CONTAINER", "apptainer"),
+                           ("SINGULARITY_CONTAINER", "singularity")):  # fmt: skip
+        path = os.environ.get(variable)
+        if path:
+            return {"Type": kind, "Tag": image or Path(path).name}
+    if not in_docker() or (in_virtualenv() and not image):
+        return None
+    return {"Type": "docker", **({"Tag": image} if image else {})}
 
 
-def write_dataset_description(output_dir: Path, bids_dir: Path) -> Path:
+def write_dataset_description(
+    output_dir: Path, bids_dir: Path, *, acknowledge: str | None = None
+) -> Path:
     """Write ``dataset_description.json``, keeping one from an earlier run.
 
     An existing description from another pipeline means the output directory
     belongs to someone else; we refuse rather than mixing datasets.
+    ``acknowledge``: the ``HowToAcknowledge`` text (see :func:`dataset_description`).
     """
     import json
 
@@ -344,4 +396,4 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> Path:
                 f"{PIPELINE_NAME}; choose an empty or bids_harmony output directory."
             )
         return path
-    return io.write_json(path, dataset_description(bids_dir))
+    return io.write_json(path, dataset_description(bids_dir, acknowledge=acknowledge))

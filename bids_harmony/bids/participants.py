@@ -1,6 +1,6 @@
 """Participant selection and phantom detection.
 
-A participant is a *phantom* (DESIGN §2) when, by the first rule that applies:
+A participant is a *phantom* when, by the first rule that applies:
 
 1. ``phantom-label``: it is listed in ``--phantom-label``;
 2. ``participants.tsv``: the file has a ``phantom`` column that is true/yes/1, or a

@@ -1,9 +1,9 @@
 """Phantom training pairs of a HARP site pair, from discovery and participant outputs.
 
 A *pair* is one shell of one phantom protocol scanned at the source and the
-target site (DESIGN.md §3, "Phantom pairs").  Scans match when they show the same
-phantom, were acquired with the same raw ``acq-`` label (``None`` matches only
-``None``) and their shell b-values agree within ``b_tolerance``.
+target site.  Scans match when they show the same phantom, were acquired with the
+same raw ``acq-`` label (``None`` matches only ``None``) and their shell b-values
+agree within ``b_tolerance``.
 
 Pairing choice
 --------------

@@ -1,6 +1,6 @@
 """Site labels: where each session was scanned.
 
-The site of a session is decided by the first rule that applies (DESIGN §2):
+The site of a session is decided by the first rule that applies:
 
 1. ``site-map``: a ``--site-map`` TSV (:mod:`bids_harmony.bids.site_map`);
    every session must be covered.

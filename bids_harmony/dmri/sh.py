@@ -42,7 +42,7 @@ Fit
 
     ``LB_LAMBDA = 1e-5``.  The authors' fitting script is not published (their
     ``QballModel`` only supplies the basis, its ``smooth=0.006`` is unused), so the
-    value is ours (DESIGN.md §3); it is small enough that a 60-direction fit is
+    value is our choice; it is small enough that a 60-direction fit is
     essentially unregularized.  dipy's ``sf_to_sh(smooth=λ)`` computes the same.
 Reconstruction
     :math:`S = \mathrm{clip}(B c, 0, 1)^{b/b_\mathrm{ref}} \, \bar S_0`, b0 volumes

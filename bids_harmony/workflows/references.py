@@ -137,7 +137,20 @@ REFERENCES: Mapping[str, tuple[str, str, str]] = {
         "(2019).",
         "",
     ),
+    "mirzaalian": (
+        "Mirzaalian et al., 2016",
+        "Mirzaalian H, Ning L, Savadjiev P, et al. Inter-site and inter-scanner diffusion "
+        "MRI data harmonization. NeuroImage 135 (2016) 311-323.",
+        "10.1016/j.neuroimage.2016.04.041",
+    ),
 }
+
+#: Keys of :data:`REFERENCES` that every use of the package cites, whatever it ran: the
+#: RISH features LinearRISH scales (Mirzaalian), the libraries every level runs on, ANTs
+#: (SyN, the group level's registration) and PyTorch (HARP).  With the methods' own
+#: references (:func:`package_references`) they are the ``references`` of CITATION.cff
+#: and the dataset's ``HowToAcknowledge``; a test keeps CITATION.cff in step.
+PACKAGE_REFERENCE_KEYS = ("mirzaalian", "dipy", "nipype", "pybids", "bids", "syn", "pytorch")
 
 _CITATION = re.compile(r"\[(@[\w-]+(?:\s*;\s*@[\w-]+)*)\]")
 
@@ -173,6 +186,36 @@ def cite(paragraphs: Iterable[str]) -> tuple[list[str], list[Any]]:
         return "(" + "; ".join(shorts) + ")"
 
     return [_CITATION.sub(replace, p) for p in paragraphs], list(cited.values())
+
+
+def package_references() -> list[Any]:
+    """The papers bids_harmony is built on: every registered method's references, then
+    those of :data:`PACKAGE_REFERENCE_KEYS` (no duplicates, in that order)."""
+    from bids_harmony.methods.registry import all_methods
+
+    keys = [method.name for method in all_methods()] + list(PACKAGE_REFERENCE_KEYS)
+    cited: dict[str, Any] = {}
+    for key in keys:
+        for ref in references_for(key):
+            cited.setdefault(ref.doi or ref.text, ref)
+    return list(cited.values())
+
+
+def how_to_acknowledge() -> str:
+    """``HowToAcknowledge`` of the derivatives dataset: what to cite, with the references.
+
+    The dataset description is written once, by the first level run into an output
+    directory, so it names every method's papers; ``logs/CITATION.md`` has those of the
+    steps that actually ran.
+    """
+    from bids_harmony import CODE_URL
+
+    refs = " ".join(f"[{i}] {ref.markdown()}" for i, ref in enumerate(package_references(), 1))
+    return (
+        f"Cite bids_harmony (CITATION.cff at {CODE_URL}) and the papers of the methods and "
+        f"software it ran: {refs} The methods text of this dataset, with the references of "
+        "the steps that ran and the software versions, is logs/CITATION.md."
+    )
 
 
 def software_versions(*extra: str) -> dict[str, str]:

@@ -118,6 +118,7 @@ def run_participant(config: Config) -> int:
     from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.workflows.boilerplate import cite_participant
     from bids_harmony.workflows.participant import init_participant_wf, wf_name
+    from bids_harmony.workflows.references import how_to_acknowledge
 
     study = discover_study(config)
     LOGGER.info("Discovered:\n%s", study.summary())
@@ -154,7 +155,8 @@ def run_participant(config: Config) -> int:
     hold_locks(config, level_keys(config, study))
     config.work_dir.mkdir(parents=True, exist_ok=True)
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(config.output_dir, config.bids_dir)
+    write_dataset_description(config.output_dir, config.bids_dir,
+                              acknowledge=how_to_acknowledge())  # fmt: skip
     ensure_bidsignore(config.output_dir)
     start = time.time()
     LOGGER.info("Running %d run(s) with %s; work dir %s", len(study.runs), plugin, config.work_dir)

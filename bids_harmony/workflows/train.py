@@ -197,9 +197,11 @@ def write_description(config: Config) -> None:
     """The output dataset's description and ``.bidsignore`` (before models are written)."""
     from bids_harmony.bids.derivatives import write_dataset_description
     from bids_harmony.workflows.execution import ensure_bidsignore
+    from bids_harmony.workflows.references import how_to_acknowledge
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(config.output_dir, config.bids_dir)
+    write_dataset_description(config.output_dir, config.bids_dir,
+                              acknowledge=how_to_acknowledge())  # fmt: skip
     ensure_bidsignore(config.output_dir)
 
 

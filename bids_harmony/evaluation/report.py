@@ -1,16 +1,15 @@
-"""Group-level figures (HARP Figures 2-4) and a self-contained HTML report.
+"""The self-contained HTML group report.
 
-Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas
-(no pyplot global state, no display needed, safe from threads), rendered to
-memory and written atomically.  The HTML report embeds the figures as
-``data:image/png;base64`` URIs and uses no external resources.
+The report opens with the verdict (:mod:`bids_harmony.evaluation.report_verdict`),
+then the sessions, tables and figures (:mod:`bids_harmony.evaluation.figures`,
+whose functions are re-exported here), the training reports and the methods text.
+Figures are embedded as ``data:image/png;base64`` URIs; no external resources.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
 import re
@@ -21,13 +20,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 import bids_harmony
-from bids_harmony.bids.io import atomic_path, write_text
-from bids_harmony.evaluation.tables import CONDITIONS, METRICS, PCT_COLUMNS, condition_key
+from bids_harmony.bids.io import write_text
+from bids_harmony.evaluation.figures import (
+    CONDITION_COLORS,
+    DISPLAY_SCALE,
+    roi_boxplot_figure,
+    standard_error_figure,
+)
+from bids_harmony.evaluation.report_verdict import VERDICT_CSS, verdict_html
+from bids_harmony.evaluation.tables import CONDITIONS, PCT_COLUMNS
+from bids_harmony.evaluation.verdict import Verdict
+from bids_harmony.evaluation.wording import comparison_words, scenario_title
 
 __all__ = [
     "CONDITION_COLORS",
@@ -39,214 +44,8 @@ __all__ = [
     "write_html_report",
 ]
 
-CONDITION_COLORS: dict[str, str] = {
-    "sr_source": "#d62728", "sr_target": "#e6b800", "inter_none": "#1f77b4",
-    "inter_rish": "#2ca02c", "inter_harp": "#9467bd",
-}  # fmt: skip
-"""Box colours as in the paper: red, gold, blue, green, purple."""
-
-DISPLAY_SCALE: dict[str, tuple[float, str]] = {
-    "FA": (1e3, "×10⁻³"), "GFA": (1e3, "×10⁻³"), "MD": (1e6, "×10⁻⁶ mm²/s"),
-}  # fmt: skip
-"""Factor and unit label used to display standard errors (as in the paper's tables)."""
-
 _LABELS = dict(CONDITIONS)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _save_png(fig: Figure, out_png: str | os.PathLike[str], dpi: int) -> Path:
-    """Render ``fig`` to memory with Agg and write the PNG atomically."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    with atomic_path(out_png) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return Path(out_png)
-
-
-def _metric_order(names: Any) -> list[str]:
-    names = list(names)
-    return [m for m in METRICS if m in names] + [m for m in names if m not in METRICS]
-
-
-def _by_condition(per_metric: Mapping[str, Any]) -> dict[str, Any]:
-    """Re-key a ``{condition: value}`` mapping by condition key, in table order."""
-    given = {condition_key(c): v for c, v in per_metric.items() if v is not None}
-    return {key: given[key] for key, _ in CONDITIONS if key in given}
-
-
-def _best_slice(volumes: Sequence[np.ndarray]) -> int:
-    """Axial slice with the most finite voxels over ``volumes``; ties go to the middle."""
-    nz = volumes[0].shape[2]
-    counts = np.zeros(nz)
-    for v in volumes:
-        if v.shape[2] != nz:
-            raise ValueError(f"maps differ in axial size: {v.shape} vs {volumes[0].shape}")
-        counts += np.isfinite(v).sum(axis=(0, 1))
-    best = np.flatnonzero(counts == counts.max())
-    return int(best[np.argmin(np.abs(best - (nz - 1) / 2))])
-
-
-def standard_error_figure(
-    maps: Mapping[str, Mapping[str, np.ndarray]],
-    out_png: str | os.PathLike[str],
-    *,
-    slice_index: int | None = None,
-    titles: Mapping[str, str] | None = None,
-) -> Path:
-    """Grid of voxel-wise standard-error maps, like HARP Figure 2.
-
-    Parameters
-    ----------
-    maps : mapping
-        ``{metric: {condition: 3-D array}}`` in template space, NaN outside the brain.
-        Rows are metrics (FA, MD, GFA first); columns the conditions present in any
-        metric (SR source, SR target, No harmonization, LinearRISH, HARP).
-    out_png : path
-        Output PNG, written atomically.
-    slice_index : int, optional
-        Axial (third-axis) slice; default the slice with most finite voxels
-        over all maps (the one nearest the middle on ties).
-    titles : mapping, optional
-        Column titles by condition key or label, replacing the default labels.
-
-    Returns
-    -------
-    Path
-        ``out_png``.  Each row shares a colour scale from 0 to the 99th
-        percentile of the finite values of its maps, with one colour bar, in the
-        display units of :data:`DISPLAY_SCALE` (FA/GFA ×10⁻³, MD ×10⁻⁶ mm²/s).
-    """
-    rows = {m: _by_condition(maps[m]) for m in _metric_order(maps)}
-    rows = {m: {c: np.asarray(v, dtype=float) for c, v in r.items()} for m, r in rows.items() if r}
-    if not rows:
-        raise ValueError("no maps to draw")
-    for m, r in rows.items():
-        for c, v in r.items():
-            if v.ndim != 3:
-                raise ValueError(f"map {m}/{c} must be 3-D; got shape {v.shape}")
-    cols = [key for key, _ in CONDITIONS if any(key in r for r in rows.values())]
-    col_titles = {key: _LABELS[key] for key in cols}
-    col_titles.update({condition_key(k): str(t) for k, t in (titles or {}).items()})
-    volumes = [v for r in rows.values() for v in r.values()]
-    z = _best_slice(volumes) if slice_index is None else int(slice_index)
-
-    fig = Figure(figsize=(2.2 * len(cols) + 1.2, 2.3 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
-    for i, (metric, r) in enumerate(rows.items()):
-        scale, unit = DISPLAY_SCALE.get(metric, (1.0, ""))
-        r = {key: v * scale for key, v in r.items()}
-        finite = np.concatenate([v[np.isfinite(v)] for v in r.values()])
-        vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
-        vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0
-        image = None
-        for j, key in enumerate(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(col_titles[key], fontsize=9)
-            if j == 0:  # inside the panel: a y-label is clipped next to equal-aspect images
-                ax.text(0.03, 0.97, metric, transform=ax.transAxes, color="white",
-                        fontsize=10, fontweight="bold", va="top", ha="left")  # fmt: skip
-            if key not in r:
-                ax.set_axis_off()
-                continue
-            sl = np.ma.masked_invalid(r[key][:, :, z].T)
-            image = ax.imshow(sl, origin="lower", cmap="viridis", vmin=0.0, vmax=vmax,
-                              interpolation="nearest")  # fmt: skip
-            ax.set_facecolor("black")
-        label = f"σₑ {metric} [{unit}]" if unit else f"σₑ {metric}"
-        fig.colorbar(image, ax=list(axes[i, :]), shrink=0.9, label=label)
-    fig.suptitle(f"Standard error σₑ, axial slice {z}", fontsize=10)
-    return _save_png(fig, out_png, dpi=110)
-
-
-def _stars(p: float) -> str:
-    if not math.isfinite(p) or p >= 0.05:
-        return "n.s."
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*"
-
-
-def roi_boxplot_figure(
-    roi_values: Mapping[str, Mapping[str, np.ndarray]],
-    out_png: str | os.PathLike[str],
-    *,
-    tissue: str,
-    significance: Mapping[tuple[str, str, str], float] | None = None,
-    show_ns: bool = False,
-) -> Path:
-    """Box plots of per-ROI standard errors per metric, like HARP Figures 3-4.
-
-    Parameters
-    ----------
-    roi_values : mapping
-        ``{metric: {condition: 1-D array of per-ROI standard errors}}``;
-        non-finite values are ignored.  Values are shown in the display units of
-        :data:`DISPLAY_SCALE` (FA/GFA ×10⁻³, MD ×10⁻⁶ mm²/s).
-    out_png : path
-        Output PNG, written atomically.
-    tissue : str
-        Tissue label for the title (e.g. ``"WM"``).
-    significance : mapping, optional
-        ``{(metric, condition_a, condition_b): pvalue}``; a bracket with
-        ``*``/``**``/``***`` (p < .05/.01/.001) is drawn above the boxes.
-    show_ns : bool
-        Also draw brackets marked ``n.s.`` for p ≥ .05.
-
-    Returns
-    -------
-    Path
-        ``out_png``.
-    """
-    metrics = [m for m in _metric_order(roi_values) if _by_condition(roi_values[m])]
-    if not metrics:
-        raise ValueError("no ROI values to draw")
-    fig = Figure(figsize=(3.2 * len(metrics) + 0.5, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    sig = {(m, condition_key(a), condition_key(b)): float(p)
-           for (m, a, b), p in (significance or {}).items()}  # fmt: skip
-    present: set[str] = set()
-    for ax, metric in zip(axes, metrics, strict=True):
-        scale, unit = DISPLAY_SCALE.get(metric, (1.0, ""))
-        data = {}
-        for key, v in _by_condition(roi_values[metric]).items():
-            arr = np.asarray(v, dtype=float).ravel()
-            data[key] = arr[np.isfinite(arr)] * scale
-        pos = {key: i + 1 for i, key in enumerate(data)}
-        drawn = {k: v for k, v in data.items() if v.size}
-        if drawn:
-            bp = ax.boxplot(list(drawn.values()), positions=[pos[k] for k in drawn],
-                            widths=0.6, patch_artist=True)  # fmt: skip
-            for patch, key in zip(bp["boxes"], drawn, strict=True):
-                patch.set_facecolor(CONDITION_COLORS[key])
-                patch.set_alpha(0.85)
-            for med in bp["medians"]:
-                med.set_color("black")
-        present.update(data)
-        ax.set_xticks(list(pos.values()), [_LABELS[k] for k in pos], rotation=40, ha="right",
-                      fontsize=8)  # fmt: skip
-        ax.set_xlim(0.4, len(pos) + 0.6)
-        ax.set_title(metric)
-        ax.set_ylabel(f"σₑ [{unit}]" if unit else "σₑ")
-        values = np.concatenate(list(drawn.values())) if drawn else np.array([0.0, 1.0])
-        top, span = float(values.max()), float(np.ptp(values)) or 1.0
-        level = 0
-        for (m, a, b), p in sig.items():
-            if m != metric or a not in drawn or b not in drawn or (p >= 0.05 and not show_ns):
-                continue
-            level += 1
-            y = top + span * 0.08 * level
-            x0, x1 = sorted((pos[a], pos[b]))
-            ax.plot([x0, x0, x1, x1], [y - span * 0.02, y, y, y - span * 0.02], color="k", lw=0.8)
-            ax.text((x0 + x1) / 2, y, _stars(p), ha="center", va="bottom", fontsize=8)
-        if level:
-            ax.set_ylim(top=top + span * 0.08 * (level + 1.2))
-    handles = [Patch(facecolor=CONDITION_COLORS[k], label=_LABELS[k]) for k, _ in CONDITIONS
-               if k in present]  # fmt: skip
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
-    fig.suptitle(f"ROI-wise standard error, {tissue}", fontsize=10)
-    return _save_png(fig, out_png, dpi=110)
 
 
 def format_number(value: Any) -> str:
@@ -279,11 +78,16 @@ _HEADERS = {
     "angular_error_p95": "95th percentile angular error (deg)", "n_voxels": "Voxels",
     "comparison": "Comparison", "statistic": "t", "pvalue": "p", "n": "ROIs",
     "mean_difference": "Mean difference [display unit of σₑ]",
+    "session": "Session", "site": "Site", "role": "Role", "status": "Status",
+    "reason": "Reason",
 }  # fmt: skip
 
 
-def _table_html(caption: str, df: pd.DataFrame) -> str:
-    """HTML table; σₑ columns scaled per metric and shown as mean ± SD (pct %)."""
+def _table_html(caption: str, df: pd.DataFrame, *, text: bool = False) -> str:
+    """HTML table; σₑ columns scaled per metric and shown as mean ± SD (pct %).
+
+    ``text``: a table of words (left-aligned cells), e.g. the sessions.
+    """
     cols = list(df.columns)
     merged = {f"{k}_sd" for k, _ in CONDITIONS if k in cols and f"{k}_sd" in cols}
     merged |= {p for k, p in PCT_COLUMNS.items() if k in cols and p in cols}
@@ -297,22 +101,25 @@ def _table_html(caption: str, df: pd.DataFrame) -> str:
         for c in shown:
             v = row[c]
             if c == "metric":
-                text = f"{metric} [{unit}]" if unit else metric
+                value = f"{metric} [{unit}]" if unit else metric
+            elif c == "comparison":  # "inter_harp vs inter_none" -> "HARP vs none (...)"
+                value = comparison_words(str(v))
             elif c in _LABELS or c == "mean_difference":
                 num = pd.to_numeric(v, errors="coerce")
-                text = format_number(float(num) * scale if pd.notna(num) else math.nan)
+                value = format_number(float(num) * scale if pd.notna(num) else math.nan)
                 sd = row.get(f"{c}_sd") if f"{c}_sd" in merged else None
                 if sd is not None and pd.notna(sd):
-                    text += f" ± {format_number(float(sd) * scale)}"
+                    value += f" ± {format_number(float(sd) * scale)}"
                 pct_col = PCT_COLUMNS.get(c, "")
                 pct = row.get(pct_col) if pct_col in merged else None
                 if pct is not None and pd.notna(pct):
-                    text += f" ({format_number(float(pct))}%)"
+                    value += f" ({format_number(float(pct))}%)"
             else:
-                text = format_number(v)
-            cells.append(f"<td>{html.escape(text)}</td>")
+                value = format_number(v)
+            cells.append(f"<td>{html.escape(value)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<table>\n<caption>{html.escape(caption)}</caption>\n<thead><tr>{head}</tr></thead>'
+    tag = '<table class="text">' if text else "<table>"
+    return (f"{tag}\n<caption>{html.escape(caption)}</caption>\n<thead><tr>{head}</tr></thead>"
             f"\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>")  # fmt: skip
 
 
@@ -403,8 +210,8 @@ def _training_links(
     for page in pages:
         # Relative, so the link survives moving or archiving the whole output folder.
         href = Path(os.path.relpath(page, Path(out_html).parent)).as_posix()
-        m = re.fullmatch(r"harp_src-(.+)_tgt-(.+)", page.stem)
-        label = f"{m[1]} → {m[2]}" if m else page.stem
+        m = re.fullmatch(r"[a-z]+_(src-.+)", page.stem)  # <method>_src-<S>_tgt-<T>[_acq-<A>]
+        label = scenario_title(m[1]) if m else page.stem
         items.append(f'<li><a href="{html.escape(urllib.parse.quote(href), quote=True)}">'
                      f"{html.escape(label)}</a></li>")  # fmt: skip
     return ["<h2>HARP training</h2>",
@@ -423,6 +230,11 @@ def write_html_report(
     excluded: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     models_dir: str | os.PathLike[str] | None = None,
     methods: str | None = None,
+    verdicts: Sequence[Verdict] | None = None,
+    duels: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+    warning: str | None = None,
+    sessions: pd.DataFrame | None = None,
+    methods_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write one self-contained HTML report (no external CSS, JS, fonts or images).
 
@@ -441,13 +253,26 @@ def write_html_report(
     notes : sequence of str, optional
         Caveats listed under "Notes".
     excluded : mapping or sequence of pairs, optional
-        Excluded sessions ``{session: reason}``; listed (or "None") in the report.
+        Excluded sessions ``{session: reason}``; listed (or "None") in the report
+        when no ``sessions`` table is given.
     models_dir : path, optional
         Folder of the HARP models (``OUT/models``); its ``*.html`` training reports
         are linked, relative to ``out_html``, under "HARP training".
     methods : str, optional
         The methods text (Markdown of ``OUT/logs/CITATION.md``), shown under
         "Methods" (:func:`markdown_html`).
+    verdicts : sequence of Verdict, optional
+        The judged comparisons (:func:`bids_harmony.evaluation.verdict.shell_verdicts`);
+        when given (even empty), "Verdict" is the first section
+        (:func:`bids_harmony.evaluation.report_verdict.verdict_html`).
+    duels : mapping, optional
+        ``{(scenario, shell): method_duels(...)}`` for the verdict's summary.
+    warning : str, optional
+        Shown above everything else (e.g. which methods could not be compared).
+    sessions : DataFrame, optional
+        Every session with its status (included or excluded) and why, under "Sessions".
+    methods_file : path, optional
+        ``OUT/logs/CITATION.md``, linked (relative to ``out_html``) under "Methods".
 
     Returns
     -------
@@ -457,11 +282,20 @@ def write_html_report(
     esc = html.escape
     parts = [f"<h1>{esc(title)}</h1>",
              f'<p class="meta">bids_harmony {esc(bids_harmony.__version__)} — '
-             f"{esc(bids_harmony.CODE_URL)}</p>",
-             "<h2>How to read this</h2>", f"<p>{esc(_HOW_TO_READ)}</p>"]  # fmt: skip
+             f"{esc(bids_harmony.CODE_URL)}</p>"]  # fmt: skip
+    if warning:
+        parts.append(f'<p class="warning"><b>Warning:</b> {esc(warning)}</p>')
+    if verdicts is not None:
+        parts += verdict_html(verdicts, duels)
+    parts += ["<h2>How to read this</h2>", f"<p>{esc(_HOW_TO_READ)}</p>"]
     for heading, text in (sections or {}).items():
         parts.append(f"<h2>{esc(heading)}</h2>")
         parts += [f"<p>{esc(p.strip())}</p>" for p in str(text).split("\n\n") if p.strip()]
+    if sessions is not None:
+        counts = sessions["status"].value_counts() if "status" in sessions else {}
+        summary = ", ".join(f"{n} {status}" for status, n in dict(counts).items())
+        parts += ["<h2>Sessions</h2>", _table_html(f"Sessions ({summary or 'none'})", sessions,
+                                                   text=True)]  # fmt: skip
     if tables:
         parts.append("<h2>Tables</h2>")
         parts += [_table_html(caption, df) for caption, df in tables.items()]
@@ -469,20 +303,28 @@ def write_html_report(
         parts.append("<h2>Figures</h2>")
         parts += [_figure_html(caption, path) for caption, path in figures.items()]
     parts += _training_links(out_html, models_dir)
+    if methods or methods_file:
+        parts.append("<h2>Methods</h2>")
+    if methods_file:
+        href = Path(os.path.relpath(methods_file, Path(out_html).parent)).as_posix()
+        link = esc(urllib.parse.quote(href), quote=True)
+        parts.append(f'<p>Methods text to adapt for a paper: <a href="{link}">{esc(href)}</a>.</p>')
     if methods:
-        parts += ["<h2>Methods</h2>", markdown_html(methods)]
+        parts.append(markdown_html(methods))
     parts.append("<h2>Notes</h2>")
     items = [f"<li>{esc(str(n))}</li>" for n in notes or ()]
     parts.append(f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>")
-    parts.append("<h2>Excluded sessions</h2>")
-    pairs = list(excluded.items()) if isinstance(excluded, Mapping) else list(excluded or ())
-    items = [f"<li><b>{esc(str(s))}</b>: {esc(str(r))}</li>" for s, r in pairs]
-    parts.append(f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>")
+    if sessions is None:
+        parts.append("<h2>Excluded sessions</h2>")
+        pairs = list(excluded.items()) if isinstance(excluded, Mapping) else list(excluded or ())
+        items = [f"<li><b>{esc(str(s))}</b>: {esc(str(r))}</li>" for s, r in pairs]
+        parts.append(f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}caption{font-weight:bold;"
              "text-align:left;padding:.3em 0}th,td{border:1px solid #bbb;padding:.25em .6em;"
              "text-align:right}th{background:#eee}td:first-child{text-align:left}"
-             "img{max-width:100%}.meta{color:#555}figcaption{font-style:italic}")  # fmt: skip
+             "img{max-width:100%}.meta{color:#555}figcaption{font-style:italic}"
+             "table.text td{text-align:left}" + VERDICT_CSS)  # fmt: skip
     doc = ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
            f"<title>{esc(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
            + "\n".join(parts) + "\n</body>\n</html>\n")  # fmt: skip

@@ -8,7 +8,7 @@ reader (:class:`bids_harmony.bids.reader.RunOutputs`) uses too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,32 @@ def _provenance(params: Mapping[str, Any]) -> dict[str, Any]:
         "SoftwareVersions": software_versions(),
         "Parameters": dict(params),
     }
+
+
+def harmonized_sources(
+    names: RunNames, label: str, kind: str, model_uri: str | None = None
+) -> list[str]:
+    """``Sources`` of a harmonized per-shell map: its inputs, never a harmonized output.
+
+    A harmonized output derives from the unharmonized SH coefficients of its shell,
+    the mask and the model file (BIDS URI; None when the scales were fitted on the
+    spot); the maps recomputed from the rebuilt DWI (``fa``, ``md``, ``gfa``) also
+    from the preprocessed DWI, whose b0 volumes and gradients the rebuilt one keeps.
+    Naming the harmonized DWI instead would make provenance circular: that DWI is
+    itself rebuilt from the harmonized coefficients.
+
+    Examples
+    --------
+    >>> names = RunNames({"sub": "01", "acq": "b1000"}, 1)
+    >>> harmonized_sources(names, "b1000", "sh", "bids::models/harp.safetensors")
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['bids::sub-01/dwi/sub-01_acq-b1000_model-sh_param-coeffs_dwimap.nii.gz',
+     'bids::sub-01/dwi/sub-01_acq-b1000_space-dwi_desc-brain_mask.nii.gz',
+     'bids::models/harp.safetensors']
+    """
+    dwi = [] if kind in ("sh", "scales") else [bids_uri("", names.dwi())]
+    model = [model_uri] if model_uri else []
+    return [*dwi, bids_uri("", names.shell_map(label, "sh")), bids_uri("", names.mask()), *model]
 
 
 def run_names(run: Mapping[str, Any], shells: Sequence[Mapping[str, Any]]) -> RunNames:
@@ -107,7 +133,7 @@ def shell_maps(
     shells: Sequence[Mapping[str, Any]],
     metrics: Sequence[Mapping[str, Any]],
     common: Mapping[str, Any],
-    sources: list[str],
+    sources: Sequence[str] | Callable[[str, str], Sequence[str]],
     params: Mapping[str, Any],
     *,
     method: str | None = None,
@@ -116,12 +142,16 @@ def shell_maps(
     """Per-shell SH coefficients, scale maps of ``method`` (when present) and DTI/CSD maps.
 
     ``method=None`` names the unharmonized maps, ``"harp"`` those of HARP-harmonized
-    data (``desc-harp``).
+    data (``desc-harp``).  ``sources``: the ``Sources`` of every map, or a function of
+    (shell label, kind: ``sh``, ``scales``, ``fa``, ``md`` or ``gfa``) that gives them.
     """
     from bids_harmony.dmri import sh
 
     extra = dict(shell_extra or {})
     out = []
+
+    def sources_of(label: str, kind: str) -> list[str]:
+        return list(sources(label, kind) if callable(sources) else sources)
 
     for shell in shells:
         out.append(
@@ -135,7 +165,7 @@ def shell_maps(
                         "Real even spherical-harmonic coefficients of the b0-normalized, "
                         "b_ref-power-mapped signal of one shell (HARP convention)."
                     ),
-                    "Sources": sources,
+                    "Sources": sources_of(shell["label"], "sh"),
                     "Model": {
                         "Description": "HARP spherical-harmonic representation of one shell",
                         "Parameters": {
@@ -169,7 +199,7 @@ def shell_maps(
                         **extra,
                         "Description": "HARP per-band scale factors s_l (volumes: l = 0, 2, "
                         "4, ...); harmonized C_lm = s_l * C_lm.",
-                        "Sources": sources,
+                        "Sources": sources_of(shell["label"], "scales"),
                         "ShellBValue": shell["bval"],
                     },
                 )
@@ -201,7 +231,7 @@ def shell_maps(
                         **extra,
                         "Description": description,
                         "Units": units,
-                        "Sources": sources,
+                        "Sources": sources_of(entry["label"], kind),
                         "Model": model_desc,
                         "ShellBValue": entry["bval"],
                     },
@@ -226,15 +256,26 @@ def harmonized_derivatives(
     ``harmonized`` holds the ``dwi``/``bval``/``bvec`` files; ``model`` the
     model file name, its sha256 and the source/target sites.  The sidecars'
     ``Harmonization`` names the ``method`` and gives its ``description``.
+
+    ``Sources`` name the inputs only (:func:`harmonized_sources`); the rebuilt
+    DWI's are the preprocessed DWI, every shell's unharmonized coefficients, the
+    mask and the model file (its sha256 in ``Harmonization.ModelSHA256``).
     """
     names = run_names(run, shells)
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
-    preproc = bids_uri("", names.dwi())
+    model_uri = bids_uri("", Path("models") / model["file"])
+
+    def sources(label: str, kind: str) -> list[str]:
+        return harmonized_sources(names, label, kind, model_uri)
+
+    dwi_sources = [bids_uri("", names.dwi())]
+    for shell in shells:
+        dwi_sources += [s for s in sources(shell["label"], "sh") if s not in dwi_sources]
     harmonization = {
         "Harmonization": {
             "Method": method,
             "Description": description,
-            "ModelFile": bids_uri("", Path("models") / model["file"]),
+            "ModelFile": model_uri,
             "ModelSHA256": model["sha256"],
             "SourceSite": model["source_site"],
             "TargetSite": model["target_site"],
@@ -250,11 +291,10 @@ def harmonized_derivatives(
                 **harmonization,
                 "Description": "DWI rebuilt from HARP-harmonized SH coefficients with the "
                 "original gradient table; b0 volumes unchanged.",
-                "Sources": [preproc],
+                "Sources": dwi_sources,
             },
         )
     ]
-    sources = [bids_uri("", names.dwi(method))]
     out += shell_maps(names, shells, metrics, common, sources, params,
                       method=method, shell_extra=harmonization)  # fmt: skip
     return out

@@ -22,9 +22,10 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versions
+from bids_harmony.bids.derivatives import sidecar_path, software_versions
 from bids_harmony.bids.group_inputs import ShellMaps
 from bids_harmony.bids.io import save_nifti, write_json
+from bids_harmony.bids.outputs import harmonized_sources
 from bids_harmony.dmri.bands import order_from_n_coeffs, rish_features
 from bids_harmony.methods.rish.linear_rish import apply_rish_scales
 from bids_harmony.methods.rish.method import RishMethod, RishModel
@@ -122,7 +123,7 @@ def apply_to_run(
         indices = np.flatnonzero((np.abs(bvals - m.bval) <= b_tolerance) & (bvals > b0_threshold))
         fits.append(ShellFit(m.bval, order_from_n_coeffs(coeffs.shape[-1]), harmonized, indices))
     dwi = reconstruct_dwi(fits, bvals, bvecs, data, b0_threshold=b0_threshold)
-    sources = [bids_uri("", outputs.names.dwi())]
+    model_uri = str(model["ModelFile"]) if model else None
     common = {
         "Harmonization": {
             "Method": METHOD,
@@ -132,7 +133,6 @@ def apply_to_run(
                 "Note": "Trained on the traveling subjects it is evaluated on "
                 "(best case, as in Jeong et al. 2026)."}),
         },
-        "Sources": sources,
         "SoftwareVersions": software_versions(),
     }
     written: dict[str, dict[str, Path]] = {}
@@ -179,6 +179,7 @@ def apply_to_run(
                 sidecar_path(path),
                 {
                     **common,
+                    "Sources": harmonized_sources(outputs.names, m.label, kind, model_uri),
                     "ShellBValue": m.bval,
                     "Description": f"LinearRISH-harmonized {kind} of shell {m.label}",
                 },

@@ -28,9 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
         "bids-harmony on it.",
     )
     parser.add_argument("out_dir", type=Path, help="folder for the study, outputs and work dir")
-    parser.add_argument("--size", choices=("tiny", "demo", "full"), default="demo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument(
+        "--size", choices=("tiny", "demo", "full"), default="demo",
+        help="size of the simulated study (see bids-harmony-simulate --help): tiny for a "
+        "quick check, demo for meaningful results, full like the HARP paper (many GB) "
+        "(default: demo)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the simulation and of every level's random steps (default: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nprocs", type=int, default=2,
+        help="parallel processes of each bids-harmony level (default: 2)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite an existing study")
     return parser
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bids_harmony import __version__
 from bids_harmony.bids.check_names import OVERRIDABLE as OVERRIDABLE_CHECKS
+from bids_harmony.cli.suggest import SuggestingArgumentParser
 from bids_harmony.methods.names import METHOD_NAMES
 
 LEVELS = ("participant", "train", "group")
@@ -96,7 +97,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; see ``bids-harmony --help``."""
-    parser = argparse.ArgumentParser(
+    parser = SuggestingArgumentParser(
         prog="bids-harmony",
         description=(
             "Harmonize multi-site diffusion MRI with HARP, a network trained on phantom "

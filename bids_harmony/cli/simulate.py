@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from bids_harmony.cli.suggest import SuggestingArgumentParser
+
 if TYPE_CHECKING:
     from bids_harmony.simulate.zoo import PhantomScenario
 
@@ -37,7 +39,7 @@ FIELD_OPTIONS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bids-harmony-simulate``."""
-    parser = argparse.ArgumentParser(
+    parser = SuggestingArgumentParser(
         prog="bids-harmony-simulate",
         description=(
             "Simulate a two-site diffusion MRI study (diffusion phantoms and traveling "

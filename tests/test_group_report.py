@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bids_harmony import __version__
+from bids_harmony.evaluation.figures import bracket_levels, map_slices
 from bids_harmony.evaluation.report import (
     format_number,
     roi_boxplot_figure,
@@ -152,6 +153,8 @@ def test_standard_error_figure(tmp_path):
     standard_error_figure(maps, out2, slice_index=2, titles={"HARP": "HARP (ours)"})
     narrow = _check_png(out2)
     assert narrow.shape[1] < full.shape[1]
+    assert narrow.shape[0] < full.shape[0]  # one slice, the default three
+    assert map_slices(list(maps["FA"].values())) == [1, 2, 3]  # brain in slices 1-3
     _no_temp(out.parent)
 
 
@@ -168,6 +171,16 @@ def test_roi_boxplot_figure(tmp_path):
     roi_boxplot_figure(_roi_values(rng, ("SR source", "SR target", "HARP")), out2, tissue="GM",
                        significance={("FA", "HARP", "LinearRISH"): 0.01})  # fmt: skip
     _check_png(out2)
+    # Three brackets on the same boxes (GM in the demo): stacked, none on the same level
+    # as one it touches; the figure grows to hold them.
+    three = {(m, a, b): p for m in ("FA", "MD", "GFA") for (a, b), p in (
+        (("HARP", "No harmonization"), 1e-4), (("LinearRISH", "No harmonization"), 0.003),
+        (("HARP", "LinearRISH"), 0.02))}  # fmt: skip
+    out3 = tmp_path / "roi_three.png"
+    roi_boxplot_figure(_roi_values(rng), out3, tissue="GM", significance=three)
+    assert _check_png(out3).shape[0] > _check_png(out).shape[0]
+    assert bracket_levels([(3, 5), (3, 4), (4, 5)]) == [3, 1, 2]
+    assert bracket_levels([(1, 2), (3, 4)]) == [1, 1]  # apart: one level
     _no_temp(tmp_path)
 
 

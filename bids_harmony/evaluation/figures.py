@@ -43,6 +43,7 @@ DISPLAY_SCALE: dict[str, tuple[float, str]] = {
 """Factor and unit label used to display standard errors (as in the paper's tables)."""
 
 _LABELS = dict(CONDITIONS)
+_LABEL_BOX = {"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0}  # legible over the map
 
 
 def _save_png(fig: Figure, out_png: str | os.PathLike[str], dpi: int) -> Path:
@@ -91,13 +92,13 @@ def map_slices(volumes: Sequence[np.ndarray], n: int = 3) -> list[int]:
     Returns
     -------
     list of int
-        Increasing, without repeats (fewer than ``n`` when the brain is thin),
-        at the fractions 1/(n+1), ..., n/(n+1) of the brain's axial extent.
+        Increasing, at the fractions 1/(n+1), ..., n/(n+1) of the brain's axial
+        extent (every slice of a brain at most ``n`` slices thick).
 
     >>> v = np.full((2, 2, 20), np.nan)
     >>> v[..., 4:17] = 1.0
     >>> map_slices([v]), map_slices([v], n=1)
-    ([7, 10, 13], [10])
+    ([7, 10, 13], [9])
     """
     counts = _slice_counts(volumes)
     nz = counts.size
@@ -106,7 +107,9 @@ def map_slices(volumes: Sequence[np.ndarray], n: int = 3) -> list[int]:
         return [int(best[np.argmin(np.abs(best - (nz - 1) / 2))])]
     inside = np.flatnonzero(counts > 0)
     lo, hi = (int(inside[0]), int(inside[-1])) if inside.size else (0, nz - 1)
-    picks = [round(lo + (hi - lo) * (k + 1) / (n + 1)) for k in range(n)]
+    if hi - lo + 1 <= n:  # a thin brain: all its slices
+        return list(range(lo, hi + 1))
+    picks = [math.floor(lo + (hi - lo) * (k + 1) / (n + 1) + 0.5) for k in range(n)]
     return sorted(set(picks))
 
 
@@ -182,7 +185,7 @@ def standard_error_figure(
                 if j == 0:  # inside the panel: a y-label is clipped next to equal-aspect images
                     ax.text(0.03, 0.97, f"{metric}\nz = {z}", transform=ax.transAxes,
                             color="white", fontsize=9, fontweight="bold", va="top",
-                            ha="left", zorder=3)  # fmt: skip
+                            ha="left", zorder=3, bbox=_LABEL_BOX)  # fmt: skip
                 if key not in r:
                     ax.set_axis_off()
                     continue

@@ -292,8 +292,9 @@ def write_html_report(
         parts.append(f"<h2>{esc(heading)}</h2>")
         parts += [f"<p>{esc(p.strip())}</p>" for p in str(text).split("\n\n") if p.strip()]
     if sessions is not None:
-        counts = sessions["status"].value_counts() if "status" in sessions else {}
-        summary = ", ".join(f"{n} {status}" for status, n in dict(counts).items())
+        counts = dict(sessions["status"].value_counts()) if "status" in sessions else {}
+        order = ["included", "excluded", *sorted(set(counts) - {"included", "excluded"})]
+        summary = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
         parts += ["<h2>Sessions</h2>", _table_html(f"Sessions ({summary or 'none'})", sessions,
                                                    text=True)]  # fmt: skip
     if tables:

@@ -21,18 +21,23 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from bids_harmony.bids.discovery import Study
 from bids_harmony.bids.group_inputs import Selection
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
 from bids_harmony.evaluation.scenario import ScenarioResult
+from bids_harmony.evaluation.wording import scenario_title
 from bids_harmony.interfaces.group_level import SessionMaps
+from bids_harmony.workflows.group_outputs import (
+    ScenarioSessions,
+    session_table,
+    write_group_outputs,
+)
 from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
 
 if TYPE_CHECKING:
@@ -317,19 +322,6 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
 GROUP_STEPS = {"register": "registered", "warp": "warped", "evaluate": "evaluated"}
 
 
-def _write_maps(group_dir: Path, stem: str, maps, template: Path) -> None:
-    import nibabel as nb
-
-    from bids_harmony.bids.derivatives import group_map_name
-    from bids_harmony.bids.io import save_nifti
-
-    affine = nb.load(template).affine
-    for metric, conditions in maps.items():
-        for cond, array in conditions.items():
-            name = group_map_name(stem, cond, metric)
-            save_nifti(nb.Nifti1Image(array.astype(np.float32), affine), group_dir / name)
-
-
 def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult], list]:
     """Scenario results and excluded sessions from the executed graph."""
     by_wf: dict[str, dict[str, object]] = {}
@@ -355,12 +347,52 @@ def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult
     return results, excluded
 
 
+def method_plan(config: Config, scenarios: Sequence[Scenario]) -> str | None:
+    """What the level will and will not compare when no method has outputs, else ``None``.
+
+    "No outputs": no scenario has HARP outputs (``desc-harp``) nor the outputs
+    of a trained LinearRISH model, so at best LinearRISH is fitted here on the
+    traveling subjects.  Also ``None`` when ``--methods`` left HARP out on purpose.
+    """
+    if config.methods and "harp" not in config.methods:
+        return None
+    if any("harp" in s.methods or ("rish" in s.methods and not s.rish_fit) for s in scenarios):
+        missing = [scenario_title(s.stem) for s in scenarios if "harp" not in s.methods]
+        return (f"No HARP outputs for {'; '.join(missing)}: HARP is compared in the other "
+                "scenarios only; run 'train' and then 'participant' for these."
+                if missing else None)  # fmt: skip
+    fitted = any(s.rish_fit for s in scenarios)
+    will = (
+        "LinearRISH, fitted here on the traveling subjects (a best case: it is evaluated on "
+        "the subjects it was fitted on), against no harmonization"
+        if fitted
+        else "inter-scanner against scan-rescan variability without harmonization only"
+    )
+    cmd = f"bids-harmony {config.bids_dir} {config.output_dir}"
+    return (
+        f"No harmonization model has outputs in {config.output_dir}: no HARP outputs "
+        "(desc-harp) and no trained LinearRISH model. This group level will compare "
+        f"{will}. It will NOT evaluate HARP: to compare HARP, run '{cmd} train' and then "
+        f"'{cmd} participant' before 'group'."
+    )
+
+
+def _scenario_sessions(scen: Scenario) -> ScenarioSessions:
+    sel = scen.selection
+    return ScenarioSessions(scen.stem, [
+        (s.label, s.subject, site, role)
+        for role, site, group in (("source", sel.source, scen.source),
+                                  ("target", sel.target, scen.target))
+        for s in group
+    ])  # fmt: skip
+
+
 @releases_locks
 def run_group(config: Config) -> int:
     """Run the group level; returns the exit code."""
 
+    from bids_harmony.bids.citation import CITATION_MD
     from bids_harmony.bids.group_inputs import select_traveling
-    from bids_harmony.evaluation import report, tables
     from bids_harmony.workflows.boilerplate import cite_group
     from bids_harmony.workflows.execution import (
         level_workflow,
@@ -406,6 +438,9 @@ def run_group(config: Config) -> int:
             "the group level needs at least one (two or more for meaningful numbers). "
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
+    warning = method_plan(config, list(scenarios.values()))
+    if warning:  # before the long steps: the user can stop and train first
+        LOGGER.warning(warning)
     n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
     LOGGER.info("Group level: %d scenario(s)", len(scenarios))
     hold_locks(config, level_keys(config, study))
@@ -417,59 +452,22 @@ def run_group(config: Config) -> int:
             "no traveling subject is left after registration to the template. "
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
-    figures, table_frames, fibre_rows = {}, {}, {}
-    for result in results:
-        for label, summary in result.shells.items():
-            key = f"{result.stem}_{label}"
-            _write_maps(group_dir, key, summary.maps, result.template)
-            for name, frame in (
-                ("table2", tables.table2(summary.table2)),
-                ("table3", tables.table3(summary.table3)),
-                ("ttests", tables.ttests_table(summary.ttests)),
-            ):
-                tables.write_table(frame, group_dir / f"{key}_{name}.tsv", {})
-                table_frames[f"{key}: {name}"] = frame
-            if summary.fibres is not None:
-                fibre_rows[key] = summary.fibres
-            figures[f"{key}: standard error maps"] = report.standard_error_figure(
-                summary.maps, group_dir / f"{key}_stderr.png"
-            )
-            for tissue, roi_values in _by_tissue(summary.roi_errors).items():
-                stars = {
-                    (metric, a, b): test.pvalue
-                    for (metric, t, (a, b)), test in summary.ttests.items()
-                    if t == tissue
-                }
-                figures[f"{key}: {tissue} ROIs"] = report.roi_boxplot_figure(
-                    roi_values, group_dir / f"{key}_roi-{tissue}.png", tissue=tissue,
-                    significance=stars,
-                )  # fmt: skip
-    if fibre_rows:
-        frame = tables.table4(fibre_rows)
-        tables.write_table(frame, group_dir / "table4_fibres.tsv", {})
-        table_frames["Fibre orientation: source vs HARP (WM)"] = frame
-    evaluated = [s for s in scenarios.values()]
+    evaluated = list(scenarios.values())
     rish = ("fitted" if any(s.rish_fit for s in evaluated) else
             "model" if any("rish" in s.methods for s in evaluated) else "none")  # fmt: skip
     methods = cite_group(config, target=target, sources=sources,
                          harp=any("harp" in r.methods for r in results), rish=rish)  # fmt: skip
-    html = report.write_html_report(
-        group_dir / "report.html",
-        title=f"bids_harmony group report: harmonization to {target}",
-        tables=table_frames,
-        figures=figures,
-        notes=list(dict.fromkeys(notes)),
-        excluded=excluded,
-        models_dir=config.output_dir / "models",
-        methods=methods,
+    sessions = session_table(
+        [_scenario_sessions(s) for s in evaluated],
+        {r.stem: r.subjects for r in results},
+        excluded,
     )
+    html = write_group_outputs(
+        group_dir, results, title=f"bids_harmony group report: harmonization to {target}",
+        sessions=sessions, notes=notes, warning=warning,
+        models_dir=config.output_dir / "models", methods=methods,
+        methods_file=config.output_dir / CITATION_MD,
+    )  # fmt: skip
     LOGGER.info("Group level finished in %.1f s; report: %s", time.perf_counter() - start, html)
     return 0
 
-
-def _by_tissue(roi_errors) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for metric, per_tissue in roi_errors.items():
-        for tissue, conditions in per_tissue.items():
-            out.setdefault(tissue, {})[metric] = conditions
-    return out

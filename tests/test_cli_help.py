@@ -81,3 +81,39 @@ def test_close_options():
     assert close_options("--nproc", known) == ["--nprocs"]
     assert close_options("--zzz", known) == []
     assert isinstance(build_parser(), SuggestingArgumentParser)
+
+
+def _guide_commands(text: str) -> list[list[str]]:
+    """The ``bids-harmony`` command lines of the bash blocks of a Markdown guide, as
+    argument lists (what follows the program, or the image in docker/apptainer lines)."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["bids-harmony"]:
+                commands.append(words[1:])
+            elif words[:1] in (["docker"], ["apptainer"], ["singularity"]):
+                image = next(i for i, w in enumerate(words)
+                             if w.endswith(".sif") or w.startswith("bids_harmony:"))  # fmt: skip
+                commands.append(words[image + 1:])
+    return commands
+
+
+def test_every_command_of_the_own_data_guide_parses(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
+    if not guide.is_file():
+        pytest.skip("not a source checkout")
+    commands = _guide_commands(guide.read_text(encoding="utf-8"))
+    assert len(commands) >= 8
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sites.tsv").write_text("participant_id\tsession_id\tsite\n")
+    levels = set()
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        levels.add(args.analysis_level)
+    assert levels == {"participant", "train", "group"}

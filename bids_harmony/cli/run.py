@@ -27,23 +27,48 @@ def configure_logging(verbosity: int) -> None:
     """Our messages at INFO (DEBUG with -vv); Nipype's only when asked for.
 
     A handler goes on the package logger, not the root, so embedding
-    applications (and pytest's log capture) keep their own configuration.
+    applications (and pytest's log capture) keep their own configuration.  It
+    names the run in messages logged while a node processes one, and shows
+    the first 3 warnings of each kind (all with -vv), counting the rest for
+    :func:`summarize_repeats` (:mod:`bids_harmony.logs`).
     """
+    import atexit
+
+    from bids_harmony.logs import RepeatFilter, RunNameFilter
+
     logger = logging.getLogger("bids_harmony")
     logger.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    if not any(getattr(h, "_bids_harmony", False) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if getattr(h, "_bids_harmony", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler.setFormatter(
             logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S")
         )
         handler._bids_harmony = True  # type: ignore[attr-defined]
+        repeats = RepeatFilter()
+        atexit.register(repeats.close)
+        handler.addFilter(repeats)  # first: it groups by the template without the run
+        handler.addFilter(RunNameFilter())
         logger.addHandler(handler)
+    for repeat_filter in handler.filters:
+        if isinstance(repeat_filter, RepeatFilter):
+            repeat_filter.max_shown = sys.maxsize if verbosity >= 2 else 3
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
     # Node failures are summarized by us; Nipype's own report is a traceback.
     logging.getLogger("nipype.workflow").setLevel(
         logging.INFO if verbosity >= 1 else logging.CRITICAL
     )
+
+
+def summarize_repeats() -> None:
+    """Log one line per kind of warning shown only in part (end of a level)."""
+    from bids_harmony.logs import RepeatFilter
+
+    for handler in logging.getLogger("bids_harmony").handlers:
+        for repeat_filter in handler.filters:
+            if isinstance(repeat_filter, RepeatFilter):
+                repeat_filter.flush(LOGGER)
 
 
 def check_output_dir(bids_dir: Path, output_dir: Path) -> None:
@@ -179,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # A backstop: each level releases its own locks (locking.releases_locks).
         release_locks()
+        summarize_repeats()
 
 
 if __name__ == "__main__":

@@ -89,8 +89,25 @@ def write_table(bvals: np.ndarray, bvecs: np.ndarray, stem: Path) -> tuple[str, 
     return str(bval_path.resolve()), str(bvec_path.resolve())
 
 
+class RunNamedInterface(SimpleInterface):
+    """A SimpleInterface whose log messages name its run (input ``run_name``).
+
+    The numerical functions it calls log without knowing the run; while the
+    interface runs, :func:`bids_harmony.logs.run_context` lets the console
+    handler put the name in front of their messages.
+    """
+
+    def run(self, cwd=None, ignore_exception=None, **inputs):
+        from bids_harmony.logs import run_context
+
+        name = getattr(self.inputs, "run_name", "")
+        with run_context(name if isdefined(name) else ""):
+            return super().run(cwd=cwd, ignore_exception=ignore_exception, **inputs)
+
+
 class _PreprocessInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="raw DWI series")
+    run_name = traits.Str("", usedefault=True, desc="the run's BIDS prefix, for messages")
     in_bval = File(exists=True, mandatory=True)
     in_bvec = File(exists=True, mandatory=True)
     denoise = traits.Enum("none", "mppca", "patch2self", usedefault=True)
@@ -108,7 +125,7 @@ class _PreprocessOutputSpec(TraitedSpec):
     out_report = File(exists=True, desc="JSON: steps applied, their parameters and timings")
 
 
-class PythonPreprocess(SimpleInterface):
+class PythonPreprocess(RunNamedInterface):
     """Python-backend preprocessing: checks, optional denoising/Gibbs/motion, mask."""
 
     input_spec = _PreprocessInputSpec
@@ -186,6 +203,7 @@ class PythonPreprocess(SimpleInterface):
 
 class _FitSHInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
+    run_name = traits.Str("", usedefault=True, desc="the run's BIDS prefix, for messages")
     in_bval = File(exists=True, mandatory=True)
     in_bvec = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
@@ -198,7 +216,7 @@ class _ShellOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="JSON list: one entry per shell with its files")
 
 
-class FitSH(SimpleInterface):
+class FitSH(RunNamedInterface):
     """Per-shell SH coefficients in the HARP convention (:mod:`bids_harmony.dmri.sh`)."""
 
     input_spec = _FitSHInputSpec
@@ -245,12 +263,11 @@ class FitSH(SimpleInterface):
 
 
 class _MetricsInputSpec(_FitSHInputSpec):
-    run_name = traits.Str("", usedefault=True, desc="name of the raw run, for messages")
     gfa = traits.Bool(True, usedefault=True, desc="compute GFA of CSD fODFs")
     n_threads = traits.Int(1, usedefault=True, desc="threads of the batched CSD solver")
 
 
-class DiffusionMetrics(SimpleInterface):
+class DiffusionMetrics(RunNamedInterface):
     """DTI FA/MD and CSD GFA for every shell of a run."""
 
     input_spec = _MetricsInputSpec

@@ -9,12 +9,17 @@ import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
-from bids_harmony.interfaces.dmri import load_image, read_table, save_like, write_table
+from bids_harmony.interfaces.dmri import (
+    RunNamedInterface,
+    load_image,
+    read_table,
+    save_like,
+    write_table,
+)
 
 
 class _HarmonizeInputSpec(BaseInterfaceInputSpec):
@@ -28,6 +33,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     b0_threshold = traits.Float(50.0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
+    run_name = traits.Str("", usedefault=True, desc="the run's BIDS prefix, for messages")
 
 
 class _HarmonizeOutputSpec(TraitedSpec):
@@ -37,7 +43,7 @@ class _HarmonizeOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="JSON list: harmonized SH and scale maps per shell")
 
 
-class HarpHarmonize(SimpleInterface):
+class HarpHarmonize(RunNamedInterface):
     """Harmonized SH, per-band scale maps and harmonized DWI of one run."""
 
     input_spec = _HarmonizeInputSpec

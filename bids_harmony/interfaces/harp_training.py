@@ -255,6 +255,7 @@ def train_model(pairs: list[PhantomPair], arrays: list[PairArrays], images: list
     from bids_harmony.dmri.bands import n_coeffs
     from bids_harmony.evaluation.train_report import write_train_report
     from bids_harmony.evaluation.train_report_data import report_inputs
+    from bids_harmony.logs import ProgressLine
     from bids_harmony.methods.catalog import model_stem
     from bids_harmony.methods.harp import DEFAULT_RECIPE, PAPER_RECIPE, save_model, train_harp
     from bids_harmony.methods.harp.baseline import fit_band_scales
@@ -283,6 +284,15 @@ def train_model(pairs: list[PhantomPair], arrays: list[PairArrays], images: list
     # centred on this global scale (HarpNet inputs="rish", centre=...) removed more MD
     # bias but less FA bias than the paper's network on coefficients (default: 14 vs 17 %
     # of WM FA bias, nist-fibre: 5 vs 13 %).
+    # A tqdm bar on a terminal; in a log file (or a pipe) a line every 10 % instead.
+    on_terminal = sys.stderr.isatty()
+    line = ProgressLine(f"training {opts.source}→{opts.target}", recipe.iterations, LOGGER)
+
+    def report(iteration: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("val_total", metrics.get("train_total", float("nan")))
+        kind = "val loss" if "val_total" in metrics else "train loss"
+        line.update(iteration, f"{kind} {loss:.4g}")
+
     result = train_harp(
         train["source"],
         train["target"],
@@ -293,7 +303,8 @@ def train_model(pairs: list[PhantomPair], arrays: list[PairArrays], images: list
         recipe=recipe,
         sh_order=opts.sh_order,
         device=opts.device,
-        progress=sys.stderr.isatty(),
+        progress=on_terminal,
+        callback=None if on_terminal else report,
     )
     card = {
         "source_site": opts.source,

@@ -3,8 +3,10 @@
 Plugins
 -------
 ``--nprocs 1`` runs nodes one by one (``Linear``), more runs them in parallel
-(``MultiProc``).  ``--use-plugin FILE`` takes a YAML file in fMRIPrep's format
-for clusters::
+(``MultiProc``), both in the run-by-run order of
+:mod:`bids_harmony.workflows.scheduling`, with the console lines of
+:mod:`bids_harmony.workflows.progress`.  ``--use-plugin FILE`` takes a YAML
+file in fMRIPrep's format for clusters::
 
     plugin: SLURM
     plugin_args:
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError
+from bids_harmony.workflows.progress import Progress as Progress  # re-exported
+from bids_harmony.workflows.progress import StepProgress, run_of
 
 LOGGER = logging.getLogger(__name__)
 
@@ -179,51 +183,6 @@ def choose_plugin(
     return plugin, args
 
 
-class Progress:
-    """Nipype status callback: one log line per finished run, and failures."""
-
-    def __init__(self, names: dict[str, str], sink_name: str = "ds_participant") -> None:
-        self.names, self.done, self.sink_name = names, 0, sink_name
-        self.failed: set[str] = set()
-
-    def __call__(self, node, status: str) -> None:
-        run = run_of(node.fullname, self.names)
-        if status == "exception":
-            self.failed.add(run)
-            LOGGER.error("FAILED: %s (%s)", self.names.get(run, run), node.fullname)
-        # Nipype's Linear plugin also reports "end" for nodes it skipped after a failure.
-        elif status == "end" and node.name == self.sink_name and run not in self.failed:
-            self.done += 1
-            LOGGER.info("[%d/%d] %s done", self.done, len(self.names), self.names.get(run, run))
-
-
-class StepProgress:
-    """Nipype status callback of the train and group levels: one line per finished step.
-
-    ``steps`` maps the first word of a node name (``sample``, ``register``) to the
-    verb logged when such a node ends; other nodes are not counted.
-    """
-
-    def __init__(self, n_steps: int, steps: dict[str, str]) -> None:
-        self.n_steps, self.steps, self.done = n_steps, steps, 0
-
-    def __call__(self, node, status: str) -> None:
-        if status == "exception":
-            LOGGER.error("FAILED: %s", node.fullname)
-            return
-        verb = self.steps.get(node.name.split("_")[0])
-        if status == "end" and verb:
-            self.done += 1
-            LOGGER.info("[%d/%d] %s %s", self.done, self.n_steps, verb,
-                        node.fullname.split(".", 1)[-1])  # fmt: skip
-
-
-def run_of(fullname: str, names: dict[str, str]) -> str:
-    """The run workflow (a key of ``names``) a node's full name belongs to."""
-    parts = fullname.split(".")
-    return next((part for part in parts if part in names), parts[-2] if len(parts) > 1 else "")
-
-
 def _tool_error(lines: list[str], max_lines: int = 6) -> list[str]:
     """The last lines a command-line tool wrote to stderr, from a Nipype crash file.
 
@@ -328,8 +287,10 @@ def run_workflow(
     ProcessingError
         Some nodes failed; the message is the crash summary.
     """
+    from bids_harmony.workflows.scheduling import make_runner
+
     try:
-        return workflow.run(plugin=plugin, plugin_args=plugin_args)
+        return workflow.run(plugin=make_runner(plugin, plugin_args))
     except RuntimeError as err:
         summary = crash_summary(log_dir, names) if log_dir.is_dir() else ""
         if summary:

@@ -170,6 +170,8 @@ def init_dwi_run_wf(
     from bids_harmony.interfaces.dmri import DiffusionMetrics, FitSH, PythonPreprocess
 
     workflow = pe.Workflow(name=name)
+    # The run's BIDS prefix (sub-01_ses-GE1_acq-b1000): our nodes name it in log messages.
+    run_name = Path(dwi).name.split(".", 1)[0].rsplit("_", 1)[0]
     workflow.__postdesc__ = dwi_postdesc(sh_order=sh_order, gfa=gfa, harmonized=bool(harp_model),
                                          rish=rish_model is not None)
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
@@ -193,6 +195,7 @@ def init_dwi_run_wf(
                 remove_gibbs=remove_gibbs,
                 motion_correction=motion_correction,
                 b0_threshold=b0_threshold,
+                run_name=run_name,
             ),
             name=f"preprocess_{backend}",
             mem_gb=mem_gb,
@@ -204,10 +207,10 @@ def init_dwi_run_wf(
         "b_tolerance": b_tolerance,
         "b0_threshold": b0_threshold,
     }
-    fit_sh = pe.Node(FitSH(**shell_settings), name="fit_sh", mem_gb=mem_gb)
+    fit_sh = pe.Node(FitSH(run_name=run_name, **shell_settings), name="fit_sh", mem_gb=mem_gb)
     metrics = pe.Node(
         DiffusionMetrics(
-            gfa=gfa, n_threads=omp_nthreads, run_name=Path(dwi).name, **shell_settings
+            gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings
         ),
         name="metrics",
         mem_gb=mem_gb,
@@ -252,6 +255,7 @@ def init_dwi_run_wf(
             device=harp_model["device"],
             b0_threshold=b0_threshold,
             n_threads=omp_nthreads,
+            run_name=run_name,
         ),
         name="harmonize",
         mem_gb=mem_gb,
@@ -259,7 +263,7 @@ def init_dwi_run_wf(
     )
     metrics_harmonized = pe.Node(
         DiffusionMetrics(
-            gfa=gfa, n_threads=omp_nthreads, run_name=Path(dwi).name, **shell_settings
+            gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings
         ),
         name="metrics_harmonized",
         mem_gb=mem_gb,

@@ -1,16 +1,21 @@
 """``bids-harmony-demo``: simulate a two-site study and run every implemented level.
 
 The demo writes ``OUT/bids`` (the simulated raw dataset), ``OUT/derivatives``
-(our outputs) and ``OUT/work`` (Nipype working directory), printing progress
-and, at the end, what was produced.
+(our outputs) and ``OUT/work`` (Nipype working directory) and nothing else.  It
+prints the time and disk space it expects (:data:`EXPECTED`, measured), its
+progress, and at the end the time of each step and what was produced; the work
+directory is removed at the end unless ``--keep-work`` (it is kept when a step
+fails, so that a rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 LOGGER = logging.getLogger("bids_harmony.demo")
@@ -43,7 +48,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel processes of each bids-harmony level (default: 2)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite an existing study")
+    parser.add_argument(
+        "--keep-work", action="store_true",
+        help="keep the Nipype work directory OUT/work at the end (default: removed once "
+        "every step succeeded; it only speeds up a rerun)",
+    )  # fmt: skip
     return parser
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a demo of one size took, measured end to end on 2 cores."""
+
+    minutes: float
+    peak_gb: float
+    kept_gb: float
+    measured: str
+
+    def text(self) -> str:
+        return (f"about {self.minutes:.0f} min on 2 cores ({self.measured}); up to "
+                f"{self.peak_gb:.1f} GB on disk while it runs, {self.kept_gb:.1f} GB once the "
+                "work directory is removed")  # fmt: skip
+
+
+#: Measured with ``/usr/bin/time -v bids-harmony-demo OUT --size SIZE`` (see the report
+#: of issue 13); more cores are faster, a loaded machine slower.
+EXPECTED: dict[str, Expected] = {
+    "tiny": Expected(1.5, 0.2, 0.1, "measured, load average 3"),
+    "demo": Expected(10, 1.0, 0.5, "measured, load average 3"),
+}
+#: ``full`` was not measured: ~20× the demo's voxels, i.e. hours and tens of GB.
+FULL_SIZE_NOTE = "several hours and tens of GB (not measured: ~20x the demo's voxels)"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Every folder the demo writes: all inside ``out``."""
+
+    out: Path
+    bids: Path
+    derivatives: Path
+    work: Path
+
+
+def demo_paths(out_dir: Path) -> DemoPaths:
+    """The demo's folders under ``out_dir`` (made absolute)."""
+    out = Path(out_dir).absolute()
+    return DemoPaths(out, out / "bids", out / "derivatives", out / "work")
+
+
+def folder_gb(path: Path) -> float:
+    """Disk use of the files under ``path`` in GB (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9
 
 
 def summarize_outputs(derivatives: Path) -> str:
@@ -64,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     from bids_harmony.simulate import simulate_study
 
     configure_logging(0)
-    out = args.out_dir.absolute()
-    bids_dir, derivatives, work = out / "bids", out / "derivatives", out / "work"
+    paths = demo_paths(args.out_dir)
+    bids_dir, derivatives, work = paths.bids, paths.derivatives, paths.work
+    expected = EXPECTED.get(args.size)
+    print(f"bids-harmony demo ({args.size} study) in {paths.out}\nExpected: "
+          + (expected.text() if expected else FULL_SIZE_NOTE), flush=True)  # fmt: skip
     start = time.perf_counter()
+    times: list[tuple[str, float]] = []
     if (bids_dir / "dataset_description.json").exists() and not args.force:
         LOGGER.info("[1/5] Reusing the simulated study in %s (--force to regenerate)", bids_dir)
     else:
         LOGGER.info("[1/5] Simulating a '%s' two-site study in %s", args.size, bids_dir)
         simulate_study(bids_dir, size=args.size, seed=args.seed, force=True)
+    times.append(("simulate", time.perf_counter() - start))
     common = ["--work-dir", str(work), "--nprocs", str(args.nprocs), "--seed", str(args.seed)]
     steps = [
         ("Participant level (preprocessing, SH per shell, FA/MD/GFA)", ["participant"]),
@@ -83,11 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     for number, (title, level) in enumerate(steps, start=2):
         LOGGER.info("[%d/%d] %s", number, len(steps) + 1, title)
+        step_start = time.perf_counter()
         code = run_main([str(bids_dir), str(derivatives), *level, *common])
+        times.append((level[0], time.perf_counter() - step_start))
         if code != 0:
-            LOGGER.error("%s failed (exit code %d)", level[0], code)
+            LOGGER.error("%s failed (exit code %d); the work directory %s is kept: rerun the "
+                         "same command to resume", level[0], code, work)  # fmt: skip
             return code
-    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s.")
+    peak = folder_gb(paths.out)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s: "
+          + ", ".join(f"{name} {sec:.0f} s" for name, sec in times) + ".")
+    print(f"Disk: {peak:.2f} GB at the end, {folder_gb(paths.out):.2f} GB kept "
+          + (f"(work directory kept: {work})" if args.keep_work
+             else "(work directory removed; --keep-work keeps it)"))  # fmt: skip
     print(f"Simulated study:   {bids_dir}")
     print(f"Derivatives:       {derivatives}")
     print("Outputs:\n" + summarize_outputs(derivatives))

@@ -153,10 +153,11 @@ def test_harmonized_sidecars_name_their_inputs_only(tmp_path):
         for source in sources:
             assert source == model or source.removeprefix("bids::").rsplit("/")[-1] in sidecars
     dwi = harmonized["sub-01_ses-GE1_acq-ms_desc-harp_dwi.nii.gz"]["Sources"]
-    assert dwi[0] == preproc
-    assert [s for s in dwi if "model-sh" in s] == [
+    assert dwi == [
+        preproc,
         "bids::sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-msb1000_model-sh_param-coeffs_dwimap.nii.gz",
         "bids::sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-msb2000_model-sh_param-coeffs_dwimap.nii.gz",
+        mask, model,
     ]
     sh = harmonized["sub-01_ses-GE1_acq-msb2000_desc-harp_model-sh_param-coeffs_dwimap.nii.gz"]
     assert sh["Sources"] == [

@@ -268,9 +268,10 @@ def harmonized_derivatives(
     def sources(label: str, kind: str) -> list[str]:
         return harmonized_sources(names, label, kind, model_uri)
 
-    dwi_sources = [bids_uri("", names.dwi())]
-    for shell in shells:
-        dwi_sources += [s for s in sources(shell["label"], "sh") if s not in dwi_sources]
+    # the rebuilt DWI: the preprocessed one (b0 volumes, gradients), every shell's
+    # unharmonized coefficients, the mask and the model
+    raw_sh = [bids_uri("", names.shell_map(shell["label"], "sh")) for shell in shells]
+    dwi_sources = [bids_uri("", names.dwi()), *raw_sh, bids_uri("", names.mask()), model_uri]
     harmonization = {
         "Harmonization": {
             "Method": method,

@@ -229,6 +229,14 @@ def test_group_level_tables_report_and_harp_lowers_inter_scanner_error(demo):
     report = (group / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 6  # 2 shells x (maps + WM + GM boxes)
     assert "src=\"http" not in report and "best case" in report
+    assert report.index(">Verdict</h2>") < report.index(">How to read this</h2>")
+    verdict = pd.read_csv(group / "verdict.tsv", sep="\t")
+    assert set(verdict["method"]) == {"harp", "rish"}
+    assert set(verdict["shell"]) == {"b1000", "b2000"}
+    assert set(verdict["label"]) <= {"better", "no significant change", "worse", "not tested"}
+    assert len(verdict) == 2 * 3 * 3 * 2  # shells x metrics x (WM, GM, brain) x methods
+    sessions = pd.read_csv(group / "sessions.tsv", sep="\t")
+    assert (sessions["status"] == "included").sum() >= 8  # two subjects x four sessions
     methods = (out / "logs" / "CITATION.md").read_text()  # participant, train, participant, group
     assert all(f"({level} level)" in methods for level in ("participant", "train", "group"))
     assert "trained HARP model (Jeong et al., 2026)" in methods and "<h2>Methods</h2>" in report
@@ -267,6 +275,29 @@ def test_group_level_explains_what_is_missing(demo, tmp_path, caplog):
     one_site_session = [*args[:3], "--session-label", "GE1", "Prisma1", "Prisma2", *args[3:]]
     assert main(one_site_session) == 2
     assert "1 session(s) at SIGNAPremier" in caplog.text and "2 at each" in caplog.text
+
+
+def test_group_without_any_model_warns_before_it_starts(demo, monkeypatch, tmp_path, caplog):
+    """No HARP outputs, no trained model: a warning says what will and will not be compared
+    before the long steps (the test stops the level at the first of them)."""
+    from bids_harmony.errors import NoDataError
+    from bids_harmony.workflows import execution
+
+    bids, out, _, _ = demo
+    copy = tmp_path / "derivatives"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "group", "*desc-harp*"))
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.extend(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+        raise NoDataError("stopped by the test before the long steps")
+
+    monkeypatch.setattr(execution, "run_steps", stop)
+    assert main([str(bids), str(copy), "group", "--target-site", "Prisma",
+                 "-w", str(tmp_path / "w")]) == 2  # fmt: skip
+    plan = [m for m in seen if "will NOT evaluate HARP" in m]
+    assert plan and "LinearRISH, fitted here on the traveling subjects" in plan[0], seen
+    assert "train'" in plan[0] and "participant'" in plan[0]
 
 
 def test_group_level_excludes_a_session_whose_registration_fails(demo, monkeypatch,

@@ -274,7 +274,7 @@ def shell_verdicts(
             sr_source, sr_target = _sigma(stats, "sr_source"), _sigma(stats, "sr_target")
             p, diff, n = _test_values(test)
             v = {
-                "sigma_scan_rescan": max(sr_source, sr_target),
+                "sigma_scan_rescan": float(np.fmax(sr_source, sr_target)),
                 "sigma_none": none, "sigma_method": after,
                 "excess_none": float(percentage_difference(none, sr_source, sr_target)),
                 "excess_method": float(percentage_difference(after, sr_source, sr_target)),
@@ -306,6 +306,13 @@ def method_duels(
     alpha: float = ALPHA,
 ) -> dict[str, int]:
     """Head to head of HARP and LinearRISH in one shell.
+
+    Parameters
+    ----------
+    table2, table3, ttests, roi_errors : mapping
+        As for :func:`shell_verdicts`; ``ttests`` with ``(inter_harp, inter_rish)``.
+    alpha : float
+        Significance level.
 
     Returns
     -------

@@ -130,6 +130,19 @@ def test_no_method_no_row_and_no_test_not_tested():
     assert {r.label for r in rows} == {"not tested"}
 
 
+def test_a_significant_test_against_the_change_is_inconclusive():
+    """Whole brain: the mean over voxels fell 10 % but the ROI errors rose 10 %."""
+    none = 0.01 * np.random.default_rng(0).gamma(20.0, 1 / 20, 30)
+    roi = {"FA": {"WM": {"inter_none": none, "inter_harp": 1.1 * none}}}
+    table2 = {"FA": {"sr_source": 0.005, "sr_target": 0.004, "inter_none": 0.010,
+                     "inter_harp": 0.009}}  # fmt: skip
+    (row,) = shell_verdicts(scenario=STEM, shell="b1000", table2=table2, table3={},
+                            ttests={}, roi_errors=roi)  # fmt: skip
+    assert row.tissue == "brain" and row.change == pytest.approx(-10.0) and row.pvalue < 0.05
+    assert row.label == "no significant change" and "points the other way" in row.sentence
+    assert row.sigma_scan_rescan == 0.005 and row.excess_none == pytest.approx(100.0)
+
+
 def test_summary_says_what_worked_what_did_not_and_which_method_won():
     numbers = _crafted()
     rows = shell_verdicts(scenario=STEM, shell="b1000", **numbers)
@@ -147,7 +160,8 @@ def test_summary_says_what_worked_what_did_not_and_which_method_won():
     only_worse = summary_paragraphs(shell_verdicts(scenario=STEM, shell="b2000", **bad))
     assert only_worse == [
         f"{wording.scenario_title(STEM)}: HARP did not help: it made 2 of 9 comparisons "
-        "worse and none better. It made FA in WM worse by 30 % (p < 0.001); FA in the whole "
+        "worse and none better (no significant change in 7). It made FA in WM worse by 30 % "
+        "(p < 0.001); FA in the whole "
         "brain worse by 15 % (p < 0.001)."
     ]
 

@@ -156,7 +156,9 @@ def _excess(x: float) -> str:
     return f"{percent_words(x)} above scan-rescan" if x > 0 else "at scan-rescan level"
 
 
-def _sentence(method: str, metric: str, tissue: str, label: str, v: Mapping[str, float]) -> str:
+def _sentence(
+    method: str, metric: str, tissue: str, label: str, v: Mapping[str, float], alpha: float
+) -> str:
     """One plain-words sentence for a row."""
     name = METHOD_NAMES.get(method, method)
     where = f"{metric} in {TISSUE_WORDS.get(tissue, tissue)}"
@@ -169,7 +171,12 @@ def _sentence(method: str, metric: str, tissue: str, label: str, v: Mapping[str,
             f"{name} made {where} worse: the inter-scanner error rose by {size} ({p}): now {after}."
         )
     sign = "+" if v["change"] > 0 else "−"
-    why = "not significant" if label == "no significant change" else "not tested: too few ROIs"
+    if label == "not tested":
+        why = "not tested: too few ROIs"
+    elif v["pvalue"] < alpha:  # significant, but the ROIs moved the other way on average
+        why = "the ROI test points the other way: inconclusive"
+    else:
+        why = "not significant"
     return f"{name} changed the inter-scanner error of {where} by {sign}{size} ({p}, {why})."
 
 
@@ -285,7 +292,8 @@ def shell_verdicts(
             rows.append(Verdict(scenario=scenario, shell=shell, metric=metric, tissue=tissue,
                                 method=method, **v, n_rois=n, label=label,
                                 colour=COLOURS[label],
-                                sentence=_sentence(method, metric, tissue, label, v)))  # fmt: skip
+                                sentence=_sentence(method, metric, tissue, label, v,
+                                                   alpha)))  # fmt: skip
     order = {m: i for i, m in enumerate(METRICS)}
     return sorted(
         rows,

@@ -37,15 +37,19 @@ def _listing(rows: Sequence[Verdict], several_shells: bool, word: str = "", most
 
 def _overall(name: str, counts: Mapping[str, int], total: int) -> str:
     better, worse = counts.get("better", 0), counts.get("worse", 0)
+    rest = total - better - worse
+    same = f" and no significant change in {rest}" if rest else ""
     if better == total:
         return f"{name} brought inter-scanner variability down in every comparison."
     if worse and not better:
-        return f"{name} did not help: it made {worse} of {total} comparisons worse and none better."
+        return (f"{name} did not help: it made {worse} of {total} comparisons worse and none "
+                f"better{f' (no significant change in {rest})' if rest else ''}.")  # fmt: skip
     if better and not worse:
-        return f"{name} helped in {better} of {total} comparisons and made none worse."
+        return (f"{name} helped in {better} of {total} comparisons and made none worse"
+                f"{f' (no significant change in {rest})' if rest else ''}.")  # fmt: skip
     if better and worse:
-        return (f"{name} had mixed results: better in {better}, worse in {worse} of {total} "
-                "comparisons.")  # fmt: skip
+        return (f"{name} had mixed results: better in {better}, worse in {worse}{same} of "
+                f"{total} comparisons.")  # fmt: skip
     return f"{name} made no significant difference in any of the {total} comparisons."
 
 
@@ -65,8 +69,8 @@ def summary_paragraphs(
     -------
     list of str
         E.g. "SIGNA Premier → Prisma: HARP had mixed results: better in 2, worse in 3
-        of 9 comparisons. It reduced the inter-scanner error of FA in WM by 31 %
-        (p = 0.002). It made MD in GM worse by 12 % (p = 0.04)."
+        and no significant change in 4 of 9 comparisons. It reduced the inter-scanner
+        error of FA in WM by 31 % (p = 0.002). It made MD in GM worse by 12 % (p = 0.04)."
     """
     paragraphs = []
     for scenario in dict.fromkeys(r.scenario for r in verdicts):

@@ -156,7 +156,10 @@ def validate_gradients(
             f"{n_volumes} volumes; each volume needs exactly one b-value and b-vector."
         )
     if np.any(bvals < 0):
-        raise BadGradientsError(f"{name}: negative b-values {sorted(set(bvals[bvals < 0]))}.")
+        raise BadGradientsError(
+            f"{name}: negative b-values "
+            f"{', '.join(f'{b:g}' for b in sorted(set(bvals[bvals < 0].tolist())))}."
+        )
     is_b0 = b0_mask(bvals, b0_threshold=b0_threshold)
     if not is_b0.any():
         raise BadGradientsError(

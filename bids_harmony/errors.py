@@ -50,6 +50,10 @@ class LockError(BidsHarmonyError, RuntimeError):
     """Another run holds the work directory or the outputs this run would write."""
 
 
+class MethodNotAvailableError(BidsHarmonyError, NotImplementedError):
+    """A registered method that this analysis level cannot run yet (usable from Python)."""
+
+
 class NotImplementedLevelError(BidsHarmonyError, NotImplementedError):
     """An analysis level that this version does not provide yet."""
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bids_harmony.cli.parser import build_parser
-from bids_harmony.errors import BidsHarmonyError, OutputDirectoryError
+from bids_harmony.errors import BidsHarmonyError, MethodNotAvailableError, OutputDirectoryError
 from bids_harmony.workflows.locking import release_locks
 
 LOGGER = logging.getLogger("bids_harmony.cli")
@@ -160,6 +160,21 @@ def config_from_args(args) -> object:
     )
 
 
+def refuse_unavailable_methods(config) -> None:
+    """Methods registered for Python use that a level cannot run yet: exit 2, before any
+    file is written (``--method``/``--methods`` offer every registered method)."""
+    if config.analysis_level == "train" and config.method == "combat":
+        raise MethodNotAvailableError(
+            "ComBat training from the CLI is not available yet; use "
+            "bids_harmony.methods.combat from Python (fit_combat, apply_combat)."
+        )
+    if config.analysis_level == "group" and "combat" in config.methods:
+        raise MethodNotAvailableError(
+            "ComBat evaluation at the group level is not available yet; leave 'combat' "
+            "out of --methods."
+        )
+
+
 def _terminated(signum: int, frame: object) -> None:
     LOGGER.error("terminated (signal %d); rerun with the same --work-dir to resume", signum)
     raise SystemExit(128 + signum)
@@ -175,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     try:
         config = config_from_args(args)
+        refuse_unavailable_methods(config)
         check_output_dir(config.bids_dir, config.output_dir)
         if config.plugin_file is not None:
             from bids_harmony.workflows.execution import load_plugin_file

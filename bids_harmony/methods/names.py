@@ -5,4 +5,4 @@ registry (:mod:`bids_harmony.methods.registry`) holds the methods themselves and
 test checks that both agree.
 """
 
-METHOD_NAMES = ("harp", "rish")
+METHOD_NAMES = ("harp", "rish", "combat")

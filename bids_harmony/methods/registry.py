@@ -29,10 +29,11 @@ class UnknownMethodError(BidsHarmonyError, KeyError):
 @lru_cache(maxsize=1)
 def _build() -> dict[str, HarmonizationMethod]:
     # Imported here: HARP pulls in torch, which a CLI --help must not wait for.
+    from bids_harmony.methods.combat.method import CombatMethod
     from bids_harmony.methods.harp.method import HarpMethod
     from bids_harmony.methods.rish.method import RishMethod
 
-    methods: list[HarmonizationMethod] = [HarpMethod(), RishMethod()]
+    methods: list[HarmonizationMethod] = [HarpMethod(), RishMethod(), CombatMethod()]
     return {m.name: m for m in methods}
 
 

@@ -164,8 +164,12 @@ def parametric_eb(
             if not change > tol:  # NaN (0/0 where nothing changed) stops too, as in sva
                 break
         else:
-            LOGGER.warning("ComBat: the parametric empirical-Bayes estimates did not converge "
-                           "in %d iterations (last relative change %.2g).", max_iter, change)
+            LOGGER.warning(
+                "ComBat: the parametric empirical-Bayes estimates did not converge "
+                "in %d iterations (last relative change %.2g).",
+                max_iter,
+                change,
+            )
     return gamma, delta2
 
 

@@ -23,6 +23,10 @@ estimates each site's :math:`(\\gamma^*_{iv}, \\delta^{2*}_{iv})` from :math:`Z`
     {\\sqrt{\\delta^{2*}_{iv}}} + \\hat\\alpha_v + X_{ij}\\hat\\beta_v,
 
 keeping the covariate effects; the reference site's samples are returned unchanged.
+As in sva and neuroCombat (whose outputs these reproduce), :math:`\\hat\\sigma^2_v` divides
+by :math:`n` and :math:`\\hat\\delta^2_{iv}` by :math:`n_i - 1`: a site identical to the
+reference up to location and scale comes out as the reference shrunk towards its
+mean by :math:`\\sqrt{(n_i - 1)/n_i}`.
 Features that the model cannot describe (a non-finite value, constant, constant within
 a site, or with no residual variance) are left as they are and reported.
 

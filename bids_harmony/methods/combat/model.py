@@ -77,7 +77,7 @@ EB_VARIANTS: tuple[str, ...] = ("parametric", "nonparametric", "none")
 #: Fewer samples per site than this draw a :class:`SmallSiteWarning`: the rule of thumb
 #: of the ComBat literature for reliable site estimates is about 20-25.
 MIN_RELIABLE_SAMPLES = 20
-#: Features processed at once by :func:`apply_combat` (bounds its temporary arrays).
+#: Features processed at once (bounds the temporary arrays of the fit and of the apply).
 _CHUNK = 65_536
 
 
@@ -160,6 +160,11 @@ def _as_samples_by_features(data: np.ndarray, what: str = "data") -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise CombatInputError(f"{what} must be numbers; got dtype {array.dtype}.")
     return array
+
+
+def _chunks(n_features: int) -> list[slice]:
+    """Column blocks that bound the temporary arrays to (n_samples, _CHUNK)."""
+    return [slice(start, start + _CHUNK) for start in range(0, n_features, _CHUNK)]
 
 
 def fit_combat(
@@ -248,19 +253,25 @@ def fit_combat(
 
     reason = untouched_reasons(data, site_index, len(names))
     keep = np.flatnonzero(reason == Untouched.HARMONIZED)
-    y = data[:, keep].astype(np.float64)
+    y = (data if keep.size == n_features else data[:, keep]).astype(np.float64)  # one copy
     design = np.hstack([onehot, x])
-    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    # full column rank (checked): the pseudo-inverse is the least-squares solution, and
+    # unlike lstsq it does not copy the (n_samples, n_features) right-hand side
+    coef = np.linalg.pinv(design) @ y
     n_sites = len(names)
     ref_index = None if ref is None else names.index(ref)
     weights = counts / n_samples if ref_index is None else np.eye(n_sites)[ref_index]
     alpha = weights @ coef[:n_sites]
     beta = coef[n_sites:]
-    resid = y - design @ coef
-    rows = slice(None) if ref_index is None else site_index == ref_index
-    sigma = np.sqrt(np.mean(resid[rows] ** 2, axis=0))
+    rows = np.arange(n_samples) if ref_index is None else np.flatnonzero(site_index == ref_index)
+    sigma = np.empty(keep.size)
+    scale = np.empty(keep.size)
+    for cols in _chunks(keep.size):
+        resid = y[rows, cols] - design[rows] @ coef[:, cols]
+        sigma[cols] = np.sqrt(np.mean(resid**2, axis=0))
+        scale[cols] = np.std(y[:, cols], axis=0)
     # exactly explained features have residuals of rounding size, relative to the data's
-    exact = sigma <= 1e-10 * np.std(y, axis=0)
+    exact = sigma <= 1e-10 * scale
     if exact.any():
         reason[keep[exact]] = Untouched.NO_RESIDUAL
         keep, y, alpha, beta, sigma = (keep[~exact], y[:, ~exact], alpha[~exact],
@@ -275,7 +286,10 @@ def fit_combat(
             "empirical Bayes pools the site effects of several features; only one feature "
             "can be harmonized here. Use eb='none'."
         )
-    z = (y - alpha - x @ beta) / sigma
+    z = y  # standardized in place: y is our copy
+    for cols in _chunks(keep.size):
+        z[:, cols] -= alpha[cols] + x @ beta[:, cols]
+        z[:, cols] /= sigma[cols]
     gamma_star = np.zeros((n_sites, keep.size))
     delta2_star = np.ones((n_sites, keep.size))
     for i in range(n_sites):

@@ -147,8 +147,9 @@ def _registration_errors(bids: Path, out: Path, card: dict) -> list[dict]:
         true = flip @ _pose(bids, tgt["subject"], tgt["session"]) @ np.linalg.inv(
             _pose(bids, src["subject"], src["session"])) @ flip
         est = np.asarray(reg["transform"], dtype=float)
-        # the phantom's single-shell b=1000 run: every run of a session has the same pose
-        outputs = _outputs(out, src["subject"], src["session"], "b1000")
+        # the pair's own run (single-shell b1000, or the multi-shell run of a phantom
+        # scanned with one protocol): every run of a session has the same pose
+        outputs = _outputs(out, src["subject"], src["session"], pair.get("protocol", "b1000"))
         mask_img = nb.load(outputs.mask(required=True))
         vox = np.argwhere(np.asarray(mask_img.dataobj) > 0).astype(float)
         pts = vox @ mask_img.affine[:3, :3].T + mask_img.affine[:3, 3]

@@ -188,8 +188,10 @@ def run_scenario(root: Path, scenario: str, size: str, seed: int, nprocs: int,
     model = out / "models" / f"harp_src-{SOURCE}_tgt-{TARGET}.safetensors"
     result: dict = {"scenario": scenario, "size": size, "seed": seed}
     try:
+        # Each scenario's own work directory: runs in parallel (seeds) do not share locks.
         times["train_s"] = _run(["bids-harmony", str(bids), str(out), "train", "--target-site",
                                  TARGET, "--seed", str(seed), "--skip-bids-validation",
+                                 "-w", str(work / "work"),
                                  *(["--harp-iterations", str(iterations)] if iterations else []),
                                  # the tiny grids hold few phantom voxels (as in the demo)
                                  *(["--min-train-voxels", "200"] if size == "tiny" else [])],

@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path, help="harp_zoo.json of each run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--readme", type=Path, help="replace the README's headline table")
+    parser.add_argument("--note", default="", help="provenance of the runs, kept in the file")
     args = parser.parse_args(argv)
     results = collect(args.files)
+    results["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     block = table(results)

@@ -29,3 +29,18 @@ def test_python_api_block_runs(tmp_path, monkeypatch):
     assert harmonized.shape == coeffs.shape and np.isfinite(harmonized).all()
     assert {"fa", "md"} <= set(namespace["tensor"])
     assert (tmp_path / "harp.safetensors").is_file()
+
+
+def test_headline_numbers_come_from_the_benchmark_results():
+    """The README's headline table is the one benchmarks/headline.py writes from the
+    committed results (benchmarks/results/headline.json), not typed by hand."""
+    import importlib.util
+    import json
+
+    path = README.parents[0] / "benchmarks" / "headline.py"
+    spec = importlib.util.spec_from_file_location("headline", path)
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    results = json.loads(headline.RESULTS.read_text())
+    text = README.read_text(encoding="utf-8")
+    assert headline.replace_block(text, headline.table(results)) == text

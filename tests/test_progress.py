@@ -212,3 +212,16 @@ def test_runs_are_ordered_by_connected_component():
     graph.add_edges_from([("a.pre", "a.fit"), ("a.fit", "a.sink"), ("b.pre", "b.fit")])
     ranks = component_ranks(graph)
     assert [ranks[n] for n in ("a.pre", "a.fit", "a.sink", "b.pre", "b.fit")] == [0, 0, 0, 1, 1]
+
+
+def test_interfaces_name_their_run():
+    from bids_harmony.interfaces.dmri import FitSH
+    from bids_harmony.interfaces.group_level import FibreErrors, SessionMaps
+
+    assert FitSH(run_name="sub-01_ses-A").run_label() == "sub-01_ses-A"
+    assert FitSH().run_label() == ""
+    session = SessionMaps(key="sub-01_ses-GE1_acq-multishell", subject="01",
+                          label="sub-01 ses-GE1", mask=Path("mask.nii.gz"), shells={})  # fmt: skip
+    fibres = FibreErrors(session=session, label="b1000")
+    assert fibres.run_label() == "sub-01_ses-GE1_acq-multishell b1000"
+    assert FibreErrors().run_label() == ""

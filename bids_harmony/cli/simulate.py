@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=SIZES,
         default="tiny",
-        help="tiny: seconds, for tests; demo: ~64x64x40 voxels, under a minute; "
+        help="tiny: seconds, for tests; demo: humans 44x44x28 voxels of 5 mm, phantoms "
+        "with the humans' protocol only, under a minute; "
         "full: 146x146x90 voxels at 1.5 mm like the HARP paper (many GB) (default: tiny)",
     )
     parser.add_argument(

@@ -97,11 +97,15 @@ class RunNamedInterface(SimpleInterface):
     handler put the name in front of their messages.
     """
 
+    def run_label(self) -> str:
+        """The name put in front of the messages: the ``run_name`` input."""
+        name = getattr(self.inputs, "run_name", "")
+        return name if isdefined(name) else ""
+
     def run(self, cwd=None, ignore_exception=None, **inputs):
         from bids_harmony.logs import run_context
 
-        name = getattr(self.inputs, "run_name", "")
-        with run_context(name if isdefined(name) else ""):
+        with run_context(self.run_label()):
             return super().run(cwd=cwd, ignore_exception=ignore_exception, **inputs)
 
 

@@ -29,10 +29,12 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
 from bids_harmony.evaluation.scenario import METRICS, evaluate_shells
+from bids_harmony.interfaces.dmri import RunNamedInterface
 
 LOGGER = logging.getLogger("bids_harmony.workflows.group")
 #: WM threshold of the fibre-orientation comparison.
@@ -142,7 +144,17 @@ class _ApplyRishOutputSpec(TraitedSpec):
     written = traits.Dict(desc="shell label -> kind -> written path")
 
 
-class ApplyRish(SimpleInterface):
+class SessionNamedInterface(RunNamedInterface):
+    """Messages logged while it runs name its ``session`` input's run (and shell)."""
+
+    def run_label(self) -> str:
+        session, label = self.inputs.session, getattr(self.inputs, "label", "")
+        if not isdefined(session) or not isinstance(session, SessionMaps):
+            return ""
+        return f"{session.key} {label}" if isdefined(label) and label else session.key
+
+
+class ApplyRish(SessionNamedInterface):
     """Harmonize one source session with LinearRISH (writes ``desc-rish`` outputs)."""
 
     input_spec = _ApplyRishInputSpec
@@ -181,7 +193,7 @@ class _FibreOutputSpec(TraitedSpec):
     errors = traits.Any(desc="(shell label, angular errors (deg) of the WM voxels)")
 
 
-class FibreErrors(SimpleInterface):
+class FibreErrors(SessionNamedInterface):
     """Angle between principal CSD peaks of the source and the HARP DWI, in WM."""
 
     input_spec = _FibreInputSpec

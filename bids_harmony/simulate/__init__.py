@@ -4,7 +4,8 @@ Phantoms and traveling human-like subjects are imaged by two scanners (GE SIGNA
 Premier as source, Siemens Prisma as target), twice each, and written as a raw
 BIDS dataset with the ground truth under ``sourcedata/simulation``.
 
-Layout (``size="tiny"``; ``demo``/``full`` add ``acq-b1500dir30`` phantom runs)::
+Layout (``size="tiny"``; ``demo`` phantoms have only ``acq-multishell``, ``full``
+adds ``acq-b1500dir30`` phantom runs)::
 
     sub-phantom0{1,2}/ses-{GE1,GE2,Prisma1,Prisma2}/dwi/
         sub-phantom01_ses-GE1_acq-{b1000,b2000,multishell}_dwi.{nii.gz,bval,bvec,json}

@@ -235,8 +235,9 @@ def simulate_study(
     out_dir : path
         Dataset root (created; must be empty unless ``force``).
     size : {"tiny", "demo", "full"}
-        ``tiny``: seconds, for tests; ``demo``: ~64×64×40 voxels; ``full``:
-        146×146×90 voxels at 1.5 mm (several GB on disk).
+        ``tiny``: seconds, for tests; ``demo``: humans 44×44×28 voxels of 5 mm,
+        phantoms 64×64×10 (``bids-harmony-demo`` in under 10 min on 2 cores);
+        ``full``: 146×146×90 voxels at 1.5 mm (several GB on disk).
     seed : int
         Seeds every random quantity; the same seed gives byte-identical files.
     sites : tuple of str

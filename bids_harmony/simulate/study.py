@@ -7,9 +7,9 @@ identical to the same session inside the whole study (:func:`simulate_study`).
 Layout: two sites (``GE`` = SIGNA Premier, source; ``Prisma`` = Siemens Prisma,
 target), two sessions per site (``ses-GE1``, ``ses-GE2``, ``ses-Prisma1``,
 ``ses-Prisma2``).  Phantoms get one run per protocol (``acq-b1000``, ``acq-b2000``,
-``acq-multishell``; demo/full add ``acq-b1500dir30``); traveling humans get one
-multi-shell run (``acq-multishell``: b=1000 and b=2000, 60 directions each), the
-same protocol as the phantoms' ``acq-multishell`` run.
+``acq-multishell``; demo: ``acq-multishell`` only; full adds ``acq-b1500dir30``);
+traveling humans get one multi-shell run (``acq-multishell``: b=1000 and b=2000,
+60 directions each), the same protocol as the phantoms' ``acq-multishell`` run.
 
 A :class:`~bids_harmony.simulate.zoo.PhantomScenario` (default ``ZOO["default"]``)
 chooses the phantom designs, protocols, poses and temperatures and the sites' coil

@@ -53,7 +53,7 @@ def test_demo_writes_only_under_out_and_removes_its_work_dir(tmp_path, monkeypat
     assert demo.main(["out", "--size", "demo"]) == 0
     output = capsys.readouterr().out
     assert output.startswith(f"bids-harmony demo (demo study) in {tmp_path / 'out'}\nExpected: ")
-    assert "min on 2 cores" in output and "GB" in output
+    assert "min on 2 free cores" in output and "GB on disk" in output
     assert "work directory removed" in output
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing else, not even in cwd
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bids", "derivatives"]

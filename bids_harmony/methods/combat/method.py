@@ -14,9 +14,15 @@ from bids_harmony.methods.base import (
     Reference,
     TrainsFrom,
 )
-from bids_harmony.methods.combat.design import CovariateEncoding
 from bids_harmony.methods.combat.errors import CombatInputError
-from bids_harmony.methods.combat.model import EB_VARIANTS, CombatModel, apply_combat, fit_combat
+from bids_harmony.methods.combat.model import fit_combat
+from bids_harmony.methods.combat.variants import (
+    VariantModel,
+    apply_variant,
+    fit_variant,
+    variant_from_tensors,
+    variant_to_tensors,
+)
 
 JOHNSON = Reference(
     short="Johnson et al., 2007",
@@ -37,11 +43,8 @@ FORTIN_CT = Reference(
     doi="10.1016/j.neuroimage.2017.11.024",
 )
 
-#: Arrays of a :class:`CombatModel` stored as tensors (the rest is its JSON config).
-_ARRAYS = ("alpha", "beta", "gamma_star", "delta2_star", "sigma", "untouched_reason")
 
-
-class CombatMethod(HarmonizationMethod[CombatModel]):
+class CombatMethod(HarmonizationMethod[VariantModel]):
     """ComBat: location/scale site effects estimated on a cohort, removed per feature.
 
     A cohort method has no source/target pair: ``fit(data, sites, covariates=...,
@@ -49,7 +52,10 @@ class CombatMethod(HarmonizationMethod[CombatModel]):
     ``(n_samples, n_features)`` as ``source`` and their site labels ``(n_samples,)`` as
     ``target`` (see :func:`~bids_harmony.methods.combat.fit_combat`);
     ``apply(model, data, sites=..., covariates=...)`` harmonizes samples of the fitted
-    sites (:func:`~bids_harmony.methods.combat.apply_combat`).
+    sites (:func:`~bids_harmony.methods.combat.apply_combat`).  With ``variant=``
+    (``"combat"``, ``"gam"``, ``"covbat"``, ``"longitudinal"``) ``fit`` goes through
+    :func:`~bids_harmony.methods.combat.fit_variant` (``subjects=...`` for the
+    longitudinal one, also at ``apply``); every variant's model saves and loads.
     """
 
     name = "combat"
@@ -66,63 +72,29 @@ class CombatMethod(HarmonizationMethod[CombatModel]):
     )
     references = (JOHNSON, FORTIN_DTI, FORTIN_CT)
 
-    def fit(self, source: np.ndarray, target: np.ndarray, **options: object) -> CombatModel:
+    def fit(self, source: np.ndarray, target: np.ndarray, **options: object) -> VariantModel:
         """``source``: data (n_samples, n_features); ``target``: sites (n_samples,)."""
+        if "variant" in options:
+            variant = str(options.pop("variant"))
+            return fit_variant(variant, source, target, **options)  # type: ignore[arg-type]
         return fit_combat(source, target, **options)  # type: ignore[arg-type]
 
-    def apply(self, model: CombatModel, data: np.ndarray, **options: object) -> np.ndarray:
-        """Options ``sites`` (required, one per row of ``data``) and ``covariates``."""
+    def apply(self, model: VariantModel, data: np.ndarray, **options: object) -> np.ndarray:
+        """Options ``sites`` (required, one per row of ``data``), ``covariates`` and,
+        for a longitudinal model, ``subjects``."""
         if "sites" not in options:
             raise CombatInputError("ComBat's apply needs the site of every sample (sites=...).")
-        return apply_combat(model, data, options["sites"], options.get("covariates"))  # type: ignore[arg-type]
+        return apply_variant(model, data, options["sites"], options.get("covariates"),  # type: ignore[arg-type]
+                             subjects=options.get("subjects"))  # type: ignore[arg-type]  # fmt: skip
 
     def example(self, seed: int = 0) -> Example:
         return _example(seed)
 
-    def to_tensors(self, model: CombatModel) -> tuple[dict[str, np.ndarray], Config]:
-        tensors = {name: np.asarray(getattr(model, name)) for name in _ARRAYS}
-        config: Config = {
-            "sites": list(model.sites),
-            "ref_site": model.ref_site,
-            "eb": model.eb,
-            "mean_only": bool(model.mean_only),
-            "covariates": model.encoding.to_config(),
-            "n_per_site": [int(n) for n in model.n_per_site],
-            "n_features": model.n_features,
-        }
-        return tensors, config
+    def to_tensors(self, model: VariantModel) -> tuple[dict[str, np.ndarray], Config]:
+        return variant_to_tensors(model)
 
-    def from_tensors(self, tensors: Mapping[str, np.ndarray], config: Config) -> CombatModel:
-        missing = [name for name in _ARRAYS if name not in tensors]
-        sites = [str(s) for s in config.get("sites", [])]  # type: ignore[attr-defined]
-        if missing or len(sites) < 2 or config.get("eb") not in EB_VARIANTS:
-            raise CombatInputError(
-                f"not a ComBat model: tensors {missing} missing, or no sites / variant in "
-                "its configuration."
-            )
-        ref = config.get("ref_site")
-        encoding = CovariateEncoding.from_config(config.get("covariates") or {})  # type: ignore[arg-type]
-        n_features = int(config.get("n_features", -1))  # type: ignore[call-overload]
-        n_columns = len(encoding.column_names)
-        shapes = {"alpha": (n_features,), "beta": (n_columns, n_features),
-                  "gamma_star": (len(sites), n_features),
-                  "delta2_star": (len(sites), n_features),
-                  "sigma": (n_features,), "untouched_reason": (n_features,)}  # fmt: skip
-        wrong = [f"{k} {tuple(tensors[k].shape)} != {v}" for k, v in shapes.items()
-                 if tuple(tensors[k].shape) != v]  # fmt: skip
-        if wrong:
-            raise CombatInputError(f"ComBat model tensors of the wrong shape: {wrong}.")
-        floats = {k: np.asarray(tensors[k], np.float64) for k in _ARRAYS[:-1]}
-        return CombatModel(
-            sites=tuple(sites),
-            n_per_site=np.asarray(config.get("n_per_site", []), np.int64),
-            untouched_reason=np.asarray(tensors["untouched_reason"], np.int8),
-            encoding=encoding,
-            ref_site=None if ref is None else str(ref),
-            eb=str(config["eb"]),
-            mean_only=bool(config.get("mean_only", False)),
-            **floats,
-        )
+    def from_tensors(self, tensors: Mapping[str, np.ndarray], config: Config) -> VariantModel:
+        return variant_from_tensors(tensors, config)
 
 
 def _example(seed: int) -> Example:

@@ -59,6 +59,7 @@ from bids_harmony.methods.combat.errors import (
     TooFewSamplesError,
     UnseenSiteError,
 )
+from bids_harmony.methods.combat.splines import DEFAULT_DF
 from bids_harmony.methods.combat.untouched import Untouched, untouched_reasons
 
 __all__ = [
@@ -162,64 +163,20 @@ def _as_samples_by_features(data: np.ndarray, what: str = "data") -> np.ndarray:
     return array
 
 
-def _chunks(n_features: int) -> list[slice]:
-    """Column blocks that bound the temporary arrays to (n_samples, _CHUNK)."""
-    return [slice(start, start + _CHUNK) for start in range(0, n_features, _CHUNK)]
-
-
-def fit_combat(
-    data: np.ndarray,
+def prepare_sites(
     sites: Sequence[object] | np.ndarray,
-    covariates: CovariatesLike = None,
+    n_samples: int,
+    ref_site: object | None,
     *,
-    ref_site: object | None = None,
-    eb: EbVariant = "parametric",
-    mean_only: bool = False,
-    categorical: Sequence[str | int] = (),
-) -> CombatModel:
-    """Fit ComBat on a cohort.
+    stacklevel: int = 2,
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, str | None]:
+    """Check the site labels of a fit: ``(names, site_index, counts, ref)``.
 
-    Parameters
-    ----------
-    data : ndarray, shape (n_samples, n_features)
-        One row per sample (session), e.g. ROI means or the voxels of maps in a
-        common space.
-    sites : sequence, shape (n_samples,)
-        Site of each sample (compared as text); at least two sites, two samples each.
-    covariates : ndarray (n_samples, k) or (n_samples,), mapping of name to column, or None
-        Effects to keep (see :class:`CovariateEncoding`); columns of numbers are
-        numeric, others categorical.
-    ref_site : optional
-        Site left unchanged, whose location and scale the others are mapped to.
-    eb : {"parametric", "nonparametric", "none"}
-        Empirical-Bayes shrinkage of the site effects (:mod:`.eb`), or none.
-    mean_only : bool
-        Remove the additive effect only (:math:`\\delta = 1`).
-    categorical : sequence of str or int
-        Covariates to treat as categorical although they hold numbers.
-
-    Returns
-    -------
-    CombatModel
-
-    Raises
-    ------
-    CombatInputError
-        Shapes that do not match, a missing covariate value, an unknown ``ref_site``.
-    TooFewSamplesError
-        Fewer than two sites, or a site with fewer than two samples.
-    ConfoundedCovariateError
-        A covariate that site determines (rank-deficient design).
-
-    Warns
-    -----
-    SmallSiteWarning
-        A site with fewer than :data:`MIN_RELIABLE_SAMPLES` samples.
+    ``names`` sorted; ``site_index`` (n_samples,) into them; ``counts`` per site;
+    ``ref`` the reference site as text, or None.  Raises :class:`TooFewSamplesError`
+    (fewer than two sites, a site of one sample) or :class:`CombatInputError` (an
+    unknown ``ref_site``); warns :class:`SmallSiteWarning` for small sites.
     """
-    if eb not in EB_VARIANTS:
-        raise CombatInputError(f"eb must be one of {EB_VARIANTS}; got {eb!r}.")
-    data = _as_samples_by_features(data)
-    n_samples, n_features = data.shape
     labels = _site_labels(sites, n_samples)
     site_names, site_index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     names = tuple(str(s) for s in site_names)
@@ -244,9 +201,109 @@ def fit_combat(
             "samples; their site effects are poorly estimated (the literature's rule of "
             "thumb is 20-25 per site).",
             SmallSiteWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    encoding = CovariateEncoding.from_covariates(covariates, n_samples, categorical=categorical)
+    return names, site_index, counts, ref
+
+
+def estimate_site_effects(
+    z: np.ndarray,
+    site_index: np.ndarray,
+    n_sites: int,
+    ref_index: int | None,
+    *,
+    eb: str = "parametric",
+    mean_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each site's :math:`(\\gamma^*_i, \\delta^{2*}_i)` from standardized data ``z``
+    (n_samples, n_features): ``(gamma_star, delta2_star)``, each (n_sites, n_features),
+    0 and 1 for the reference site (the target: no effect to remove)."""
+    gamma_star = np.zeros((n_sites, z.shape[1]))
+    delta2_star = np.ones((n_sites, z.shape[1]))
+    for i in range(n_sites):
+        if i == ref_index or z.shape[1] == 0:
+            continue
+        zi = z[site_index == i]
+        if eb == "parametric":
+            gamma_star[i], delta2_star[i] = parametric_eb(zi, mean_only=mean_only)
+        elif eb == "nonparametric":
+            gamma_star[i], delta2_star[i] = nonparametric_eb(zi, mean_only=mean_only)
+        else:
+            gamma_star[i], delta2_star[i] = site_estimates(zi, mean_only=mean_only)
+    return gamma_star, delta2_star
+
+
+def _chunks(n_features: int) -> list[slice]:
+    """Column blocks that bound the temporary arrays to (n_samples, _CHUNK)."""
+    return [slice(start, start + _CHUNK) for start in range(0, n_features, _CHUNK)]
+
+
+def fit_combat(
+    data: np.ndarray,
+    sites: Sequence[object] | np.ndarray,
+    covariates: CovariatesLike = None,
+    *,
+    ref_site: object | None = None,
+    eb: EbVariant = "parametric",
+    mean_only: bool = False,
+    categorical: Sequence[str | int] = (),
+    smooth: Sequence[str | int] = (),
+    smooth_df: int = DEFAULT_DF,
+) -> CombatModel:
+    """Fit ComBat on a cohort.
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_samples, n_features)
+        One row per sample (session), e.g. ROI means or the voxels of maps in a
+        common space.
+    sites : sequence, shape (n_samples,)
+        Site of each sample (compared as text); at least two sites, two samples each.
+    covariates : ndarray (n_samples, k) or (n_samples,), mapping of name to column, or None
+        Effects to keep (see :class:`CovariateEncoding`); columns of numbers are
+        numeric, others categorical.
+    ref_site : optional
+        Site left unchanged, whose location and scale the others are mapped to.
+    eb : {"parametric", "nonparametric", "none"}
+        Empirical-Bayes shrinkage of the site effects (:mod:`.eb`), or none.
+    mean_only : bool
+        Remove the additive effect only (:math:`\\delta = 1`).
+    categorical : sequence of str or int
+        Covariates to treat as categorical although they hold numbers.
+    smooth : sequence of str or int
+        Numeric covariates whose effect is smooth rather than linear (ComBat-GAM,
+        Pomponio et al., 2020): a natural cubic spline of ``smooth_df`` columns with
+        knots at the covariate's quantiles, stored in ``model.encoding``
+        (:mod:`.splines`).
+    smooth_df : int
+        Columns (degrees of freedom) of each smooth covariate's spline.
+
+    Returns
+    -------
+    CombatModel
+
+    Raises
+    ------
+    CombatInputError
+        Shapes that do not match, a missing covariate value, an unknown ``ref_site``.
+    TooFewSamplesError
+        Fewer than two sites, or a site with fewer than two samples.
+    ConfoundedCovariateError
+        A covariate that site determines (rank-deficient design).
+
+    Warns
+    -----
+    SmallSiteWarning
+        A site with fewer than :data:`MIN_RELIABLE_SAMPLES` samples.
+    """
+    if eb not in EB_VARIANTS:
+        raise CombatInputError(f"eb must be one of {EB_VARIANTS}; got {eb!r}.")
+    data = _as_samples_by_features(data)
+    n_samples, n_features = data.shape
+    names, site_index, counts, ref = prepare_sites(sites, n_samples, ref_site, stacklevel=3)
+    encoding = CovariateEncoding.from_covariates(
+        covariates, n_samples, categorical=categorical, smooth=smooth, smooth_df=smooth_df
+    )
     x = encoding.encode(covariates, n_samples)
     onehot = (site_index[:, None] == np.arange(len(names))).astype(float)
     check_design_rank(onehot, x, encoding.column_names)
@@ -290,18 +347,9 @@ def fit_combat(
     for cols in _chunks(keep.size):
         z[:, cols] -= alpha[cols] + x @ beta[:, cols]
         z[:, cols] /= sigma[cols]
-    gamma_star = np.zeros((n_sites, keep.size))
-    delta2_star = np.ones((n_sites, keep.size))
-    for i in range(n_sites):
-        if i == ref_index or keep.size == 0:
-            continue  # the reference site is the target: no effect to remove
-        zi = z[site_index == i]
-        if eb == "parametric":
-            gamma_star[i], delta2_star[i] = parametric_eb(zi, mean_only=mean_only)
-        elif eb == "nonparametric":
-            gamma_star[i], delta2_star[i] = nonparametric_eb(zi, mean_only=mean_only)
-        else:
-            gamma_star[i], delta2_star[i] = site_estimates(zi, mean_only=mean_only)
+    gamma_star, delta2_star = estimate_site_effects(
+        z, site_index, n_sites, ref_index, eb=eb, mean_only=mean_only
+    )
 
     def full(values: np.ndarray, fill: float) -> np.ndarray:
         out = np.full(values.shape[:-1] + (n_features,), fill)

@@ -1,9 +1,11 @@
-"""``bids-harmony-simulate``: write a simulated two-site BIDS study.
+"""``bids-harmony-simulate``: write a simulated two-site BIDS study, or a cohort study.
 
 Heavy imports (numpy, dipy, nibabel) happen only after the arguments are parsed,
 so ``--help`` is instant.  A phantom scenario of the zoo (``--scenario``) can be
 changed piece by piece by the phantom options; every value is checked before
 anything is written (bad values: exit code 2 and a message naming the option).
+``--cohort N`` writes a cohort study instead (:mod:`bids_harmony.simulate.cohort`):
+N subjects per site, each scanned once, no phantoms and no traveling subjects.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 SIZES = ("tiny", "demo", "full")
 #: Sites of the studies this command writes (source first).
 CLI_SITES = ("GE", "Prisma")
+#: Default sites of a cohort study (``--cohort-sites``; mean ages 30, 45, 60).
+CLI_COHORT_SITES = ("GE", "Prisma", "Skyra")
 #: Option of each :class:`~bids_harmony.simulate.zoo.PhantomScenario` field.
 FIELD_OPTIONS = {
     "name": "--scenario",
@@ -45,14 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
             "Simulate a two-site diffusion MRI study (diffusion phantoms and traveling "
             "human-like subjects, scan-rescan at a GE SIGNA Premier and a Siemens Prisma "
             "site, with known physical site effects) and write it as a raw BIDS dataset "
-            "with its ground truth under sourcedata/simulation."
+            "with its ground truth under sourcedata/simulation. With --cohort N: a "
+            "multi-site cohort study for ComBat instead."
         ),
         epilog=(
             "The phantom options change the chosen --scenario (each defaults to the\n"
             "scenario's value); the traveling subjects are the same in every scenario.\n"
-            "Example:\n"
+            "Examples:\n"
             "  bids-harmony-simulate out --scenario nist-fibre --reposition 10 15 \\\n"
-            "      --temperature-delta Prisma=2 --bias-field Prisma=1.5"
+            "      --temperature-delta Prisma=2 --bias-field Prisma=1.5\n"
+            "  bids-harmony-simulate cohort --cohort 4 --size tiny   # 12 subjects, 3 sites\n"
+            "\n"
+            "A cohort study (--cohort N) is for cohort-trained harmonization (ComBat): N human\n"
+            "subjects per site, each scanned once (ses-<site>1, acq-multishell), age and sex in\n"
+            "participants.tsv, ages confounded with site (site mean ages 30 to 60 years), a\n"
+            "known age effect (WM FA falls, MD rises) and region-varying additive and\n"
+            "multiplicative site effects on the tissue on top of the physical ones; truth, true\n"
+            "age slopes and site-effect parameters in sourcedata/simulation/cohort.json.  It is\n"
+            "cohort-only: no phantoms and no traveling subjects (simulate those as a separate\n"
+            "dataset); the phantom options do not apply."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -129,6 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiply the receive-field inhomogeneity of SITE by X; repeatable",
     )
     zoo.add_argument("--phantom-slices", type=int, metavar="N", help="slices of the phantom images")
+    cohort = parser.add_argument_group(
+        "cohort study",
+        "N subjects per site for ComBat; cohort-only: no phantoms, no traveling subjects",
+    )
+    cohort.add_argument(
+        "--cohort",
+        type=int,
+        metavar="N",
+        help="write a cohort study of N >= 2 subjects per site instead of the two-site study",
+    )
+    cohort.add_argument(
+        "--cohort-sites",
+        metavar="SITE[,SITE...]",
+        help="the cohort's sites, at least 2 of GE, Prisma, Skyra, youngest subjects "
+        f"first (default: {','.join(CLI_COHORT_SITES)})",
+    )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log messages (-vv: debug)"
     )
@@ -212,6 +243,44 @@ def _scenario(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Phan
         fail(FIELD_OPTIONS.get(err.field, "--scenario"), str(err))
 
 
+def _cohort_sites(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """The checked sites of ``--cohort`` (and the other options' absence)."""
+    from bids_harmony.simulate.site_effects import VENDORS
+
+    if args.cohort is None:
+        parser.error("argument --cohort-sites: only with --cohort N")
+    if args.cohort < 2:
+        parser.error(f"argument --cohort: N must be >= 2 subjects per site, not {args.cohort}")
+    for option, attr in (
+        ("--phantom", "phantom"),
+        ("--phantom-protocols", "phantom_protocols"),
+        ("--reposition", "reposition"),
+        ("--tilt", "tilt"),
+        ("--temperature-delta", "temperature_delta"),
+        ("--bias-field", "bias_field"),
+        ("--phantom-slices", "phantom_slices"),
+    ):
+        if getattr(args, attr) is not None:
+            parser.error(f"argument {option}: a cohort study has no phantoms (--cohort)")
+    if args.scenario != "default":
+        parser.error("argument --scenario: a cohort study has no phantoms (--cohort)")
+    if args.cohort_sites is None:
+        return CLI_COHORT_SITES
+    sites = tuple(s.strip() for s in args.cohort_sites.split(","))
+    bad = [s for s in sites if s not in VENDORS]
+    if bad:
+        parser.error(
+            f"argument --cohort-sites: unknown site(s) {', '.join(map(repr, bad))}; "
+            f"choose from {', '.join(VENDORS)}"
+        )
+    if len(set(sites)) != len(sites) or len(sites) < 2:
+        parser.error(
+            "argument --cohort-sites: expected at least 2 different sites, "
+            f"not {args.cohort_sites!r}"
+        )
+    return sites
+
+
 def _list_scenarios() -> int:
     from bids_harmony.simulate import ZOO
 
@@ -231,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         return _list_scenarios()
     if args.out_dir is None:
         parser.error("the following arguments are required: OUT")
-    scenario = _scenario(parser, args)
+    cohort = args.cohort is not None or args.cohort_sites is not None
+    cohort_sites = _cohort_sites(parser, args) if cohort else ()
+    scenario = None if cohort else _scenario(parser, args)
 
     from bids_harmony.errors import BidsHarmonyError
 
@@ -244,17 +315,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from bids_harmony.simulate import simulate_study
+    from bids_harmony.simulate import simulate_cohort, simulate_study
 
     try:
-        info = simulate_study(
-            out,
-            size=args.size,
-            seed=args.seed,
-            force=args.force,
-            write_noiseless=args.write_noiseless,
-            scenario=scenario,
-        )
+        if cohort:
+            info = simulate_cohort(
+                out,
+                args.cohort,
+                sites=cohort_sites,
+                size=args.size,
+                seed=args.seed,
+                force=args.force,
+                write_noiseless=args.write_noiseless,
+            )
+        else:
+            info = simulate_study(
+                out,
+                size=args.size,
+                seed=args.seed,
+                force=args.force,
+                write_noiseless=args.write_noiseless,
+                scenario=scenario,
+            )
     except BidsHarmonyError as err:
         print(f"bids-harmony-simulate: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -33,6 +33,11 @@ Phantom zoo (:mod:`.zoo`): a :class:`PhantomScenario` chooses the phantom design
 temperatures and the sites' coil inhomogeneity; :data:`ZOO` holds named ones
 (``default`` is the study above).  Humans are the same in every scenario.
 
+Cohort studies (:mod:`.cohort`, :mod:`.cohort_dataset`; for ComBat): ``n`` subjects
+per site (default GE, Prisma, Skyra), each scanned once, ages confounded with site,
+a known age effect and region-varying additive/multiplicative site effects on the
+tissue, truth in ``sourcedata/simulation/cohort.json`` and per-session maps.
+
 Public API
 ----------
 simulate_study(out_dir, *, size="tiny", seed=0, sites=SITES, force=False,
@@ -42,6 +47,11 @@ simulate_study(out_dir, *, size="tiny", seed=0, sites=SITES, force=False,
 simulate_session(subject, session, *, size="tiny", seed=0, protocols=None,
                  scenario=None) -> SessionData
     One session in memory (for benchmarks), identical to that session of the study.
+simulate_cohort(out_dir, n_per_site, *, sites=COHORT_SITES, size="tiny", seed=0,
+                force=False, write_noiseless=True) -> StudyInfo
+    Write a cohort study (no phantoms, no traveling subjects).
+true_age_slope(root, metric="FA", region="WM") -> float
+    The true age slope of a written cohort study (from its ``cohort.json``).
 noiseless_signal(tissue, site, bvals, bvecs, *, protocol) -> ndarray (X, Y, Z, V)
     Noise-free image of any tissue model at any site with any gradient table.
 regenerate_noiseless(root, subject, session, acq, *, site=None, bvals=None, bvecs=None,
@@ -55,7 +65,8 @@ Module map: :mod:`.tissue` (grids, poses, compartment model), :mod:`.gradients`,
 (scenarios); :mod:`.layout` (sizes, protocols, labels); :mod:`.study` (keyed
 random streams, sessions); :mod:`.dataset` (whole study); :mod:`.regenerate`
 (signals from the ground truth); :mod:`.docs` (README texts); :mod:`.bids_writer`
-(the only module touching files).
+(the only module touching files); :mod:`.cohort` and :mod:`.cohort_dataset`
+(cohort studies).
 """
 
 from __future__ import annotations
@@ -67,6 +78,8 @@ from bids_harmony.simulate.bids_writer import (
     read_spec,
     read_tissue,
 )
+from bids_harmony.simulate.cohort import COHORT_SITES, true_age_slope
+from bids_harmony.simulate.cohort_dataset import simulate_cohort
 from bids_harmony.simulate.dataset import RunInfo, StudyInfo, simulate_study
 from bids_harmony.simulate.phantom import DESIGNS, PhantomSpec, Vial, draw_phantom
 from bids_harmony.simulate.regenerate import regenerate_noiseless
@@ -88,6 +101,7 @@ from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
 from bids_harmony.simulate.zoo import ZOO, PhantomScenario, ScenarioError, get_scenario
 
 __all__ = [
+    "COHORT_SITES",
     "DESIGNS",
     "PROTOCOLS",
     "SITES",
@@ -117,8 +131,10 @@ __all__ = [
     "read_spec",
     "read_tissue",
     "regenerate_noiseless",
+    "simulate_cohort",
     "simulate_session",
     "simulate_study",
     "site_params",
     "subject_spec",
+    "true_age_slope",
 ]

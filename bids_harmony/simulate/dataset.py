@@ -87,18 +87,22 @@ class StudyInfo:
     def summary(self) -> str:
         """A few lines for the terminal."""
         n_files = sum(1 for p in self.root.rglob("*") if p.is_file())
-        return "\n".join(
-            [
-                f"Simulated BIDS study ({self.size}, seed {self.seed}) in {self.root}",
-                f"  sites:    {', '.join(self.sites)}",
-                f"  phantoms: {', '.join('sub-' + p for p in self.phantoms)}",
-                f"  subjects: {', '.join('sub-' + s for s in self.subjects)}",
-                f"  sessions: {', '.join('ses-' + s for s in self.sessions)}",
-                f"  phantom scenario: {self.scenario}",
-                f"  runs:     {len(self.runs)} dwi runs, {n_files} files, {self.seconds:.1f} s",
-                f"  ground truth: {self.ground_truth}",
-            ]
-        )
+        cohort = self.scenario == "cohort"  # simulate_cohort: no phantoms, one session each
+        lines = [
+            f"Simulated BIDS {'cohort ' if cohort else ''}study ({self.size}, seed {self.seed}) "
+            f"in {self.root}",
+            f"  sites:    {', '.join(self.sites)}",
+            f"  phantoms: {', '.join('sub-' + p for p in self.phantoms)}",
+            f"  subjects: {', '.join('sub-' + s for s in self.subjects)}",
+            f"  sessions: {', '.join('ses-' + s for s in self.sessions)}",
+            f"  phantom scenario: {self.scenario}",
+            f"  runs:     {len(self.runs)} dwi runs, {n_files} files, {self.seconds:.1f} s",
+            f"  ground truth: {self.ground_truth}",
+        ]
+        if cohort:
+            del lines[5]
+            del lines[2]
+        return "\n".join(lines)
 
 
 class _BackgroundWriter:

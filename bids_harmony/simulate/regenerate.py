@@ -2,7 +2,10 @@
 
 Only the files under ``sourcedata/simulation`` and the run's gradient table are
 read, so any site can image any session's object (the ideal harmonization of a
-source-site run is the target site imaging the same posed object).
+source-site run is the target site imaging the same posed object).  In a cohort
+study (``cohort.json``) the imaging site's region-varying effects on the tissue
+(:func:`~bids_harmony.simulate.cohort.site_tissue`) are applied first, as when the
+study was written.
 """
 
 from __future__ import annotations
@@ -13,6 +16,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmony.simulate import bids_writer as bw
+from bids_harmony.simulate.brain import BrainSpec, brain_tissue
+from bids_harmony.simulate.cohort import (
+    COHORT_JSON,
+    SITE_MAP_EFFECTS,
+    population_spec,
+    site_tissue,
+)
 from bids_harmony.simulate.layout import parse_session
 from bids_harmony.simulate.phantom import PhantomSpec, scale_diffusivities, temperature_factor
 from bids_harmony.simulate.signal_model import noiseless_signal
@@ -56,13 +66,18 @@ def regenerate_noiseless(
     subject = subject.removeprefix("sub-")
     session = session.removeprefix("ses-")
     grid, spec = bw.read_spec(root, subject)
-    tissue = object_tissue(spec, grid, bw.read_pose(root, subject, session))
+    pose = bw.read_pose(root, subject, session)
+    tissue = object_tissue(spec, grid, pose)
+    site_label = site or parse_session(session)[0]
+    site_obj = bw.read_site(root, site_label)
+    if isinstance(spec, BrainSpec) and (bw.gt_dir(root) / COHORT_JSON).is_file():
+        population = brain_tissue(population_spec(spec), grid, pose)
+        tissue = site_tissue(tissue, population, spec, pose, SITE_MAP_EFFECTS[site_label])
     if isinstance(spec, PhantomSpec):
         if temperature_delta_c is None:
             state = bw.read_phantom_state(root, subject, session)
             temperature_delta_c = float(state["temperature_delta_c"])
         tissue = scale_diffusivities(tissue, temperature_factor(temperature_delta_c))
-    site_obj = bw.read_site(root, site or parse_session(session)[0])
     if bvals is None or bvecs is None:
         bvals, bvecs = bw.read_table(root, subject, session, acq)
     return noiseless_signal(tissue, site_obj, bvals, bvecs, protocol=acq)

@@ -68,7 +68,7 @@ LOGGER = logging.getLogger(__name__)
 
 _VENDOR_INDEX = {name: i for i, name in enumerate(VENDORS)}
 # key domains of keyed_rng (append new ones: existing streams must not shift)
-_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION = range(1, 8)
+_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION, _COHORT = range(1, 9)
 _PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
 
 

@@ -52,6 +52,12 @@ class Config:
     template: Path | None = None
     group_transform: str = "SyN"
     min_train_voxels: int = 1000
+    combat_covariates: tuple[str, ...] = ()
+    combat_variant: str = "combat"
+    combat_eb: str = "parametric"
+    combat_mean_only: bool = False
+    combat_smooth: tuple[str, ...] = ()
+    combat_categorical: tuple[str, ...] = ()
     seed: int = 0
     verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

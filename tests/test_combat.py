@@ -328,19 +328,6 @@ def test_the_method_round_trips_a_model_with_categorical_covariates(tmp_path):
         method.apply(model, data)
 
 
-@pytest.mark.parametrize(("level", "flag"), [("train", ["--method", "combat"]),
-                                             ("group", ["--methods", "combat"])])  # fmt: skip
-def test_the_cli_refuses_combat_until_its_levels_exist(level, flag, tmp_path, caplog):
-    from bids_harmony.cli.run import main
-
-    out = tmp_path / "out"
-    code = main([str(tmp_path / "bids"), str(out), level, *flag, "-w", str(tmp_path / "w")])
-    assert code == 2 and not out.exists()
-    assert "ComBat" in caplog.text and "not available yet" in caplog.text
-    if level == "train":
-        assert "use bids_harmony.methods.combat from Python" in caplog.text
-
-
 # ---- oracle: neuroCombat 0.2.12 ----------------------------------------------------------
 
 

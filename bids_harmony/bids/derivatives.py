@@ -206,6 +206,22 @@ class RunNames:
         """Per-band scale maps of a method (``model-<method>_param-scales``)."""
         return self.map(shell, check_method(method), "scales", method, extension)
 
+    def space_map(self, shell: str, kind: str, space: str, method: str | None = None) -> Path:
+        """A per-shell map resampled to a template (``space-<space>``), e.g. for ComBat."""
+        model, param = SHELL_MAPS[kind]
+        entities = {
+            **self.entities, "acq": shell_acq(self.entities.get("acq"), shell, self.n_shells),
+            "space": space, "desc": None if method is None else check_method(method),
+            "model": model, "param": param,
+        }  # fmt: skip
+        return self._path(entities, "dwimap", ".nii.gz")
+
+    def regions(self, space: str, method: str) -> Path:
+        """Region means of the run's maps, before and after ``method`` (``.tsv``)."""
+        return self._path(
+            {**self.entities, "space": space, "desc": check_method(method)}, "regions", ".tsv"
+        )
+
 
 def group_map_name(stem: str, condition: str, metric: str) -> str:
     """Group-level standard-error map of one condition (``interharp``, ...) and metric.
@@ -291,8 +307,7 @@ def write_derivatives(output_dir: Path, derivatives: list[Derivative]) -> list[P
 #: ``HowToAcknowledge`` when the caller gives none (the levels give the references,
 #: :func:`bids_harmony.workflows.references.how_to_acknowledge`).
 ACKNOWLEDGE_FALLBACK = (
-    f"Cite bids_harmony (CITATION.cff at {CODE_URL}) and the references listed in "
-    "logs/CITATION.md."
+    f"Cite bids_harmony (CITATION.cff at {CODE_URL}) and the references listed in logs/CITATION.md."
 )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from bids_harmony import __version__
 from bids_harmony.bids.check_names import OVERRIDABLE as OVERRIDABLE_CHECKS
 from bids_harmony.cli.suggest import SuggestingArgumentParser
-from bids_harmony.methods.names import METHOD_NAMES
+from bids_harmony.methods.names import COMBAT_VARIANTS, METHOD_NAMES
 
 LEVELS = ("participant", "train", "group")
 
@@ -63,8 +63,9 @@ def _existing_file(value: str) -> Path:
 class _ListMethods(argparse.Action):
     """``--list-methods``: print the registered methods and exit (like ``--version``)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help=None):  # noqa: A002 - argparse's own keyword
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):  # noqa: A002 - argparse's own keyword
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -283,6 +284,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="fewest valid phantom voxels to train on",
     )
     harm.add_argument("--seed", type=int, default=0, help="random seed of every stochastic step")
+
+    combat = parser.add_argument_group(
+        "ComBat ('train --method combat'; fitted on every human session, --target-site is "
+        "the reference site left unchanged)"
+    )
+    combat.add_argument(
+        "--combat-covariates", nargs="+", default=[], metavar="COLUMN",
+        help="biological covariates whose effects ComBat keeps, read from participants.tsv "
+        "or sub-*/sub-*_sessions.tsv (e.g. age sex); numbers are numeric, text categorical",
+    )  # fmt: skip
+    combat.add_argument(
+        "--combat-variant", choices=COMBAT_VARIANTS, default="combat",
+        help="combat: Fortin et al. 2017; gam: ComBat-GAM, smooth effects of the "
+        "--combat-smooth covariates (Pomponio et al. 2020); covbat: also harmonizes the "
+        "covariance of the residuals (Chen et al. 2022); longitudinal: a random intercept per "
+        "subject, for repeated sessions (Beer et al. 2020)",
+    )  # fmt: skip
+    combat.add_argument(
+        "--combat-eb", choices=("parametric", "nonparametric", "none"), default="parametric",
+        help="empirical-Bayes shrinkage of the site effects",
+    )  # fmt: skip
+    combat.add_argument(
+        "--combat-mean-only", action="store_true",
+        help="remove the additive site effect only (keep each site's variance)",
+    )  # fmt: skip
+    combat.add_argument(
+        "--combat-smooth", nargs="+", default=[], metavar="COLUMN",
+        help="numeric covariates with smooth (spline) effects; with --combat-variant gam "
+        "(default there: age)",
+    )  # fmt: skip
+    combat.add_argument(
+        "--combat-categorical", nargs="+", default=[], metavar="COLUMN",
+        help="covariates to treat as categorical although they hold numbers (e.g. sex 0/1)",
+    )  # fmt: skip
 
     group = parser.add_argument_group("Group level")
     group.add_argument(

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bids_harmony.cli.parser import build_parser
-from bids_harmony.errors import BidsHarmonyError, MethodNotAvailableError, OutputDirectoryError
+from bids_harmony.errors import BidsHarmonyError, OutputDirectoryError
 from bids_harmony.workflows.locking import release_locks
 
 LOGGER = logging.getLogger("bids_harmony.cli")
@@ -155,23 +155,31 @@ def config_from_args(args) -> object:
         template=args.template,
         group_transform=args.group_transform,
         min_train_voxels=args.min_train_voxels,
+        combat_covariates=tuple(args.combat_covariates),
+        combat_variant=args.combat_variant,
+        combat_eb=args.combat_eb,
+        combat_mean_only=args.combat_mean_only,
+        combat_smooth=tuple(
+            args.combat_smooth or (["age"] if args.combat_variant == "gam" else [])
+        ),
+        combat_categorical=tuple(args.combat_categorical),
         seed=args.seed,
         verbose=args.verbose,
     )
 
 
 def refuse_unavailable_methods(config) -> None:
-    """Methods registered for Python use that a level cannot run yet: exit 2, before any
-    file is written (``--method``/``--methods`` offer every registered method)."""
-    if config.analysis_level == "train" and config.method == "combat":
-        raise MethodNotAvailableError(
-            "ComBat training from the CLI is not available yet; use "
-            "bids_harmony.methods.combat from Python (fit_combat, apply_combat)."
+    """Option combinations that cannot work: exit 2, before any file is written."""
+    if config.combat_smooth and config.combat_variant != "gam" and config.method == "combat":
+        raise BidsHarmonyError(
+            "--combat-smooth needs --combat-variant gam (smooth covariate effects)."
         )
-    if config.analysis_level == "group" and "combat" in config.methods:
-        raise MethodNotAvailableError(
-            "ComBat evaluation at the group level is not available yet; leave 'combat' "
-            "out of --methods."
+    missing = [c for c in config.combat_smooth if c not in config.combat_covariates]
+    if config.method == "combat" and config.combat_variant == "gam" and missing:
+        raise BidsHarmonyError(
+            f"--combat-smooth {' '.join(missing)}: not among --combat-covariates "
+            f"({' '.join(config.combat_covariates) or 'none'}); add "
+            f"'--combat-covariates {' '.join(missing)}'."
         )
 
 
@@ -200,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             from bids_harmony.workflows.group import run_group
 
             return run_group(config)
+        if config.analysis_level == "train" and config.method == "combat":
+            from bids_harmony.workflows.train_combat import run_train_combat
+
+            return run_train_combat(config)
         if config.analysis_level == "train" and config.method == "rish":
             from bids_harmony.workflows.train_rish import run_train_rish
 

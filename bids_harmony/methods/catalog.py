@@ -126,3 +126,50 @@ def select_rish_models(
         LOGGER.info("LinearRISH model for site %s%s: %s", key[0],
                     f" acq-{key[1]}" if key[1] else "", path)  # fmt: skip
     return chosen
+
+
+def select_combat_models(
+    output_dir: Path, runs: Iterable[Any], *, target_site: str | None
+) -> dict[str | None, Path]:
+    """ComBat models in ``OUT/models`` by raw ``acq`` protocol, checked against ``runs``.
+
+    A human run of a protocol with a model must be of a site the model was fitted
+    on: ComBat never estimated an unseen site's effects, so such a run is an error
+    (the message says how to refit).  Phantom runs are never harmonized by ComBat.
+    """
+    from bids_harmony.methods.combat.errors import UnseenSiteError
+
+    chosen: dict[str | None, Path] = {}
+    for path in sorted((Path(output_dir) / MODELS_DIR).glob("combat_tgt-*.safetensors")):
+        card_path = path.with_suffix(".json")
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ModelSelectionError(f"{card_path}: unreadable model card ({err}).") from err
+        if target_site is not None and card.get("target_site") != target_site:
+            continue
+        acq = card.get("acq")
+        if acq in chosen:
+            raise ModelSelectionError(
+                f"two ComBat models for the protocol{' acq-' + acq if acq else ''}: "
+                f"{chosen[acq]} and {path}; choose one with --target-site."
+            )
+        chosen[acq] = path
+    for acq, path in chosen.items():
+        card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        fitted = set(card.get("sites", []))
+        unseen = sorted({f"{r.site} (sub-{r.subject}" + (f" ses-{r.session})" if r.session
+                                                          else ")")
+                         for r in runs if not r.is_phantom and r.site not in fitted
+                         and r.entities.get("acquisition") == acq})  # fmt: skip
+        if unseen:
+            raise UnseenSiteError(
+                f"ComBat cannot harmonize an unseen site: {', '.join(unseen[:5])} "
+                f"{'...' if len(unseen) > 5 else ''}is not among the sites the model "
+                f"{path.name} was fitted on ({', '.join(sorted(fitted))}); its site effect was "
+                "never estimated. Refit with it: run the participant level on these sessions "
+                "with '--methods harp rish' (ComBat left out), then 'train --method combat' "
+                "again; or leave them out with --participant-label/--session-label."
+            )
+        LOGGER.info("ComBat model for protocol %s: %s", acq or "(no acq)", path)
+    return chosen

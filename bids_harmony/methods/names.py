@@ -6,3 +6,5 @@ test checks that both agree.
 """
 
 METHOD_NAMES = ("harp", "rish", "combat")
+#: ``--combat-variant`` choices (:data:`bids_harmony.methods.combat.variants.VARIANTS`).
+COMBAT_VARIANTS = ("combat", "gam", "covbat", "longitudinal")

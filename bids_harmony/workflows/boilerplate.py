@@ -153,7 +153,9 @@ def _sci(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool, rish: bool = False) -> str:
+def dwi_postdesc(
+    *, sh_order: int, gfa: bool, harmonized: bool, rish: bool = False, combat: bool = False
+) -> str:
     """SH fit, DTI/CSD metrics and the models applied (HARP, LinearRISH), after preprocessing."""
     from bids_harmony.dmri import sh
     from bids_harmony.dmri.bands import MIN_DIRECTIONS, n_coeffs
@@ -198,7 +200,37 @@ def dwi_postdesc(*, sh_order: int, gfa: bool, harmonized: bool, rish: bool = Fal
             "run and applied to its SH coefficients, and the diffusion-weighted series and "
             "maps were computed again from them."
         )
+    if combat:
+        paragraphs.append(
+            "Human runs of a site in a trained ComBat model [@combat] were harmonized: the "
+            "run's FA map was registered with ANTs to the model's template, its FA, MD and "
+            "GFA maps were warped there, the site's additive and multiplicative effects "
+            "estimated on the cohort were removed voxel by voxel with the run's covariates "
+            "kept, and the correction was warped back and added to the native maps."
+        )
     return "\n\n".join(paragraphs)
+
+
+def combat_train_paragraph(
+    *,
+    target: str,
+    sites: Sequence[str],
+    n_sessions: int,
+    covariates: Sequence[str],
+    variant: str,
+    eb: str,
+) -> str:
+    """The train level's paragraph of ComBat."""
+    kept = (f"the effects of {', '.join(covariates)} kept" if covariates
+            else "no covariate modelled")  # fmt: skip
+    return (
+        f"ComBat models [@combat] ({variant}; empirical Bayes: {eb}) were fitted on "
+        f"{n_sessions} human sessions of the sites {', '.join(sites)}, with {target} as the "
+        f"reference site left unchanged and {kept}. Each session's FA map was registered "
+        "with ANTs SyN [@syn] to a common FA template; FA, MD and GFA were harmonized voxel "
+        "by voxel (voxels inside the brain of at least 90% of the sessions) and as region "
+        "means."
+    )
 
 
 def cite_participant(config: Any, workflow: Any, backend: str) -> Path:
@@ -427,8 +459,11 @@ def group_paragraphs(
         f"was registered with ANTs (antspyx), by {registration}, to {template_text}; the "
         "transforms were applied to the MD and GFA maps; a session whose registered FA "
         "correlated poorly with the template was excluded.",
-        *([f"{rish_method.description.rstrip('.')} [@{rish_method.name}]. "
-           + rish_text[rish]] if rish != "none" else []),
+        *(
+            [f"{rish_method.description.rstrip('.')} [@{rish_method.name}]. " + rish_text[rish]]
+            if rish != "none"
+            else []
+        ),
         "Scan-rescan and inter-scanner variability of FA, MD and GFA were measured by the "
         "standard error of the HARP paper [@harp], its Eq. 2: σₑ² = Σᵢ Σⱼ (yᵢⱼ − ȳᵢ)² / (N(K − 1)) "
         "over N subjects, with K = 2 sessions at one site (scan-rescan, at each site) and "

@@ -35,6 +35,7 @@ def init_participant_wf(
     backend: str,
     models: dict[str, dict[str, Any]] | None = None,
     rish_models: dict[tuple[str, str | None], Path] | None = None,
+    combat_models: dict[str, dict[str, Any]] | None = None,
 ) -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per dMRI run.
 
@@ -52,7 +53,11 @@ def init_participant_wf(
     rish_models : dict, optional
         LinearRISH model file per (source site, raw ``acq``), applied to the
         matching runs (:class:`~bids_harmony.interfaces.rish_model.ApplyRishModel`).
+    combat_models : dict, optional
+        ComBat node settings per run prefix
+        (:class:`~bids_harmony.interfaces.combat.ApplyCombatModel`).
     """
+    combat_models = combat_models or {}
     models = models or {}
     rish_models = rish_models or {}
     # Nipype caches by node inputs, not by our code: one cache per release.
@@ -108,6 +113,7 @@ def init_participant_wf(
                     name=wf_name(run.prefix),
                     harp_model=models.get(run.site),
                     rish_model=_rish_for(rish_models, run, config),
+                    combat_model=combat_models.get(run.prefix),
                     fsl_plan=plans.get(run.dwi),
                 )
             ]
@@ -147,6 +153,7 @@ def init_dwi_run_wf(
     name: str,
     harp_model: dict[str, Any] | None = None,
     rish_model: dict[str, Any] | None = None,
+    combat_model: dict[str, Any] | None = None,
     fsl_plan: dict[str, Any] | None = None,
 ) -> pe.Workflow:
     """Process one dMRI run; harmonize it too when ``harp_model`` is given.
@@ -172,8 +179,13 @@ def init_dwi_run_wf(
     workflow = pe.Workflow(name=name)
     # The run's BIDS prefix (sub-01_ses-GE1_acq-b1000): our nodes name it in log messages.
     run_name = Path(dwi).name.split(".", 1)[0].rsplit("_", 1)[0]
-    workflow.__postdesc__ = dwi_postdesc(sh_order=sh_order, gfa=gfa, harmonized=bool(harp_model),
-                                         rish=rish_model is not None)
+    workflow.__postdesc__ = dwi_postdesc(
+        sh_order=sh_order,
+        gfa=gfa,
+        harmonized=bool(harp_model),
+        rish=rish_model is not None,
+        combat=combat_model is not None,
+    )
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
     inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
@@ -209,9 +221,7 @@ def init_dwi_run_wf(
     }
     fit_sh = pe.Node(FitSH(run_name=run_name, **shell_settings), name="fit_sh", mem_gb=mem_gb)
     metrics = pe.Node(
-        DiffusionMetrics(
-            gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings
-        ),
+        DiffusionMetrics(gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings),
         name="metrics",
         mem_gb=mem_gb,
         n_procs=omp_nthreads,
@@ -242,6 +252,13 @@ def init_dwi_run_wf(
                                       b_tolerance=b_tolerance, b0_threshold=b0_threshold),
                        name="rish", mem_gb=mem_gb)  # fmt: skip
         workflow.connect(sink, "out_files", rish, "written")
+    if combat_model is not None:
+        from bids_harmony.interfaces.combat import ApplyCombatModel
+
+        # after the sink: ComBat reads the run's FA/MD/GFA maps from the output dataset
+        combat = pe.Node(ApplyCombatModel(output_dir=output_dir, **combat_model),
+                         name="combat", mem_gb=mem_gb)  # fmt: skip
+        workflow.connect(sink, "out_files", combat, "written")
     if harp_model is None:
         return workflow
 
@@ -262,9 +279,7 @@ def init_dwi_run_wf(
         n_procs=omp_nthreads,
     )
     metrics_harmonized = pe.Node(
-        DiffusionMetrics(
-            gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings
-        ),
+        DiffusionMetrics(gfa=gfa, n_threads=omp_nthreads, run_name=run_name, **shell_settings),
         name="metrics_harmonized",
         mem_gb=mem_gb,
         n_procs=omp_nthreads,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError
@@ -17,6 +19,9 @@ from bids_harmony.workflows.execution import (
     start_engine,
 )
 from bids_harmony.workflows.locking import hold_locks, level_keys, releases_locks
+
+if TYPE_CHECKING:
+    from bids_harmony.bids.discovery import Study
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,6 +117,36 @@ def participant_models(config: Config, study) -> dict[str, dict[str, object]]:
     return models
 
 
+def participant_combat(config: Config, study: Study) -> dict[str, dict[str, Any]]:
+    """The ComBat node settings per run prefix (model, covariates), checked up front.
+
+    ``--methods`` without ``combat`` leaves ComBat out.  Errors (exit 2, nothing
+    written): a run of a site the model was not fitted on, a covariate missing.
+    """
+    if config.methods and "combat" not in config.methods:
+        return {}
+    if not (config.output_dir / "models").is_dir():
+        return {}
+    from bids_harmony.bids.covariates import read_covariates
+    from bids_harmony.methods.catalog import select_combat_models
+
+    chosen = select_combat_models(config.output_dir, study.runs, target_site=config.target_site)
+    settings: dict[str, dict[str, Any]] = {}
+    for acq, path in chosen.items():
+        runs = [r for r in study.runs
+                if not r.is_phantom and r.entities.get("acquisition") == acq]  # fmt: skip
+        card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        names = list(card.get("covariates", {}))
+        values = read_covariates(config.bids_dir, [(r.subject, r.session) for r in runs], names)
+        for i, run in enumerate(runs):
+            settings[run.prefix] = {
+                "model_file": str(path), "run": run, "seed": config.seed,
+                "transform": config.group_transform,
+                "covariates": {n: values[n][i] for n in names},
+            }  # fmt: skip
+    return settings
+
+
 @releases_locks
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
@@ -143,8 +178,10 @@ def run_participant(config: Config) -> int:
 
         rish_models = select_rish_models(config.output_dir, study.sites,
                                          target_site=config.target_site)  # fmt: skip
+    combat_models = participant_combat(config, study)
     workflow = init_participant_wf(study, config, backend=backend, models=models,
-                                   rish_models=rish_models)  # fmt: skip
+                                   rish_models=rish_models,
+                                   combat_models=combat_models)  # fmt: skip
 
     names = {wf_name(run.prefix): run.prefix for run in study.runs}
     plugin, plugin_args = choose_plugin(

@@ -144,7 +144,7 @@ class FitCombatModel(SimpleInterface):
 
         from bids_harmony.bids.derivatives import software_versions
         from bids_harmony.bids.io import sha256_file
-        from bids_harmony.methods.combat.errors import TooFewSamplesError
+        from bids_harmony.methods.combat.errors import SmallSiteWarning, TooFewSamplesError
         from bids_harmony.methods.combat.maps import (
             feature_mask,
             fit_combat_maps,
@@ -183,7 +183,9 @@ class FitCombatModel(SimpleInterface):
             model = fit_combat_maps(maps, template=np.asarray(template_img.dataobj),
                                     affine=template_img.affine, mask=mask, regions=regions,
                                     fit=fit_function(options, kept))  # fmt: skip
-        for message in dict.fromkeys(str(w.message) for w in caught):
+        # the small-site warning was given before the long steps (the dry fit)
+        for message in dict.fromkeys(str(w.message) for w in caught
+                                     if not issubclass(w.category, SmallSiteWarning)):  # fmt: skip
             LOGGER.warning("%s", message)
         card = {
             **self.inputs.card,

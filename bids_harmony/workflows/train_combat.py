@@ -107,7 +107,8 @@ def _scenario(config: Config, runs: list, target: str, stem: str):
     empty = [r.prefix for r in runs if not shells[r.prefix]]
     if empty:
         raise MissingOutputError(
-            f"no participant outputs (FA, MD, GFA maps) in {config.output_dir} for "
+            f"no participant outputs (SH, FA, MD and GFA maps; ComBat harmonizes FA, MD and "
+            f"GFA, so not with --no-gfa) in {config.output_dir} for "
             f"{len(empty)} run(s): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; "
             f"run: bids-harmony {config.bids_dir} {config.output_dir} participant"
         )

@@ -104,7 +104,8 @@ def test_no_site_effect_is_left_once_age_and_sex_are_accounted_for(cohort):
         data: dict[str, list[np.ndarray]] = {"": [], "_desc-combat": []}
         keys, sites = [], []
         for desc in data:
-            pattern = f"sub-*/ses-*/dwi/*b1000_space-studyFA{desc}_model-tensor_param-{kind}_dwimap.nii.gz"
+            name = f"b1000_space-studyFA{desc}_model-tensor_param-{kind}_dwimap.nii.gz"
+            pattern = f"sub-*/ses-*/dwi/*{name}"
             for path in sorted(out.glob(pattern)):
                 data[desc].append(np.asarray(nb.load(path).dataobj, np.float64)[model.mask])
                 if desc == "":

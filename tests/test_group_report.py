@@ -86,8 +86,9 @@ def test_table2_percentages_and_missing_condition():
     assert md["pct_none"] == pytest.approx(100.0)
     assert md["units"] == "mm^2/s" and fa["units"] == "1"
     assert condition_key("No harmonization") == "inter_none" == condition_key("inter_none")
+    assert condition_key("ComBat") == "inter_combat" == condition_key("combat")
     with pytest.raises(KeyError):
-        condition_key("ComBat")
+        condition_key("MISPEL")
 
 
 def test_write_table_tsv_and_dictionary(tmp_path):
@@ -236,3 +237,99 @@ def test_html_report_rejects_non_png(tmp_path):
                           figures={"bad": bad}, notes=[])  # fmt: skip
     assert not (tmp_path / "r.html").exists()
     _no_temp(tmp_path)
+
+
+def _three_method_result(tmp_path):
+    """A scenario evaluated by :func:`evaluate_shells` with HARP, LinearRISH and ComBat.
+
+    Three subjects on a 12³ grid: FA rises along x (WM beyond the middle), the source
+    site adds an offset; HARP removes 60 % of it, LinearRISH 30 %, ComBat 90 %.
+    """
+    import nibabel as nb
+
+    from bids_harmony.evaluation.scenario import ScenarioResult, evaluate_shells
+
+    rng = np.random.default_rng(5)
+    shape, n = (12, 12, 12), 3
+    fa = np.broadcast_to(np.linspace(0.1, 0.6, shape[0])[:, None, None], shape)
+    truth = {"fa": fa, "md": 0.8e-3 + 0.1e-3 * (0.6 - fa), "gfa": 0.8 * fa}
+    offset = {"fa": 0.05, "md": 0.1e-3, "gfa": 0.04}
+    noise = {"fa": 0.01, "md": 0.02e-3, "gfa": 0.008}
+    kept = {"none": 1.0, "harp": 0.4, "rish": 0.7, "combat": 0.1}
+    mask = np.zeros(shape, bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    source, target = [], []
+    for subject in range(n):
+        anatomy = {k: v * (1 + 0.02 * subject) for k, v in truth.items()}
+        for _ in range(2):
+            tgt, src = {"mask": mask}, {"mask": mask}
+            for metric, base in anatomy.items():
+                tgt[f"b1000/{metric}/none"] = base + rng.normal(0, noise[metric], shape)
+                scan = rng.normal(0, noise[metric], shape)
+                for method, share in kept.items():
+                    src[f"b1000/{metric}/{method}"] = base + share * offset[metric] + scan
+            source.append(src)
+            target.append(tgt)
+    methods = ["harp", "rish", "combat"]
+    shells = evaluate_shells(source, target, n, ["b1000"], methods, {})
+    template = tmp_path / "template.nii.gz"
+    nb.save(nb.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), template)
+    return ScenarioResult(stem="src-GE_tgt-Prisma", labels=["b1000"],
+                          subjects=["01", "02", "03"], template=template, methods=methods,
+                          shells=shells)  # fmt: skip
+
+
+def test_group_outputs_with_harp_rish_and_combat(tmp_path):
+    """ComBat is a column, a box, a verdict method and a head-to-head like the others."""
+    import pandas as pd
+
+    from bids_harmony.workflows.group import COMBAT_IN_GROUP
+    from bids_harmony.workflows.group_outputs import write_group_outputs
+
+    result = _three_method_result(tmp_path)
+    summary = result.shells["b1000"]
+    assert set(summary.maps["FA"]) >= {"inter_harp", "inter_rish", "inter_combat"}
+    tests = {(a, b) for (_, _, (a, b)) in summary.ttests}
+    assert {("inter_combat", "inter_none"), ("inter_harp", "inter_combat"),
+            ("inter_rish", "inter_combat"), ("inter_harp", "inter_rish")} <= tests  # fmt: skip
+    group = tmp_path / "group"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "CITATION.md").write_text("# Methods\n\nText.\n")
+    html = write_group_outputs(
+        group, [result], title="t", sessions=pd.DataFrame(columns=["session", "status"]),
+        notes=[COMBAT_IN_GROUP], warning=None, models_dir=tmp_path / "models",
+        methods="# M\n\nThe methods.", methods_file=tmp_path / "logs" / "CITATION.md",
+    )  # fmt: skip
+    key = "src-GE_tgt-Prisma_b1000"
+    t2 = pd.read_csv(group / f"{key}_table2.tsv", sep="\t").set_index("metric")
+    assert {"inter_combat", "inter_combat_sd", "pct_combat"} <= set(t2.columns)
+    fa = t2.loc["FA"]
+    # ComBat left 10 % of the site offset, HARP 40 %, LinearRISH 70 %
+    assert fa["inter_combat"] < fa["inter_harp"] < fa["inter_rish"] < fa["inter_none"]
+    assert fa["pct_combat"] < fa["pct_none"]
+    meta = json.loads((group / f"{key}_table2.json").read_text())
+    assert "ComBat" in meta["inter_combat"]["Description"] and meta["pct_combat"]["Units"] == "%"
+    t3 = pd.read_csv(group / f"{key}_table3.tsv", sep="\t")
+    assert t3["inter_combat"].notna().all()
+    tt = pd.read_csv(group / f"{key}_ttests.tsv", sep="\t")
+    assert "inter_combat vs inter_none" in set(tt["comparison"])
+    assert (group / f"{key}_desc-intercombat_stat-stderr_fa.nii.gz").is_file()
+    for png in (f"{key}_stderr.png", f"{key}_roi-WM.png", f"{key}_roi-GM.png"):
+        _check_png(group / png)
+    verdicts = pd.read_csv(group / "verdict.tsv", sep="\t")
+    assert list(dict.fromkeys(verdicts["method"])) == ["harp", "rish", "combat"]
+    combat = verdicts[verdicts["method"] == "combat"]
+    assert len(combat) == 9 and combat["sentence"].str.startswith("ComBat").all()
+    assert (combat["change"] < 0).all()
+    levels = json.loads((group / "verdict.json").read_text())["method"]["Levels"]
+    assert levels["combat"] == "ComBat"
+    text = html.read_text(encoding="utf-8")
+    assert "<th>ComBat σₑ</th>" in text and "ComBat vs none (inter-scanner)" in text
+    verdict_part = text[text.index(">Verdict</h2>") : text.index(">How to read this</h2>")]
+    assert "GE → Prisma: ComBat" in verdict_part
+    # one head to head per pair of methods
+    assert "ComBat was better than HARP in" in verdict_part
+    assert "ComBat was better than LinearRISH in" in verdict_part
+    assert "HARP was better than LinearRISH in" in verdict_part
+    assert "which include these traveling subjects" in text
+    assert "desc-combat (ComBat)" in text

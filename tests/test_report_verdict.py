@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from bids_harmony.config import Config
-from bids_harmony.evaluation import figures, verdict, wording
+from bids_harmony.evaluation import evaluated, figures, verdict, wording
 from bids_harmony.evaluation.report import write_html_report
 from bids_harmony.evaluation.tables import ttests_table
 from bids_harmony.evaluation.variability import paired_ttest
@@ -59,8 +59,7 @@ def _shell(rng: np.random.Generator, factors: dict) -> dict:
             table3.setdefault(metric, {})[tissue] = {
                 k: (float(v.mean()), float(v.std())) for k, v in errs.items()
             }
-            for a, b in (("inter_harp", "inter_none"), ("inter_rish", "inter_none"),
-                         ("inter_harp", "inter_rish")):  # fmt: skip
+            for a, b in evaluated.comparisons():
                 if a in errs and b in errs:
                     ttests[(metric, tissue, (a, b))] = paired_ttest(errs[a], errs[b])
         # whole brain: the mean of the two tissues stands for the mean over voxels
@@ -289,6 +288,65 @@ def test_titles_and_test_names_in_words():
     assert wording.scenario_title("not a stem") == "not a stem"
 
 
-@pytest.mark.parametrize("module", [wording, verdict, figures])
+def _crafted_three(rng=None) -> dict:
+    """As :func:`_crafted`, plus ComBat: 50 % lower everywhere but GFA in GM (unchanged)."""
+    rng = rng or np.random.default_rng(7)
+    everywhere = {(m, t): 0.6 for m in ("FA", "MD", "GFA") for t in ("WM", "GM")}
+    combat = {**{case: 0.5 for case in everywhere}, ("GFA", "GM"): 1.0}
+    return _shell(rng, {"harp": {("FA", "WM"): 0.7, ("MD", "GM"): 1.12}, "rish": everywhere,
+                        "combat": combat})  # fmt: skip
+
+
+def test_combat_is_judged_and_compared_like_the_other_methods(tmp_path):
+    numbers = _crafted_three()
+    rows = shell_verdicts(scenario=STEM, shell="b1000", **numbers)
+    assert len(rows) == 3 * 3 * 3
+    assert [r.method for r in rows[:3]] == ["harp", "rish", "combat"]  # registry order
+    case = _by_case(rows)
+    assert case[("FA", "WM", "combat")].label == "better"
+    assert case[("FA", "WM", "combat")].sentence.startswith("ComBat reduced the inter-scanner")
+    assert case[("GFA", "GM", "combat")].label == "no significant change"
+    duels = {(STEM, "b1000", a, b): method_duels(**numbers, methods=(a, b))
+             for a, b in (("harp", "rish"), ("harp", "combat"), ("rish", "combat"))}  # fmt: skip
+    # ComBat is lower than LinearRISH but in GFA in GM and the whole brain (GM unchanged)
+    assert duels[(STEM, "b1000", "rish", "combat")]["combat"] == 7
+    assert verdict.duel_methods(duels[(STEM, "b1000", "harp", "combat")]) == ("harp", "combat")
+    text = "\n".join(summary_paragraphs(rows, duels))
+    assert "SIGNA Premier → Prisma, multi-shell protocol: ComBat helped in 8 of 9" in text
+    assert "LinearRISH was better than HARP in 9 of 9 comparisons" in text
+    assert "b = 1000 s/mm²: ComBat was better than LinearRISH in 7 of 9 comparisons" in text
+    # The report: ComBat rows in the verdict table, its readable t-tests.
+    out = write_html_report(tmp_path / "r.html", title="t", verdicts=rows, duels=duels,
+                            tables={"T-tests": ttests_table(numbers["ttests"])})  # fmt: skip
+    html_text = out.read_text(encoding="utf-8")
+    assert html_text.count("<td>ComBat</td>") == 9
+    assert "HARP vs ComBat (inter-scanner)" in html_text
+    assert "LinearRISH vs ComBat (inter-scanner)" in html_text
+    # verdict.tsv names ComBat among the methods
+    tsv = write_verdict(rows, tmp_path / "verdict.tsv")
+    meta = json.loads(tsv.with_suffix(".json").read_text())
+    assert meta["method"]["Levels"] == {"harp": "HARP", "rish": "LinearRISH", "combat": "ComBat"}
+
+
+def test_one_registry_names_colours_and_orders_the_methods():
+    from bids_harmony.evaluation import maps, tables
+
+    names = [m.name for m in evaluated.EVALUATED_METHODS]
+    assert names == ["harp", "rish", "combat"] == list(verdict.METHODS)
+    assert wording.METHOD_NAMES["combat"] == "ComBat"
+    assert (
+        wording.comparison_words("inter_combat vs inter_none") == "ComBat vs none (inter-scanner)"
+    )
+    assert [k for k, _ in tables.CONDITIONS][3:] == ["inter_harp", "inter_rish", "inter_combat"]
+    assert tables.PCT_COLUMNS["inter_combat"] == "pct_combat"
+    assert figures.CONDITION_COLORS["inter_combat"] == evaluated.by_name("combat").colour
+    assert len(set(figures.CONDITION_COLORS.values())) == len(figures.CONDITION_COLORS)
+    assert ("inter_combat", "inter_none") in maps.COMPARISONS
+    assert [m.name for m in evaluated.EVALUATED_METHODS if m.fibres] == ["harp"]
+    with pytest.raises(KeyError, match="not an evaluated method"):
+        evaluated.by_name("mispel")
+
+
+@pytest.mark.parametrize("module", [wording, verdict, figures, evaluated])
 def test_doctests(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

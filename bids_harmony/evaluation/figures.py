@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from bids_harmony.bids.io import atomic_path
+from bids_harmony.evaluation.evaluated import EVALUATED_METHODS, condition
 from bids_harmony.evaluation.tables import CONDITIONS, METRICS, condition_key
 
 __all__ = [
@@ -33,9 +34,10 @@ __all__ = [
 
 CONDITION_COLORS: dict[str, str] = {
     "sr_source": "#d62728", "sr_target": "#e6b800", "inter_none": "#1f77b4",
-    "inter_rish": "#2ca02c", "inter_harp": "#9467bd",
+    **{condition(m.name): m.colour for m in EVALUATED_METHODS},
 }  # fmt: skip
-"""Box colours as in the paper: red, gold, blue, green, purple."""
+"""Box colours as in the paper: red, gold, blue; HARP purple, LinearRISH green (each method's
+colour is in :data:`bids_harmony.evaluation.evaluated.EVALUATED_METHODS`; ComBat orange)."""
 
 DISPLAY_SCALE: dict[str, tuple[float, str]] = {
     "FA": (1e3, "×10⁻³"), "GFA": (1e3, "×10⁻³"), "MD": (1e6, "×10⁻⁶ mm²/s"),
@@ -129,7 +131,7 @@ def standard_error_figure(
         ``{metric: {condition: 3-D array}}`` in template space, NaN outside the brain.
         Rows are metrics (FA, MD, GFA first), one per slice; columns the
         conditions present in any metric (SR source, SR target, No harmonization,
-        LinearRISH, HARP).
+        then the methods: HARP, LinearRISH, ComBat).
     out_png : path
         Output PNG, written atomically.
     slice_index : int or sequence of int, optional

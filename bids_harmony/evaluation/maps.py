@@ -7,7 +7,9 @@ Numerics only (arrays in template space).  Conditions, as in Jeong et al. §2.6:
 ``sr_target``  scan-rescan, target site
 ``inter_none`` inter-scanner, no harmonization (K = 4)
 ``inter_rish`` inter-scanner, source sessions LinearRISH-harmonized
-``inter_harp`` inter-scanner, source sessions HARP-harmonized
+``inter_harp`` inter-scanner, source sessions HARP-harmonized (likewise
+               ``inter_<method>`` for every method of
+               :data:`bids_harmony.evaluation.evaluated.EVALUATED_METHODS`)
 =============  =====================================================
 
 Tissue classes without an atlas come from the mean target-site maps: CSF where
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bids_harmony.evaluation.evaluated import METHODS, comparisons, condition
 from bids_harmony.evaluation.variability import (
     inter_scanner_error,
     paired_ttest,
@@ -33,8 +36,8 @@ from bids_harmony.evaluation.variability import (
 CSF_MD = 1.5e-3  # mm²/s
 WM_FA = 0.3
 TISSUE_LABELS = {"WM": 1, "GM": 2}
-COMPARISONS = (("inter_harp", "inter_none"), ("inter_rish", "inter_none"),
-               ("inter_harp", "inter_rish"))  # fmt: skip
+COMPARISONS = comparisons()
+"""Paired t-tests: each method vs none, then each pair of methods (registry order)."""
 
 
 def error_maps(source: Mapping[str, np.ndarray], target: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,8 +46,9 @@ def error_maps(source: Mapping[str, np.ndarray], target: np.ndarray) -> dict[str
     Parameters
     ----------
     source : mapping
-        ``none`` (required), ``harp``, ``rish``: source-site values, shape
-        (N, 2, X, Y, Z) — N subjects, two sessions.
+        ``none`` (required) and any evaluated method (``harp``, ``rish``,
+        ``combat``): source-site values, shape (N, 2, X, Y, Z) — N subjects, two
+        sessions.
     target : ndarray, shape (N, 2, X, Y, Z)
 
     Returns
@@ -56,9 +60,9 @@ def error_maps(source: Mapping[str, np.ndarray], target: np.ndarray) -> dict[str
         "sr_target": scan_rescan_error(target),
         "inter_none": inter_scanner_error(source["none"], target),
     }
-    for name in ("rish", "harp"):
+    for name in METHODS:
         if source.get(name) is not None:
-            out[f"inter_{name}"] = inter_scanner_error(source[name], target)
+            out[condition(name)] = inter_scanner_error(source[name], target)
     return out
 
 
@@ -105,7 +109,7 @@ def summarize(
     Parameters
     ----------
     maps : metric -> condition -> (X, Y, Z) standard-error map
-    values : metric -> source variant (``none``/``rish``/``harp``) -> (N, 2, X, Y, Z)
+    values : metric -> source variant (``none`` or a method) -> (N, 2, X, Y, Z)
     target_values : metric -> (N, 2, X, Y, Z)
     tissue, rois : label volumes (:func:`tissue_classes`, :func:`block_rois`)
 
@@ -133,10 +137,10 @@ def summarize(
                 "sr_target": roi_standard_errors(tgt, rois, ids),
                 "inter_none": roi_standard_errors(np.concatenate([src["none"], tgt], 1), rois, ids),
             }
-            for variant in ("rish", "harp"):
+            for variant in METHODS:
                 if src.get(variant) is not None:
                     joined = np.concatenate([src[variant], tgt], axis=1)
-                    errs[f"inter_{variant}"] = roi_standard_errors(joined, rois, ids)
+                    errs[condition(variant)] = roi_standard_errors(joined, rois, ids)
             per_tissue[name] = errs
             out["table3"].setdefault(metric, {})[name] = {
                 cond: _mean_sd(v[np.isfinite(v)]) for cond, v in errs.items()

@@ -23,6 +23,7 @@ import pandas as pd
 
 import bids_harmony
 from bids_harmony.bids.io import write_text
+from bids_harmony.evaluation.evaluated import EVALUATED_METHODS
 from bids_harmony.evaluation.figures import (
     CONDITION_COLORS,
     DISPLAY_SCALE,
@@ -133,19 +134,29 @@ def _figure_html(caption: str, path: str | os.PathLike[str]) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption>\n</figure>")  # fmt: skip
 
 
+def _words(names: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 _HOW_TO_READ = (
     "The standard error σₑ (HARP Eq. 2) is the pooled within-subject standard deviation of "
     "a metric. Scan-rescan σₑ (two sessions at one site; SR source, SR target) is the "
     "variability that remains without any scanner change and is the floor harmonization can "
     "hope to reach. Inter-scanner σₑ (two sessions at each of the two sites) is reported "
-    "without harmonization, after LinearRISH and after HARP; lower is better. The percentage "
+    "without harmonization and after each evaluated method "
+    f"({_words([m.display for m in EVALUATED_METHODS])}, where they have outputs); lower is "
+    "better. The percentage "
     "in parentheses is (σ_inter − max(σ_sr,source, σ_sr,target)) / max(…) × 100: values near "
     "0% mean the inter-scanner variability is as low as the scan-rescan variability. Tables "
     "show σₑ scaled for readability: FA and GFA ×10⁻³ (dimensionless), MD ×10⁻⁶ mm²/s; "
     "whole-brain values exclude CSF; ROI values are mean ± SD over ROIs. Angular errors "
-    "(degrees) compare principal CSD peaks of source and harmonized data in white matter. "
-    "The maps compared are the participant outputs without desc (no harmonization), with "
-    "desc-harp (HARP) and with desc-rish (LinearRISH, written by this group level)."
+    "(degrees) compare principal CSD peaks of source and harmonized data in white matter "
+    f"({_words([m.display for m in EVALUATED_METHODS if m.fibres])} only: the other methods' "
+    "harmonized fibre directions are not evaluated). "
+    "The maps compared are the participant outputs without desc (no harmonization) and with "
+    f"{_words([f'desc-{m.name} ({m.display})' for m in EVALUATED_METHODS])}; desc-rish maps "
+    "are written by this group level unless a trained LinearRISH model applied them."
 )
 
 
@@ -231,7 +242,7 @@ def write_html_report(
     models_dir: str | os.PathLike[str] | None = None,
     methods: str | None = None,
     verdicts: Sequence[Verdict] | None = None,
-    duels: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+    duels: Mapping[tuple[str, ...], Mapping[str, int]] | None = None,
     warning: str | None = None,
     sessions: pd.DataFrame | None = None,
     methods_file: str | os.PathLike[str] | None = None,
@@ -266,7 +277,7 @@ def write_html_report(
         when given (even empty), "Verdict" is the first section
         (:func:`bids_harmony.evaluation.report_verdict.verdict_html`).
     duels : mapping, optional
-        ``{(scenario, shell): method_duels(...)}`` for the verdict's summary.
+        ``{(scenario, shell[, a, b]): method_duels(...)}`` for the verdict's summary.
     warning : str, optional
         Shown above everything else (e.g. which methods could not be compared).
     sessions : DataFrame, optional

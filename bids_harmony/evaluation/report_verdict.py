@@ -79,7 +79,7 @@ def _rows_html(rows: Sequence[Verdict]) -> str:
 
 def verdict_html(
     verdicts: Sequence[Verdict],
-    duels: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+    duels: Mapping[tuple[str, ...], Mapping[str, int]] | None = None,
     *,
     alpha: float = ALPHA,
 ) -> list[str]:
@@ -90,7 +90,7 @@ def verdict_html(
     verdicts : sequence of Verdict
         From :func:`bids_harmony.evaluation.verdict.shell_verdicts`.
     duels : mapping, optional
-        ``{(scenario, shell): method_duels(...)}`` (HARP vs LinearRISH).
+        ``{(scenario, shell[, a, b]): method_duels(...)}``, one per pair of methods.
     alpha : float
         The significance level the rows were judged at (for the explanation).
 

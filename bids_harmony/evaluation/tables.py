@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bids_harmony.bids.io import write_json, write_text
+from bids_harmony.evaluation.evaluated import EVALUATED_METHODS, condition, pct_column
 from bids_harmony.evaluation.variability import percentage_difference
 
 __all__ = [
@@ -50,13 +51,14 @@ CONDITIONS: tuple[tuple[str, str], ...] = (
     ("sr_source", "SR source"),
     ("sr_target", "SR target"),
     ("inter_none", "No harmonization"),
-    ("inter_rish", "LinearRISH"),
-    ("inter_harp", "HARP"),
+    *((condition(m.name), m.display) for m in EVALUATED_METHODS),
 )
-"""``(column key, display label)`` of the five evaluated conditions, in table order."""
+"""``(column key, display label)`` of the evaluated conditions, in table order: scan-rescan
+at both sites, inter-scanner without harmonization, then after each method of
+:data:`bids_harmony.evaluation.evaluated.EVALUATED_METHODS` (HARP, LinearRISH, ComBat)."""
 
 PCT_COLUMNS: dict[str, str] = {
-    "inter_none": "pct_none", "inter_rish": "pct_rish", "inter_harp": "pct_harp",
+    "inter_none": "pct_none", **{condition(m.name): pct_column(m.name) for m in EVALUATED_METHODS},
 }  # fmt: skip
 """Percentage-difference column of each inter-scanner condition."""
 
@@ -64,8 +66,7 @@ _ALIASES: dict[str, str] = {
     **{key: key for key, _ in CONDITIONS},
     **{label.lower(): key for key, label in CONDITIONS},
     "none": "inter_none", "no_harmonization": "inter_none", "nohar": "inter_none",
-    "linearrish": "inter_rish", "linear_rish": "inter_rish", "rish": "inter_rish",
-    "harp": "inter_harp",
+    **{alias: condition(m.name) for m in EVALUATED_METHODS for alias in (m.name, *m.aliases)},
 }  # fmt: skip
 
 _UNITS_NOTE = "mm^2/s for MD; dimensionless for FA and GFA (see the 'units' column)"
@@ -80,16 +81,12 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
                   "Units": _UNITS_NOTE},
     "inter_none": {"Description": "Inter-scanner standard error without harmonization.",
                    "Units": _UNITS_NOTE},
-    "inter_rish": {"Description": "Inter-scanner standard error after LinearRISH harmonization.",
-                   "Units": _UNITS_NOTE},
-    "inter_harp": {"Description": "Inter-scanner standard error after HARP harmonization.",
-                   "Units": _UNITS_NOTE},
-    "pct_none": {"Description": "Percentage difference of inter_none relative to "
-                 "max(sr_source, sr_target): 100*(inter - max)/max.", "Units": "%"},
-    "pct_rish": {"Description": "Percentage difference of inter_rish relative to "
-                 "max(sr_source, sr_target): 100*(inter - max)/max.", "Units": "%"},
-    "pct_harp": {"Description": "Percentage difference of inter_harp relative to "
-                 "max(sr_source, sr_target): 100*(inter - max)/max.", "Units": "%"},
+    **{condition(m.name): {"Description": "Inter-scanner standard error after "
+                           f"{m.display} harmonization.", "Units": _UNITS_NOTE}
+       for m in EVALUATED_METHODS},
+    **{pct: {"Description": f"Percentage difference of {key} relative to "
+             "max(sr_source, sr_target): 100*(inter - max)/max.", "Units": "%"}
+       for key, pct in PCT_COLUMNS.items()},
     "scenario": {"Description": "Compared pair of data sets (e.g. source vs HARP-harmonized)."},
     "angular_error_mean": {"Description": "Mean angular error between principal CSD peaks "
                            "over white-matter voxels.", "Units": "deg"},
@@ -113,7 +110,7 @@ for _key, _ in CONDITIONS:
 
 
 def condition_key(name: str) -> str:
-    """Column key (``sr_source``, ..., ``inter_harp``) of a condition key or label."""
+    """Column key (``sr_source``, ..., ``inter_combat``) of a condition key or label."""
     text = str(name).strip().lower()
     key = _ALIASES.get(text, _ALIASES.get(text.replace("-", "_").replace(" ", "_")))
     if key is None:
@@ -161,14 +158,15 @@ def table2(summary: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     ----------
     summary : mapping
         ``{metric: {condition: (mean, sd)}}``; conditions by key or label
-        (``"SR source"``, ``"SR target"``, ``"No harmonization"``,
-        ``"LinearRISH"``, ``"HARP"``).  Missing conditions become NaN.
+        (``"SR source"``, ``"SR target"``, ``"No harmonization"``, ``"HARP"``,
+        ``"LinearRISH"``, ``"ComBat"``).  Missing conditions become NaN.
 
     Returns
     -------
     DataFrame
-        One row per metric (FA, MD, GFA first): ``metric``, ``units``, the five
-        condition means, their ``*_sd`` and ``pct_none``/``pct_rish``/``pct_harp``.
+        One row per metric (FA, MD, GFA first): ``metric``, ``units``, the
+        condition means of :data:`CONDITIONS`, their ``*_sd`` and the ``pct_*``
+        columns of :data:`PCT_COLUMNS` (``pct_none``, ``pct_harp``, ...).
     """
     rows = [
         {"metric": m, "units": METRIC_UNITS.get(m, "n/a"), **_condition_columns(summary[m])}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bids_harmony.evaluation.evaluated import EVALUATED_METHODS, condition
 from bids_harmony.evaluation.tables import METRIC_UNITS, METRICS, TISSUES, write_table
 from bids_harmony.evaluation.variability import PairedTest, paired_ttest, percentage_difference
 from bids_harmony.evaluation.wording import (
@@ -45,6 +46,7 @@ __all__ = [
     "COLOURS",
     "LABELS",
     "Verdict",
+    "duel_methods",
     "format_p",
     "judge",
     "method_duels",
@@ -65,8 +67,8 @@ COLOURS: dict[str, str] = {
 }  # fmt: skip
 """Background colour of each label: green, grey, red, light grey."""
 
-METHODS: tuple[str, ...] = ("harp", "rish")
-"""Methods judged, in the report's order."""
+METHODS: tuple[str, ...] = tuple(m.name for m in EVALUATED_METHODS)
+"""Methods judged, in the report's order (:data:`.evaluated.EVALUATED_METHODS`)."""
 
 _TISSUE_ORDER = (*TISSUES, "brain")
 
@@ -267,12 +269,12 @@ def shell_verdicts(
     Returns
     -------
     list of Verdict
-        Metric, then tissue (WM, GM, whole brain), then method (HARP, LinearRISH);
-        only the methods with numbers.
+        Metric, then tissue (WM, GM, whole brain), then method (HARP, LinearRISH,
+        ComBat: the order of :data:`METHODS`); only the methods with numbers.
     """
     rows = []
     for method in METHODS:
-        key = f"inter_{method}"
+        key = condition(method)
         for metric, tissue, stats, test in _cases(table2, table3, ttests, roi_errors, key,
                                                   "inter_none"):  # fmt: skip
             none, after = _sigma(stats, "inter_none"), _sigma(stats, key)
@@ -312,38 +314,51 @@ def method_duels(
     ttests: Mapping[tuple, Any],
     roi_errors: Mapping[str, Any] | None = None,
     alpha: float = ALPHA,
+    methods: tuple[str, str] = ("harp", "rish"),
 ) -> dict[str, int]:
-    """Head to head of HARP and LinearRISH in one shell.
+    """Head to head of two methods in one shell (default HARP and LinearRISH).
 
     Parameters
     ----------
     table2, table3, ttests, roi_errors : mapping
-        As for :func:`shell_verdicts`; ``ttests`` with ``(inter_harp, inter_rish)``.
+        As for :func:`shell_verdicts`; ``ttests`` with ``(inter_<a>, inter_<b>)``.
     alpha : float
         Significance level.
+    methods : pair of str
+        The two methods ``(a, b)``, ``a`` before ``b`` in :data:`METHODS` (the
+        order of the t-tests' pairs).
 
     Returns
     -------
     dict
-        ``n`` comparisons (metric × tissue) with both methods, ``harp`` and
-        ``rish``: how many each had the lower inter-scanner error, and
-        ``harp_significant``/``rish_significant``: of those, how many with
+        ``n`` comparisons (metric × tissue) with both methods, ``a`` and ``b``
+        (the methods' names): how many each had the lower inter-scanner error,
+        and ``<a>_significant``/``<b>_significant``: of those, how many with
         p < ``alpha`` (paired test across ROIs).
     """
-    out = {"n": 0, "harp": 0, "rish": 0, "harp_significant": 0, "rish_significant": 0}
-    for _, _, stats, test in _cases(table2, table3, ttests, roi_errors, "inter_harp",
-                                    "inter_rish"):  # fmt: skip
-        harp, rish = _sigma(stats, "inter_harp"), _sigma(stats, "inter_rish")
-        if not (math.isfinite(harp) and math.isfinite(rish)) or harp == rish:
+    a, b = methods
+    out = {"n": 0, a: 0, b: 0, f"{a}_significant": 0, f"{b}_significant": 0}
+    for _, _, stats, test in _cases(table2, table3, ttests, roi_errors, condition(a),
+                                    condition(b)):  # fmt: skip
+        sigma_a, sigma_b = _sigma(stats, condition(a)), _sigma(stats, condition(b))
+        if not (math.isfinite(sigma_a) and math.isfinite(sigma_b)) or sigma_a == sigma_b:
             continue
         out["n"] += 1
-        winner = "harp" if harp < rish else "rish"
+        winner = a if sigma_a < sigma_b else b
         out[winner] += 1
         p, diff, _ = _test_values(test)
-        # diff is HARP minus LinearRISH: negative when HARP is lower
-        if math.isfinite(p) and p < alpha and (diff < 0) == (winner == "harp"):
+        # diff is a minus b: negative when a is lower
+        if math.isfinite(p) and p < alpha and (diff < 0) == (winner == a):
             out[f"{winner}_significant"] += 1
     return out
+
+
+def duel_methods(duel: Mapping[str, int]) -> tuple[str, str]:
+    """The two methods of a :func:`method_duels` result, in its order."""
+    names = [k for k in duel if k != "n" and not k.endswith("_significant")]
+    if len(names) != 2:
+        raise ValueError(f"not a head-to-head of two methods: {sorted(duel)}")
+    return names[0], names[1]
 
 
 _DICTIONARY: dict[str, Any] = {
@@ -359,7 +374,7 @@ _DICTIONARY: dict[str, Any] = {
     "tissue": {"Description": "WM or GM (mean over ROIs) or brain (whole brain without CSF, "
                "mean over voxels)."},
     "method": {"Description": "Harmonization method.",
-               "Levels": {"harp": "HARP", "rish": "LinearRISH"}},
+               "Levels": {m.name: m.display for m in EVALUATED_METHODS}},
     "sigma_scan_rescan": {"Description": "max(scan-rescan standard error at the source site, "
                           "at the target site).", "Units": "see 'units'"},
     "sigma_none": {"Description": "Inter-scanner standard error without harmonization.",

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bids_harmony.evaluation.verdict import LABELS, Verdict, format_p, percent_words
+from bids_harmony.evaluation.verdict import (
+    LABELS,
+    Verdict,
+    duel_methods,
+    format_p,
+    percent_words,
+)
 from bids_harmony.evaluation.wording import (
     METHOD_NAMES,
     TISSUE_WORDS,
@@ -54,7 +60,7 @@ def _overall(name: str, counts: Mapping[str, int], total: int) -> str:
 
 
 def summary_paragraphs(
-    verdicts: Sequence[Verdict], duels: Mapping[tuple[str, str], Mapping[str, int]] | None = None
+    verdicts: Sequence[Verdict], duels: Mapping[tuple[str, ...], Mapping[str, int]] | None = None
 ) -> list[str]:
     """Paragraphs a reviewer can read: per scenario and method, then method vs method.
 
@@ -63,7 +69,9 @@ def summary_paragraphs(
     verdicts : sequence of Verdict
         From :func:`shell_verdicts`, any number of scenarios and shells.
     duels : mapping, optional
-        ``{(scenario, shell): method_duels(...)}``.
+        ``{(scenario, shell): method_duels(...)}``, or with more in the key
+        (``(scenario, shell, a, b)``: one head to head per pair of methods); the
+        two methods are read from each :func:`method_duels` result.
 
     Returns
     -------
@@ -91,17 +99,21 @@ def summary_paragraphs(
                 text.append(f"{counts['not tested']} comparison(s) could not be tested "
                             "(fewer than two ROIs).")  # fmt: skip
             paragraphs.append(" ".join(text))
-    for (scenario, shell), d in (duels or {}).items():
+    for key, d in (duels or {}).items():
         if not d.get("n"):
             continue
-        lead, other = ("rish", "harp") if d["rish"] > d["harp"] else ("harp", "rish")
+        scenario, shell = key[:2]
+        a, b = duel_methods(d)
+        lead, other = (b, a) if d[b] > d[a] else (a, b)
         where = f"{scenario_title(scenario, shell)}"
         if d[lead] == d[other]:
-            paragraphs.append(f"{where}: HARP and LinearRISH each had the lower inter-scanner "
-                              f"error in {d[lead]} of {d['n']} comparisons.")  # fmt: skip
+            paragraphs.append(f"{where}: {METHOD_NAMES.get(a, a)} and {METHOD_NAMES.get(b, b)} "
+                              f"each had the lower inter-scanner error in {d[lead]} of "
+                              f"{d['n']} comparisons.")  # fmt: skip
             continue
         paragraphs.append(
-            f"{where}: {METHOD_NAMES[lead]} was better than {METHOD_NAMES[other]} in "
+            f"{where}: {METHOD_NAMES.get(lead, lead)} was better than "
+            f"{METHOD_NAMES.get(other, other)} in "
             f"{d[lead]} of {d['n']} comparisons (lower inter-scanner error; significantly in "
             f"{d[f'{lead}_significant']})."
         )

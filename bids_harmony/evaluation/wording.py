@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from bids_harmony.evaluation.evaluated import EVALUATED_METHODS, condition
+
 __all__ = [
     "METHOD_NAMES",
     "TISSUE_WORDS",
@@ -23,7 +25,9 @@ __all__ = [
     "site_words",
 ]
 
-METHOD_NAMES: dict[str, str] = {"none": "no harmonization", "harp": "HARP", "rish": "LinearRISH"}
+METHOD_NAMES: dict[str, str] = {
+    "none": "no harmonization", **{m.name: m.display for m in EVALUATED_METHODS},
+}  # fmt: skip
 """Display name of each evaluated method (``none``: the unharmonized data)."""
 
 TISSUE_WORDS: dict[str, str] = {"WM": "WM", "GM": "GM", "brain": "the whole brain"}
@@ -33,8 +37,7 @@ _CONDITION_WORDS: dict[str, tuple[str, bool]] = {
     "sr_source": ("scan-rescan at the source site", False),
     "sr_target": ("scan-rescan at the target site", False),
     "inter_none": ("none", True),
-    "inter_rish": ("LinearRISH", True),
-    "inter_harp": ("HARP", True),
+    **{condition(m.name): (m.display, True) for m in EVALUATED_METHODS},
 }  # fmt: skip
 """Condition key -> (name, whether it is an inter-scanner condition)."""
 

@@ -6,9 +6,11 @@ workflow (:func:`init_scenario_wf`): a study FA template from the target-site
 sessions (or ``--template``), one node per session registering its FA to it,
 LinearRISH fitted in template space and applied per source session (unless a
 trained ``rish`` model already wrote ``desc-rish`` outputs), FA/MD/GFA of the raw
-and harmonized data warped to the template per session, CSD fibre directions
-per source session, and the standard-error maps, tables and t-tests per
-scenario (:mod:`bids_harmony.interfaces.group_level`).  Sessions run in parallel
+and harmonized data (every evaluated method with outputs:
+:data:`bids_harmony.evaluation.evaluated.EVALUATED_METHODS`) warped to the
+template per session, CSD fibre directions per source session (HARP), and the
+standard-error maps, tables and t-tests per scenario
+(:mod:`bids_harmony.interfaces.group_level`).  Sessions run in parallel
 with ``--nprocs`` (or on a cluster with ``--use-plugin``); a rerun with the same
 ``--work-dir`` reuses finished nodes.  The figures, tables and the
 self-contained ``OUT/group/report.html`` are written last, in this process.
@@ -30,6 +32,7 @@ from bids_harmony.bids.discovery import Study
 from bids_harmony.bids.group_inputs import Selection
 from bids_harmony.config import Config
 from bids_harmony.errors import BidsHarmonyError, InputDatasetError, NoDataError
+from bids_harmony.evaluation.evaluated import METHODS, by_name
 from bids_harmony.evaluation.scenario import ScenarioResult
 from bids_harmony.evaluation.wording import scenario_title
 from bids_harmony.interfaces.group_level import SessionMaps
@@ -45,7 +48,10 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 #: Harmonization methods the group level can evaluate, in the tables' order.
-EVALUATED = ("harp", "rish")
+EVALUATED = METHODS
+#: The maps a method must have written for every source session and shell to be
+#: evaluated without being asked (HARP: its SH too, for the fibre comparison).
+MAP_KINDS = ("fa", "md", "gfa")
 NOTES = (
     "Standard errors follow Jeong et al. (2026) Eq. 2: scan-rescan with K = 2 sessions "
     "per site, inter-scanner with K = 4 (two sessions at each site).",
@@ -55,6 +61,10 @@ NOTES = (
 RISH_IN_GROUP = (
     "LinearRISH is trained on the same traveling subjects it is evaluated on: its "
     "numbers are a best case, while HARP saw phantoms only."
+)
+COMBAT_IN_GROUP = (
+    "ComBat was fitted on the cohort's sessions, which include these traveling subjects: "
+    "its numbers are those of subjects it saw, not of unseen ones."
 )
 
 
@@ -178,12 +188,18 @@ def choose_methods(config: Config, scen: Scenario) -> Scenario:
 
     HARP needs ``desc-harp`` outputs of every source session and shell; LinearRISH
     is read from ``desc-rish`` outputs when a trained ``rish`` model applied it at
-    the participant level, and otherwise fitted here on the traveling subjects.
+    the participant level, and otherwise fitted here on the traveling subjects;
+    ComBat needs ``desc-combat`` FA, MD and GFA maps of every source session and
+    shell (the participant level writes them for every session of a site a ComBat
+    model maps; the target site's sessions keep their own maps, as for HARP).
+    A method asked for with ``--methods`` whose outputs are missing is an error.
     """
     from bids_harmony.methods.catalog import MODELS_DIR, model_stem
 
     wanted = config.methods or EVALUATED
     has_harp = all(s.shells[lb].harp for s in scen.source for lb in scen.labels)
+    # every other method: its desc-<method> FA/MD/GFA maps (ComBat)
+    missing = {m: missing_maps(scen, m) for m in EVALUATED if m not in ("harp", "rish")}
     sel = scen.selection
     rish_model = (config.output_dir / MODELS_DIR
                   / f"{model_stem(sel.source, sel.target, method='rish', acq=sel.acq)}.json")
@@ -191,14 +207,35 @@ def choose_methods(config: Config, scen: Scenario) -> Scenario:
         _from_model(s.shells[lb].outputs.shell_map(lb, kind, "rish"), rish_model)
         for s in scen.source for lb in scen.labels for kind in ("fa", "md", "gfa")
     )  # fmt: skip
-    methods = [m for m in EVALUATED if m in wanted and (m != "harp" or has_harp)]
+    available = {"harp": has_harp, "rish": True, **{m: not p for m, p in missing.items()}}
+    methods = [m for m in EVALUATED if m in wanted and available[m]]
     if "harp" in wanted and not has_harp and config.methods:
         raise NoDataError(
             f"--methods harp: the {sel.source} sessions have no HARP outputs (desc-harp); "
             "run 'train' and then 'participant' first."
         )
+    for m, absent in missing.items():
+        if m in wanted and absent and config.methods:
+            cmd = f"bids-harmony {config.bids_dir} {config.output_dir}"
+            shown = ", ".join(p.name for p in absent[:3])
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            raise NoDataError(
+                f"--methods {m}: the {sel.source} sessions have no complete "
+                f"{by_name(m).display} outputs (desc-{m} FA, MD and GFA maps of every shell): "
+                f"missing {shown}{more}. Run '{cmd} train --method {m} --target-site "
+                f"{sel.target}' and then '{cmd} participant' first."
+            )
     return dataclasses.replace(scen, methods=tuple(methods),
                                rish_fit="rish" in methods and not rish_trained)  # fmt: skip
+
+
+def missing_maps(scen: Scenario, method: str, kinds: Sequence[str] = MAP_KINDS) -> list[Path]:
+    """The ``desc-<method>`` maps a scenario's source sessions lack (complete: with sidecar)."""
+    return [
+        s.shells[lb].file(kind, method)
+        for s in scen.source for lb in scen.labels for kind in kinds
+        if s.shells[lb].outputs.shell_map(lb, kind, method) is None
+    ]  # fmt: skip
 
 
 def _from_model(path: Path | None, model_card: Path) -> bool:
@@ -302,7 +339,7 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
                               (select, apply, [("out", "transform")]),
                               (space, apply, [("template", "template_file")]),
                               (apply, warp, [("written", "after")])])  # fmt: skip
-        if is_source and "harp" in scen.methods:
+        if is_source and _fibre_methods(scen):
             for j, label in enumerate(scen.labels):
                 fibre = pe.Node(FibreErrors(session=session, label=label, n_threads=threads),
                                 name=_name("fibres", session.key, label),
@@ -313,9 +350,14 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
                        name="evaluate")  # fmt: skip
     workflow.connect([(transforms, evaluate, [("out", "transforms")]),
                       (warped, evaluate, [("out", "warped")])])  # fmt: skip
-    if "harp" in scen.methods:
+    if _fibre_methods(scen):
         workflow.connect(fibres, "out", evaluate, "fibres")
     return workflow
+
+
+def _fibre_methods(scen: Scenario) -> list[str]:
+    """The scenario's methods whose fibre orientations are evaluated (HARP's DWI)."""
+    return [m for m in scen.methods if by_name(m).fibres]
 
 
 #: Steps counted in the progress lines: node-name word -> verb.
@@ -350,13 +392,15 @@ def _results(graph, scenarios: dict[str, Scenario]) -> tuple[list[ScenarioResult
 def method_plan(config: Config, scenarios: Sequence[Scenario]) -> str | None:
     """What the level will and will not compare when no method has outputs, else ``None``.
 
-    "No outputs": no scenario has HARP outputs (``desc-harp``) nor the outputs
-    of a trained LinearRISH model, so at best LinearRISH is fitted here on the
-    traveling subjects.  Also ``None`` when ``--methods`` left HARP out on purpose.
+    "No outputs": no scenario has HARP outputs (``desc-harp``), ComBat outputs
+    (``desc-combat``) nor the outputs of a trained LinearRISH model, so at best
+    LinearRISH is fitted here on the traveling subjects.  Also ``None`` when
+    ``--methods`` left HARP out on purpose.
     """
     if config.methods and "harp" not in config.methods:
         return None
-    if any("harp" in s.methods or ("rish" in s.methods and not s.rish_fit) for s in scenarios):
+    if any("harp" in s.methods or "combat" in s.methods
+           or ("rish" in s.methods and not s.rish_fit) for s in scenarios):  # fmt: skip
         missing = [scenario_title(s.stem) for s in scenarios if "harp" not in s.methods]
         return (f"No HARP outputs for {'; '.join(missing)}: HARP is compared in the other "
                 "scenarios only; run 'train' and then 'participant' for these."
@@ -371,7 +415,8 @@ def method_plan(config: Config, scenarios: Sequence[Scenario]) -> str | None:
     cmd = f"bids-harmony {config.bids_dir} {config.output_dir}"
     return (
         f"No harmonization model has outputs in {config.output_dir}: no HARP outputs "
-        "(desc-harp) and no trained LinearRISH model. This group level will compare "
+        "(desc-harp), no ComBat outputs (desc-combat) and no trained LinearRISH model. This "
+        "group level will compare "
         f"{will}. It will NOT evaluate HARP: to compare HARP, run '{cmd} train' and then "
         f"'{cmd} participant' before 'group'."
     )
@@ -429,6 +474,8 @@ def run_group(config: Config) -> int:
             elif "rish" in scen.methods:
                 notes.append(f"{source}: LinearRISH from the trained model (train --method rish), "
                              "applied at the participant level.")  # fmt: skip
+            if "combat" in scen.methods:
+                notes.append(COMBAT_IN_GROUP)
             sub = init_scenario_wf(config, scen)
             workflow.add_nodes([sub])
             scenarios[sub.name] = scen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -162,20 +163,22 @@ def write_group_outputs(
     """
     from bids_harmony.evaluation import report, tables
     from bids_harmony.evaluation import verdict as vd
+    from bids_harmony.evaluation.evaluated import METHODS
     from bids_harmony.evaluation.verdict_summary import summary_paragraphs
     from bids_harmony.evaluation.wording import scenario_title
 
     figures, table_frames, fibre_rows = {}, {}, {}
     verdicts: list[vd.Verdict] = []
-    duels: dict[tuple[str, str], dict[str, int]] = {}
+    duels: dict[tuple[str, ...], dict[str, int]] = {}
     for result in results:
         for label, summary in result.shells.items():
             key, heading = f"{result.stem}_{label}", scenario_title(result.stem, label)
             numbers = {"table2": summary.table2, "table3": summary.table3,
                        "ttests": summary.ttests, "roi_errors": summary.roi_errors}  # fmt: skip
             verdicts += vd.shell_verdicts(scenario=result.stem, shell=label, **numbers)
-            if {"harp", "rish"} <= set(result.methods):
-                duels[(result.stem, label)] = vd.method_duels(**numbers)
+            present = [m for m in METHODS if m in result.methods]
+            for pair in combinations(present, 2):  # head to head of every two methods
+                duels[(result.stem, label, *pair)] = vd.method_duels(**numbers, methods=pair)
             _write_maps(group_dir, key, summary.maps, result.template)
             for name, frame in (
                 ("table2", tables.table2(summary.table2)),

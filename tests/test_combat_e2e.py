@@ -47,6 +47,7 @@ def cohort(tmp_path_factory):
     raw = _snapshot(out)
     assert _cli(bids, out, work, *TRAIN) == 0
     assert _cli(bids, out, work, "participant") == 0
+    assert _cli(bids, out, work, "group") == 0  # the target site from the model's card
     return bids, out, work, raw
 
 
@@ -119,6 +120,23 @@ def test_no_site_effect_is_left_once_age_and_sex_are_accounted_for(cohort):
         # 12 sessions, 7 residual degrees of freedom: the FA site effects are strong enough
         # to show voxel by voxel, those on MD are weaker than the subjects' differences
         assert np.nanmean(before < 0.05) > (0.06 if kind == "fa" else np.nanmean(after < 0.05))
+
+
+def test_group_reports_the_cohort_checks(cohort):
+    import pandas as pd
+
+    _, out, _, _ = cohort
+    table = pd.read_csv(out / "group" / "combat_cohort.tsv", sep="\t")
+    assert set(table["map"]) == {"b1000_fa", "b1000_md", "b2000_fa", "b2000_md"}
+    assert (table["n_sessions"] == 12).all() and (table["n_in_sample"] == 12).all()
+    assert (table["site_effect_after"] <= 0.01).all()
+    fa = table.set_index("map").loc["b1000_fa"]
+    assert fa["site_effect_before"] > 0.06
+    assert fa["age_slope_after"] < 0 and fa["classifier_chance"] == pytest.approx(1 / 3)
+    report = (out / "group" / "report.html").read_text()
+    assert "ComBat cohort checks" in report and "in-sample and optimistic" in report
+    assert "site classifier" in (out / "logs" / "CITATION.md").read_text()
+    assert json.loads((out / "group" / "combat_cohort.json").read_text())["site_effect_after"]
 
 
 def test_unseen_site_is_refused_at_the_participant_level(cohort, tmp_path, caplog):

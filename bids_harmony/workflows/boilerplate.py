@@ -483,17 +483,42 @@ def group_paragraphs(
 
 
 def cite_group(
-    config: Any, *, target: str, sources: Sequence[str], harp: bool, rish: str = "fitted"
+    config: Any,
+    *,
+    target: str,
+    sources: Sequence[str],
+    harp: bool,
+    rish: str = "fitted",
+    traveling: bool = True,
+    combat: bool = False,
+    cohort: bool = False,
 ) -> str:
     """Write the group section of ``OUT/logs/CITATION.md``; returns the whole file's text.
 
     The returned Markdown (every level run so far) is the report's "Methods".
+    ``traveling``: the Eq. 2 evaluation ran; ``combat``: ComBat outputs were part of it;
+    ``cohort``: ComBat's cohort checks ran.
     """
     paragraphs = group_paragraphs(
         target=target, sources=sources, harp=harp,
         template=None if config.template is None else str(config.template),
         transform=config.group_transform, rish=rish,
-    )  # fmt: skip
+    ) if traveling else []  # fmt: skip
+    if combat:
+        paragraphs.append(
+            "ComBat-harmonized maps [@combat] (desc-combat, fitted on the whole cohort, these "
+            "traveling subjects included) were evaluated in the same way."
+        )
+    if cohort:
+        paragraphs.append(
+            "For every ComBat model, the site effect left was measured on the cohort in the "
+            "model's template space: per voxel, an F-test of site adjusted for the model's "
+            "covariates (share of voxels with p < 0.05), and the cross-validated accuracy of a "
+            "multinomial logistic-regression site classifier on the region means (covariates "
+            "regressed out within folds); covariate effects kept were measured as the mean "
+            "slope over white-matter voxels before (with and without site in the model) and "
+            "after ComBat."
+        )
     path = write_level_citation(
         config.output_dir, "group", paragraphs, software_versions("antspyx")
     )

@@ -74,7 +74,7 @@ def group_sites(config: Config, study: Study) -> tuple[str, list[str]]:
 
     target = config.target_site
     if not target:
-        cards = sorted((config.output_dir / "models").glob("*_src-*_tgt-*.json"))
+        cards = sorted((config.output_dir / "models").glob("*_tgt-*.json"))
         targets = {json.loads(p.read_text()).get("target_site") for p in cards}
         if len(targets) != 1:
             raise BidsHarmonyError(
@@ -443,6 +443,7 @@ def run_group(config: Config) -> int:
         level_workflow,
         run_steps,
     )
+    from bids_harmony.workflows.group_cohort import report_parts, run_cohort_checks
     from bids_harmony.workflows.run import discover_study
 
     start = time.perf_counter()
@@ -479,31 +480,43 @@ def run_group(config: Config) -> int:
             sub = init_scenario_wf(config, scen)
             workflow.add_nodes([sub])
             scenarios[sub.name] = scen
-    if not scenarios:
+    cohort_models = sorted((config.output_dir / "models").glob("combat_tgt-*.safetensors"))
+    if not scenarios and not cohort_models:
         raise NoDataError(
             "no traveling subject has two sessions at the source and at the target site; "
-            "the group level needs at least one (two or more for meaningful numbers). "
+            "the group level needs at least one (two or more for meaningful numbers), or a "
+            "ComBat model (train --method combat) for the cohort checks. "
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
-    warning = method_plan(config, list(scenarios.values()))
+    warning = method_plan(config, list(scenarios.values())) if scenarios else None
     if warning:  # before the long steps: the user can stop and train first
         LOGGER.warning(warning)
     n_steps = sum(2 * len(s.sessions) + 1 for s in scenarios.values())
-    LOGGER.info("Group level: %d scenario(s)", len(scenarios))
+    LOGGER.info("Group level: %d scenario(s), %d ComBat model(s) for the cohort checks",
+                len(scenarios), len(cohort_models))  # fmt: skip
     hold_locks(config, level_keys(config, study))
-    graph = run_steps(workflow, config, log_dir, n_steps, GROUP_STEPS)
-    results, failed = _results(graph, scenarios)
-    excluded += failed
-    if not results:
+    results = []
+    if scenarios:
+        graph = run_steps(workflow, config, log_dir, n_steps, GROUP_STEPS)
+        results, failed = _results(graph, scenarios)
+        excluded += failed
+    cohort = run_cohort_checks(config, study, group_dir) if cohort_models else []
+    if not results and not cohort:
         raise NoDataError(
-            "no traveling subject is left after registration to the template. "
+            "no traveling subject is left after registration to the template, and no ComBat "
+            "model has outputs for its cohort checks. "
             + " ".join(f"{who}: {why}." for who, why in excluded)
         )
+    cohort_tables, cohort_figures, cohort_notes = report_parts(cohort)
+    notes += cohort_notes
     evaluated = list(scenarios.values())
     rish = ("fitted" if any(s.rish_fit for s in evaluated) else
             "model" if any("rish" in s.methods for s in evaluated) else "none")  # fmt: skip
     methods = cite_group(config, target=target, sources=sources,
-                         harp=any("harp" in r.methods for r in results), rish=rish)  # fmt: skip
+                         harp=any("harp" in r.methods for r in results), rish=rish,
+                         traveling=bool(results),
+                         combat=any("combat" in r.methods for r in results),
+                         cohort=bool(cohort))  # fmt: skip
     sessions = session_table(
         [_scenario_sessions(s) for s in evaluated],
         {r.stem: r.subjects for r in results},
@@ -514,6 +527,7 @@ def run_group(config: Config) -> int:
         sessions=sessions, notes=notes, warning=warning,
         models_dir=config.output_dir / "models", methods=methods,
         methods_file=config.output_dir / CITATION_MD,
+        extra_tables=cohort_tables, extra_figures=cohort_figures,
     )  # fmt: skip
     LOGGER.info("Group level finished in %.1f s; report: %s", time.perf_counter() - start, html)
     return 0

@@ -134,6 +134,8 @@ def write_group_outputs(
     models_dir: Path,
     methods: str,
     methods_file: Path,
+    extra_tables: Mapping[str, pd.DataFrame] | None = None,
+    extra_figures: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write maps, tables, figures, the verdict, the session table and the report.
 
@@ -155,6 +157,8 @@ def write_group_outputs(
         ``OUT/models`` (training reports linked) and ``OUT/logs/CITATION.md``.
     methods : str
         The methods text (Markdown).
+    extra_tables, extra_figures : mapping, optional
+        Tables and figures of other evaluations (ComBat's cohort checks), appended.
 
     Returns
     -------
@@ -209,6 +213,8 @@ def write_group_outputs(
                   for r in results for label in r.shells}  # fmt: skip
         shown = frame.assign(scenario=[titles.get(k, k) for k in frame["scenario"]])
         table_frames["Fibre orientation: source vs HARP (WM)"] = shown
+    table_frames.update(extra_tables or {})
+    figures.update(extra_figures or {})
     vd.write_verdict(verdicts, group_dir / "verdict.tsv")
     tables.write_table(sessions, group_dir / "sessions.tsv", _SESSIONS_DICTIONARY)
     for paragraph in summary_paragraphs(verdicts, duels):

@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "--methods", nargs="+", choices=METHOD_NAMES, default=None, metavar="METHOD",
-        help="methods to evaluate (default: every method with outputs; "
-        f"registered: {', '.join(METHOD_NAMES)})",
+        help="'group': methods to evaluate (default: every method with outputs); "
+        "'participant': leave out ComBat unless 'combat' is listed (e.g. to process a new "
+        f"site before refitting ComBat with it); registered: {', '.join(METHOD_NAMES)}",
     )  # fmt: skip
     group.add_argument(
         "--group-transform", choices=("SyN", "Affine"), default="SyN",

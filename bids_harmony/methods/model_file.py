@@ -104,6 +104,7 @@ def save_tensors(
     card: Mapping[str, Any],
     *,
     method: str,
+    keep_float64: bool = False,
 ) -> Path:
     """Write a model's tensors and card atomically.
 
@@ -119,6 +120,9 @@ def save_tensors(
         the names in :data:`RESERVED`.
     method : str
         The method's registered name, recorded as ``card["method"]``.
+    keep_float64 : bool
+        Store float64 arrays as float64 (statistical models whose estimates must apply
+        exactly as fitted, e.g. ComBat's), not float32.
 
     Returns
     -------
@@ -130,7 +134,7 @@ def save_tensors(
         raise ValueError(f"card entries {clash} are written by save_tensors itself")
     weights_path, card_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    plain = {name: _as_tensor(value) for name, value in tensors.items()}
+    plain = {name: _as_tensor(value, keep_float64) for name, value in tensors.items()}
     # One metadata entry: safetensors writes its metadata map in no fixed order, and
     # a model file must be byte-identical for identical training.
     metadata = {"format": json.dumps({"format": FORMAT, "method": method}, sort_keys=True)}
@@ -295,12 +299,12 @@ def _same(a: Any, b: Any, is_float: bool) -> bool:
     return a == b
 
 
-def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _as_tensor(value: np.ndarray | torch.Tensor, keep_float64: bool = False) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to("cpu")
     else:
         tensor = torch.from_numpy(np.ascontiguousarray(value))
-    if tensor.dtype == torch.float64:
+    if tensor.dtype == torch.float64 and not keep_float64:
         tensor = tensor.to(torch.float32)
     # a copy: safetensors refuses tensors that share memory (e.g. two views of one array)
     return tensor.contiguous().clone()

@@ -220,8 +220,8 @@ def apply_combat_maps(
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    # float64 stays float64 (model_file.save_tensors narrows NumPy float64 arrays only):
-    # the site estimates are kept at the precision they were fitted with.
+    # float64 stays float64 (saved with keep_float64): the site estimates are applied at
+    # the precision they were fitted with.
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -266,7 +266,9 @@ def maps_from_tensors(
 def save_combat_maps(path: str | Path, model: CombatMaps, card: Mapping[str, object]) -> Path:
     """Write a :class:`CombatMaps` as a model file (safetensors + JSON card)."""
     tensors, config = maps_to_tensors(model)
-    return save_tensors(path, tensors, {"config": config, **card}, method="combat")
+    return save_tensors(
+        path, tensors, {"config": config, **card}, method="combat", keep_float64=True
+    )
 
 
 def load_combat_maps(path: str | Path) -> tuple[CombatMaps, dict[str, object]]:

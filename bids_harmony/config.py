@@ -58,6 +58,7 @@ class Config:
     combat_mean_only: bool = False
     combat_smooth: tuple[str, ...] = ()
     combat_categorical: tuple[str, ...] = ()
+    combat_atlas: Path | None = None
     seed: int = 0
     verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -135,3 +135,28 @@ def test_missing_covariate_column_or_value_names_the_sessions(tmp_path):
                        r"sub-03"):  # fmt: skip
         read_covariates(tmp_path, [("01", None), ("02", None), ("03", None)], ["age"])
     assert read_covariates(tmp_path, [("01", None)], []) == {}
+
+
+def test_an_atlas_is_resampled_to_the_template_grid_and_checked(tmp_path):
+    import nibabel as nb
+
+    from bids_harmony.errors import BadImageError
+    from bids_harmony.interfaces.combat import atlas_regions, check_atlas
+
+    labels = np.zeros((8, 8, 8), np.int16)
+    labels[:4], labels[4:] = 3, 7
+    atlas = tmp_path / "atlas.nii.gz"
+    nb.save(nb.Nifti1Image(labels, np.eye(4)), atlas)
+    check_atlas(atlas)
+    same = nb.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    assert np.array_equal(atlas_regions(atlas, same), labels)
+    coarse = nb.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([2.0, 2, 2, 1]))
+    out = atlas_regions(atlas, coarse)  # 2 mm voxels over the same 8 mm: nearest labels
+    assert out.shape == (4, 4, 4) and set(np.unique(out)) == {3, 7}
+    assert (out[:2] == 3).all() and (out[2:] == 7).all()
+    nb.save(nb.Nifti1Image(labels * 0.5, np.eye(4)), tmp_path / "float.nii.gz")
+    with pytest.raises(BadImageError, match="integer region labels"):
+        check_atlas(tmp_path / "float.nii.gz")
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(BadImageError, match="not a readable NIfTI"):
+        check_atlas(tmp_path / "broken.nii.gz")

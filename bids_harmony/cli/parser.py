@@ -319,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="covariates to treat as categorical although they hold numbers (e.g. sex 0/1)",
     )  # fmt: skip
 
+    combat.add_argument(
+        "--combat-atlas", type=_existing_file, metavar="FILE",
+        help="integer label image whose regions' means ComBat harmonizes (default: WM and GM "
+        "cut by a 3x3x3 grid); in the template's world space, e.g. an atlas of the "
+        "--template; resampled to its grid (nearest neighbour)",
+    )  # fmt: skip
+
     group = parser.add_argument_group("Group level")
     group.add_argument(
         "--template", metavar="FILE|NAME",

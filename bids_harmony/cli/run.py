@@ -163,6 +163,7 @@ def config_from_args(args) -> object:
             args.combat_smooth or (["age"] if args.combat_variant == "gam" else [])
         ),
         combat_categorical=tuple(args.combat_categorical),
+        combat_atlas=args.combat_atlas,
         seed=args.seed,
         verbose=args.verbose,
     )

@@ -116,6 +116,42 @@ def cohort_regions(mask: np.ndarray, mean_fa: np.ndarray, mean_md: np.ndarray) -
     return block_rois(tissue_classes(mask, mean_fa, mean_md))
 
 
+def atlas_regions(atlas_file: Path, template_img) -> np.ndarray:
+    """An integer label image resampled (nearest neighbour) to the template's grid."""
+    import nibabel as nb
+    from nibabel.processing import resample_from_to
+
+    atlas = nb.load(atlas_file)
+    if atlas.shape[:3] == template_img.shape[:3] and np.allclose(atlas.affine,
+                                                                 template_img.affine):  # fmt: skip
+        data = np.asarray(atlas.dataobj)
+    else:
+        data = np.asarray(resample_from_to(atlas, (template_img.shape[:3], template_img.affine),
+                                           order=0).dataobj)  # fmt: skip
+    return np.rint(data[..., 0] if data.ndim == 4 else data).astype(np.int32)
+
+
+def check_atlas(atlas_file: Path) -> None:
+    """An atlas that can define regions: a 3-D image of non-negative integer labels."""
+    import nibabel as nb
+
+    from bids_harmony.errors import BadImageError
+
+    try:
+        data = np.asarray(nb.load(atlas_file).dataobj)
+    except Exception as err:  # nibabel raises several types for unreadable images
+        raise BadImageError(
+            f"--combat-atlas {atlas_file}: not a readable NIfTI image ({err})."
+        ) from err
+    data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
+    if data.ndim != 3 or not np.isfinite(data).all() or (data < 0).any() or not np.allclose(
+            data, np.rint(data)) or not (data > 0).any():  # fmt: skip
+        raise BadImageError(
+            f"--combat-atlas {atlas_file}: must be a 3-D image of non-negative integer region "
+            f"labels with at least one region (shape {data.shape})."
+        )
+
+
 class _FitInputSpec(BaseInterfaceInputSpec):
     warped = traits.List(traits.Any, mandatory=True, desc=".npz of WarpMaps, per session")
     sessions = traits.List(traits.Any, mandatory=True, desc="CohortSession per session")
@@ -126,6 +162,7 @@ class _FitInputSpec(BaseInterfaceInputSpec):
     models_dir = traits.Str(mandatory=True)
     stem = traits.Str(mandatory=True)
     card = traits.Dict(mandatory=True)
+    atlas_file = traits.Str("", usedefault=True, desc="label image (--combat-atlas) or ''")
 
 
 class _FitOutputSpec(TraitedSpec):
@@ -175,8 +212,12 @@ class FitCombatModel(SimpleInterface):
         ref = self.inputs.ref
         maps = {f"{label}/{kind}": np.stack([a[f"{label}/{kind}/none"] for a in arrays])
                 for label in self.inputs.labels for kind in KINDS}  # fmt: skip
-        regions = cohort_regions(mask, maps[f"{ref}/fa"].mean(axis=0),
-                                 maps[f"{ref}/md"].mean(axis=0))  # fmt: skip
+        if self.inputs.atlas_file:
+            regions = atlas_regions(Path(self.inputs.atlas_file), template_img)
+        else:
+            regions = cohort_regions(mask, maps[f"{ref}/fa"].mean(axis=0),
+                                     maps[f"{ref}/md"].mean(axis=0))  # fmt: skip
+        regions = np.where(mask, regions, 0).astype(np.int32)  # features: inside the mask
         options: CombatOptions = self.inputs.options
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -195,8 +236,10 @@ class FitCombatModel(SimpleInterface):
                          "regions": int(model.region_ids.size),
                          "voxel_rule": "template voxels inside the brain mask of at least "
                          "90% of the sessions",
-                         "region_rule": "WM (FA >= 0.3) and GM of the cohort's mean maps, "
-                         "CSF (MD > 1.5 um2/ms) left out, each cut by a 3x3x3 grid"},
+                         "region_rule": f"labels of {Path(self.inputs.atlas_file).name} "
+                         "inside the feature voxels" if self.inputs.atlas_file else
+                         "WM (FA >= 0.3) and GM of the cohort's mean maps, CSF "
+                         "(MD > 1.5 um2/ms) left out, each cut by a 3x3x3 grid"},
             "untouched_features": {name: _untouched(m) for name, m in model.voxel.items()},
             "combat": options.describe(),
             "template_sha256": sha256_file(Path(self.inputs.template_file)),

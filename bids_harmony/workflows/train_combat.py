@@ -147,6 +147,10 @@ def run_train_combat(config: Config) -> int:
 
     study, target, _ = training_sites(config)
     options = combat_options(config, target)
+    if config.combat_atlas is not None:
+        from bids_harmony.interfaces.combat import check_atlas
+
+        check_atlas(config.combat_atlas)
     workflow, log_dir = level_workflow(config, "bids_harmony_train_combat_wf")
     n_steps, planned = 0, []
     for acq, runs in sorted(_protocols(study, target).items(), key=lambda kv: str(kv[0])):
@@ -177,6 +181,8 @@ def run_train_combat(config: Config) -> int:
             "shells": scen.labels, "space": space_label(config), "seed": config.seed,
             "template": str(config.template) if config.template else
             f"study FA template of the {target} sessions",
+            "regions": str(config.combat_atlas.name) if config.combat_atlas else
+            "WM/GM of the cohort's mean maps cut by a 3x3x3 grid",
             "registration": f"ANTs {config.group_transform} of each session's FA "
             f"(shell {scen.ref})",
             "covariates": {name: "numeric" if all(isinstance(s.covariates[name], float)
@@ -186,7 +192,8 @@ def run_train_combat(config: Config) -> int:
         fit = pe.Node(FitCombatModel(sessions=sessions, labels=scen.labels, ref=scen.ref,
                                      options=options, models_dir=str(config.output_dir
                                                                      / MODELS_DIR),
-                                     stem=stem, card=card),
+                                     stem=stem, card=card,
+                                     atlas_file=str(config.combat_atlas or "")),
                       name="fit_combat", run_without_submitting=True)  # fmt: skip
         sub.connect([(warped, fit, [("out", "warped")]),
                      (space, fit, [("template", "template_file")])])  # fmt: skip

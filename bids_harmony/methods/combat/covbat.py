@@ -46,16 +46,17 @@ import numpy as np
 
 from bids_harmony.methods.combat.design import CovariatesLike
 from bids_harmony.methods.combat.errors import CombatInputError, SmallSiteWarning
-from bids_harmony.methods.combat.model import (
-    EB_VARIANTS,
-    CombatModel,
-    _as_samples_by_features,
-    _chunks,
-    _site_labels,
-    apply_combat,
-    fit_combat,
-)
+from bids_harmony.methods.combat.model import CombatModel, CombatStep, apply_combat, fit_combat
 from bids_harmony.methods.combat.splines import DEFAULT_DF
+from bids_harmony.methods.combat.steps import (
+    as_samples_by_features,
+    check_apply_inputs,
+    check_eb,
+    chunks,
+    expand,
+    moved_rows,
+    text_labels,
+)
 
 __all__ = ["CovbatModel", "apply_covbat", "fit_covbat"]
 
@@ -68,7 +69,7 @@ _RANK_TOL = 1e-10
 
 
 @dataclass(frozen=True, eq=False)
-class CovbatModel:
+class CovbatModel(CombatStep):
     """A fitted CovBat model.
 
     Attributes
@@ -94,20 +95,8 @@ class CovbatModel:
     explained: np.ndarray
 
     @property
-    def n_features(self) -> int:
-        return self.combat.n_features
-
-    @property
     def n_components(self) -> int:
         return int(self.loadings.shape[1])
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return self.combat.sites
-
-    @property
-    def ref_site(self) -> str | None:
-        return self.combat.ref_site
 
 
 def _residuals(
@@ -119,7 +108,7 @@ def _residuals(
     x = model.encoding.encode(covariates, data.shape[0])
     keep = np.flatnonzero(~model.untouched)
     resid = np.empty((data.shape[0], keep.size))
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         k = keep[cols]
         resid[:, cols] = harmonized[:, k] - (model.alpha[k] + x @ model.beta[:, k])
         resid[:, cols] /= model.sigma[k]
@@ -168,7 +157,7 @@ def fit_covbat(
         Fewer than 3 samples, ``variance`` outside (0, 1], a bad ``n_components``,
         an unknown ``score_eb``, or as :func:`fit_combat`.
     """
-    data = _as_samples_by_features(data)
+    data = as_samples_by_features(data)
     n = data.shape[0]
     if n < 3:
         raise CombatInputError(
@@ -176,19 +165,18 @@ def fit_covbat(
         )
     if n_components is None and not 0.0 < variance <= 1.0:
         raise CombatInputError(f"CovBat's variance must be in (0, 1]; got {variance!r}.")
-    if score_eb not in EB_VARIANTS:
-        raise CombatInputError(f"score_eb must be one of {EB_VARIANTS}; got {score_eb!r}.")
+    check_eb(score_eb, "score_eb")
     combat = fit_combat(data, sites, covariates, ref_site=ref_site, eb=eb,  # type: ignore[arg-type]
                         mean_only=mean_only, categorical=categorical, smooth=smooth,
                         smooth_df=smooth_df)  # fmt: skip
-    labels = _site_labels(sites, n)
+    labels = text_labels(sites, n)
     _, resid, _ = _residuals(combat, data, labels, covariates)
     keep = np.flatnonzero(~combat.untouched)
     center = resid.mean(axis=0)
     scale = resid.std(axis=0, ddof=1) if std_var else np.ones(keep.size)
     scale[scale == 0] = 1.0  # a feature ComBat made constant: nothing to rotate
     gram = np.zeros((n, n))
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         resid[:, cols] -= center[cols]
         resid[:, cols] /= scale[cols]
         gram += resid[:, cols] @ resid[:, cols].T
@@ -211,7 +199,7 @@ def fit_covbat(
     u, root = eigvec[:, :k], np.sqrt(eigval[:k])
     scores = u * root  # (n, k)
     loadings = np.zeros((combat.n_features, k))
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         loadings[keep[cols]] = resid[:, cols].T @ (u / root)
     del resid
     with warnings.catch_warnings():  # the first step warned about small sites already
@@ -223,17 +211,11 @@ def fit_covbat(
     return CovbatModel(
         combat=combat,
         scores=score_model,
-        center=_full(center, keep, combat.n_features, 0.0),
-        scale=_full(scale, keep, combat.n_features, 1.0),
+        center=expand(center, keep, combat.n_features, 0.0),
+        scale=expand(scale, keep, combat.n_features, 1.0),
         loadings=loadings,
         explained=share[:k].copy(),
     )
-
-
-def _full(values: np.ndarray, keep: np.ndarray, n_features: int, fill: float) -> np.ndarray:
-    out = np.full(n_features, fill)
-    out[keep] = values
-    return out
 
 
 def apply_covbat(
@@ -262,21 +244,20 @@ def apply_covbat(
     UnseenSiteError, CombatInputError
         As :func:`apply_combat`.
     """
-    data = _as_samples_by_features(data)
-    labels = _site_labels(sites, data.shape[0])
     combat = model.combat
+    data, labels, _ = check_apply_inputs(data, sites, combat.sites, combat.n_features)
     out, resid, _ = _residuals(combat, data, labels, covariates)
     keep = np.flatnonzero(~combat.untouched)
-    moved = np.flatnonzero(labels != combat.ref_site) if combat.ref_site else np.arange(len(labels))
+    moved = moved_rows(labels, combat.ref_site)
     if moved.size == 0 or model.n_components == 0:
         return out
     scores = np.zeros((data.shape[0], model.n_components))
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         k = keep[cols]
         scores += ((resid[:, cols] - model.center[k]) / model.scale[k]) @ model.loadings[k]
     del resid
     shift = apply_combat(model.scores, scores, labels) - scores  # 0 for the reference site
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         k = keep[cols]
         change = shift[moved] @ model.loadings[k].T
         out[np.ix_(moved, k)] += change * (model.scale[k] * combat.sigma[k])

@@ -58,19 +58,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_harmony.methods.combat.design import CovariateEncoding, CovariatesLike, check_design_rank
-from bids_harmony.methods.combat.errors import CombatInputError, UnseenSiteError
+from bids_harmony.methods.combat.design import CovariatesLike
+from bids_harmony.methods.combat.errors import CombatInputError
 from bids_harmony.methods.combat.model import (
-    EB_VARIANTS,
     CombatModel,
-    _as_samples_by_features,
-    _chunks,
-    _site_labels,
+    CombatStep,
     apply_combat,
-    estimate_site_effects,
-    prepare_sites,
+    fitted_model,
 )
 from bids_harmony.methods.combat.splines import DEFAULT_DF
+from bids_harmony.methods.combat.steps import (
+    as_samples_by_features,
+    check_apply_inputs,
+    check_eb,
+    chunks,
+    drop_no_residual,
+    expand,
+    grand_intercept,
+    output_dtype,
+    prepare_sites,
+    site_design,
+    text_labels,
+)
 from bids_harmony.methods.combat.untouched import Untouched, untouched_reasons
 
 __all__ = ["LongitudinalCombatModel", "apply_longitudinal_combat", "fit_longitudinal_combat"]
@@ -81,7 +90,7 @@ _GLS_BLOCK = 16_384
 
 
 @dataclass(frozen=True, eq=False)
-class LongitudinalCombatModel:
+class LongitudinalCombatModel(CombatStep):
     """A fitted longitudinal ComBat model.
 
     Attributes
@@ -102,28 +111,11 @@ class LongitudinalCombatModel:
     tau2: np.ndarray
     sigma2_within: np.ndarray
 
-    @property
-    def n_features(self) -> int:
-        return self.combat.n_features
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return self.combat.sites
-
-    @property
-    def ref_site(self) -> str | None:
-        return self.combat.ref_site
-
 
 def _subject_index(subjects: Sequence[object] | np.ndarray | None, n: int) -> np.ndarray:
     if subjects is None:
         return np.arange(n)
-    labels = np.asarray(subjects)
-    if labels.shape != (n,):
-        raise CombatInputError(
-            f"subjects has shape {labels.shape}; expected ({n},), one subject per sample."
-        )
-    return np.unique(np.array([str(s) for s in labels], dtype=object), return_inverse=True)[1]
+    return np.unique(text_labels(subjects, n, "subject"), return_inverse=True)[1]
 
 
 def _group_sums(values: np.ndarray, index: np.ndarray, n_groups: int) -> np.ndarray:
@@ -209,9 +201,8 @@ def fit_longitudinal_combat(
             "longitudinal ComBat needs the subject of every sample (subjects=...) to model "
             "its random intercept; without repeated sessions use plain ComBat."
         )
-    if eb not in EB_VARIANTS:
-        raise CombatInputError(f"eb must be one of {EB_VARIANTS}; got {eb!r}.")
-    data = _as_samples_by_features(data)
+    check_eb(eb)
+    data = as_samples_by_features(data)
     n, n_features = data.shape
     subj = _subject_index(subjects, n)
     n_subj = int(subj.max()) + 1
@@ -221,15 +212,11 @@ def fit_longitudinal_combat(
             "longitudinal ComBat needs repeated sessions: every subject has one sample, so "
             "the subject intercept cannot be told from the residual. Use plain ComBat."
         )
-    names, site_index, counts, ref = prepare_sites(sites, n, ref_site, stacklevel=3)
+    fit_sites = prepare_sites(sites, n, ref_site, stacklevel=3)
+    names, site_index, counts, _, ref_index = fit_sites
     n_sites = len(names)
-    encoding = CovariateEncoding.from_covariates(
-        covariates, n, categorical=categorical, smooth=smooth, smooth_df=smooth_df
-    )
-    x = encoding.encode(covariates, n)
-    onehot = (site_index[:, None] == np.arange(n_sites)).astype(float)
-    check_design_rank(onehot, x, encoding.column_names)
-    design = np.hstack([onehot, x])
+    encoding, x, design = site_design(covariates, site_index, n_sites, categorical=categorical,
+                                      smooth=smooth, smooth_df=smooth_df)  # fmt: skip
     q = design.shape[1]
 
     # within-subject design: its residual variance does not involve tau^2
@@ -263,7 +250,7 @@ def fit_longitudinal_combat(
     sums_d = _group_sums(design, subj, n_subj)  # s_j = D_j^T 1, (n_subj, q)
     outer = (sums_d[:, :, None] * sums_d[:, None, :]).reshape(n_subj, q * q)
     gram = design.T @ design
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         yc = y[:, cols]
         sums_y = _group_sums(yc, subj, n_subj)
         yw = yc - (sums_y / per_subject[:, None])[subj]
@@ -287,10 +274,8 @@ def fit_longitudinal_combat(
             shrink = tau2[cols] / (sigma2[cols] + per_subject[:, None] * tau2[cols])
         weight[:, cols] = np.nan_to_num(shrink)
         eta[:, cols] = weight[:, cols] * _group_sums(r, subj, n_subj)
-    ref_index = None if ref is None else names.index(ref)
-    weights = counts / n if ref_index is None else np.eye(n_sites)[ref_index]
     site_alpha = coef[:n_sites]
-    alpha = weights @ site_alpha
+    alpha = grand_intercept(site_alpha, counts, ref_index)
     beta = coef[n_sites:]
     scale = np.std(data[:, keep], axis=0)
     # The BLUP absorbs part of each session's noise: the conditional residuals
@@ -300,7 +285,7 @@ def fit_longitudinal_combat(
     rows = site_index == (-1 if ref_index is None else ref_index)
     ref_ss, all_ss = np.zeros(keep.size), np.zeros(keep.size)
     z = y  # the standardized data, in place: y is our copy
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         e = y[:, cols] - design @ coef[:, cols] - eta[:, cols][subj]
         e /= np.sqrt(_absorbed(e, weight[:, cols], tau2[cols] / sigma2[cols], subj,
                                site_index, n_sites))  # fmt: skip
@@ -313,39 +298,18 @@ def fit_longitudinal_combat(
         with np.errstate(divide="ignore", invalid="ignore"):
             sigma = sigma * np.sqrt(np.where(all_ss > 0, ref_ss / all_ss, 1.0))
     exact = ~(sigma > 1e-10 * scale)
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         z[:, cols] /= np.where(exact[cols], 1.0, sigma[cols])
-    if exact.any():
-        reason[keep[exact]] = Untouched.NO_RESIDUAL
-        keep = keep[~exact]
-        z, alpha, beta, sigma, site_alpha = (z[:, ~exact], alpha[~exact], beta[:, ~exact],
-                                             sigma[~exact], site_alpha[:, ~exact])  # fmt: skip
-        tau2, sigma2 = tau2[~exact], sigma2[~exact]
-    if eb != "none" and 0 < keep.size < 2:
-        raise CombatInputError(
-            "empirical Bayes pools the site effects of several features; only one feature "
-            "can be harmonized here. Use eb='none'."
-        )
-    gamma_star, delta2_star = estimate_site_effects(
-        z, site_index, n_sites, ref_index, eb=eb, mean_only=mean_only
+    keep, z, alpha, beta, sigma, site_alpha, tau2, sigma2 = drop_no_residual(
+        exact, reason, keep, z, alpha, beta, sigma, site_alpha, tau2, sigma2
     )
-
-    def full(values: np.ndarray, fill: float) -> np.ndarray:
-        out = np.full(values.shape[:-1] + (n_features,), fill)
-        out[..., keep] = values
-        return out
-
-    combat = CombatModel(
-        sites=names, alpha=full(alpha, 0.0), beta=full(beta, 0.0),
-        gamma_star=full(gamma_star, 0.0), delta2_star=full(delta2_star, 1.0),
-        sigma=full(sigma, 1.0), n_per_site=counts.astype(np.int64), untouched_reason=reason,
-        encoding=encoding, ref_site=ref, eb=eb, mean_only=mean_only,
-    )  # fmt: skip
+    combat = fitted_model(z, keep, n_features, reason, fit_sites, encoding, alpha, beta, sigma,
+                          eb=eb, mean_only=mean_only)  # fmt: skip
     return LongitudinalCombatModel(
         combat=combat,
-        site_alpha=full(site_alpha, 0.0),
-        tau2=full(tau2, 0.0),
-        sigma2_within=full(sigma2, 1.0),
+        site_alpha=expand(site_alpha, keep, n_features, 0.0),
+        tau2=expand(tau2, keep, n_features, 0.0),
+        sigma2_within=expand(sigma2, keep, n_features, 1.0),
     )
 
 
@@ -380,29 +344,17 @@ def apply_longitudinal_combat(
     UnseenSiteError, CombatInputError
         As :func:`~bids_harmony.methods.combat.apply_combat`.
     """
-    data = _as_samples_by_features(data)
-    n, n_features = data.shape
     combat = model.combat
-    if n_features != model.n_features:
-        raise CombatInputError(
-            f"data has {n_features} features; the model was fitted on {model.n_features}."
-        )
-    labels = _site_labels(sites, n)
-    unseen = sorted(set(labels) - set(combat.sites))
-    if unseen:
-        raise UnseenSiteError(
-            f"ComBat cannot harmonize an unseen site: {', '.join(unseen)} (fitted sites: "
-            f"{', '.join(combat.sites)}); refit with samples of that site included."
-        )
+    data, labels, site_index = check_apply_inputs(data, sites, combat.sites, model.n_features)
+    n = data.shape[0]
     subj = _subject_index(subjects, n)
     n_subj = int(subj.max()) + 1 if n else 0
     per_subject = np.bincount(subj, minlength=n_subj)
     x = combat.encoding.encode(covariates, n)
-    site_index = np.array([combat.sites.index(s) for s in labels], dtype=np.intp)
     keep = np.flatnonzero(~combat.untouched)
     shifted = data.astype(np.float64)  # the data less the subject intercepts
     eta = np.empty((n, keep.size))
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         k = keep[cols]
         r = shifted[:, k] - model.site_alpha[:, k][site_index] - x @ combat.beta[:, k]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -412,8 +364,7 @@ def apply_longitudinal_combat(
     out = apply_combat(combat, shifted, labels, covariates)
     del shifted
     out[:, keep] += eta
-    dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
-    out = out.astype(dtype, copy=False)
+    out = out.astype(output_dtype(data), copy=False)
     out[:, combat.untouched] = data[:, combat.untouched]
     if combat.ref_site is not None:
         rows = labels == combat.ref_site

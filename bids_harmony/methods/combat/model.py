@@ -40,26 +40,33 @@ Fortin JP, Cullen N, Sheline YI, et al. NeuroImage 167 (2018) 104-120.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-from bids_harmony.methods.combat.design import (
-    CovariateEncoding,
-    CovariatesLike,
-    check_design_rank,
-)
-from bids_harmony.methods.combat.eb import nonparametric_eb, parametric_eb, site_estimates
-from bids_harmony.methods.combat.errors import (
-    CombatInputError,
-    SmallSiteWarning,
-    TooFewSamplesError,
-    UnseenSiteError,
-)
+from bids_harmony.methods.combat.design import CovariateEncoding, CovariatesLike
 from bids_harmony.methods.combat.splines import DEFAULT_DF
+from bids_harmony.methods.combat.steps import (
+    CHUNK,
+    EB_VARIANTS,
+    MIN_RELIABLE_SAMPLES,
+    EbVariant,
+    FitSites,
+    as_samples_by_features,
+    check_apply_inputs,
+    check_eb,
+    check_pooling,
+    chunks,
+    drop_no_residual,
+    estimate_site_effects,
+    expand,
+    grand_intercept,
+    moved_rows,
+    output_dtype,
+    prepare_sites,
+    site_design,
+)
 from bids_harmony.methods.combat.untouched import Untouched, untouched_reasons
 
 __all__ = [
@@ -72,14 +79,6 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
-
-EbVariant = Literal["parametric", "nonparametric", "none"]
-EB_VARIANTS: tuple[str, ...] = ("parametric", "nonparametric", "none")
-#: Fewer samples per site than this draw a :class:`SmallSiteWarning`: the rule of thumb
-#: of the ComBat literature for reliable site estimates is about 20-25.
-MIN_RELIABLE_SAMPLES = 20
-#: Features processed at once (bounds the temporary arrays of the fit and of the apply).
-_CHUNK = 65_536
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,100 +141,23 @@ class CombatModel:
         return {Untouched(int(c)).name.lower(): int(k) for c, k in zip(codes, counts, strict=True)}
 
 
-def _site_labels(sites: Sequence[object] | np.ndarray, n_samples: int) -> np.ndarray:
-    labels = np.asarray(sites)
-    if labels.shape != (n_samples,):
-        raise CombatInputError(
-            f"sites has shape {labels.shape}; expected ({n_samples},), one site per sample."
-        )
-    return np.array([str(s) for s in labels], dtype=object)
+class CombatStep:
+    """Base of the models whose first step is a ComBat model ``combat`` (CovBat,
+    longitudinal ComBat): its features, sites and reference site."""
 
+    combat: CombatModel
 
-def _as_samples_by_features(data: np.ndarray, what: str = "data") -> np.ndarray:
-    array = np.asarray(data)
-    if array.ndim != 2:
-        raise CombatInputError(
-            f"{what} must be (n_samples, n_features); got shape {array.shape} (reshape maps "
-            "to one row per session)."
-        )
-    if array.dtype.kind not in "biuf":
-        raise CombatInputError(f"{what} must be numbers; got dtype {array.dtype}.")
-    return array
+    @property
+    def n_features(self) -> int:
+        return self.combat.n_features
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self.combat.sites
 
-def prepare_sites(
-    sites: Sequence[object] | np.ndarray,
-    n_samples: int,
-    ref_site: object | None,
-    *,
-    stacklevel: int = 2,
-) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, str | None]:
-    """Check the site labels of a fit: ``(names, site_index, counts, ref)``.
-
-    ``names`` sorted; ``site_index`` (n_samples,) into them; ``counts`` per site;
-    ``ref`` the reference site as text, or None.  Raises :class:`TooFewSamplesError`
-    (fewer than two sites, a site of one sample) or :class:`CombatInputError` (an
-    unknown ``ref_site``); warns :class:`SmallSiteWarning` for small sites.
-    """
-    labels = _site_labels(sites, n_samples)
-    site_names, site_index, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    names = tuple(str(s) for s in site_names)
-    if len(names) < 2:
-        raise TooFewSamplesError(
-            f"ComBat needs samples of at least two sites; got only site {names}."
-        )
-    few = [f"{s} ({c})" for s, c in zip(names, counts, strict=True) if c < 2]
-    if few:
-        raise TooFewSamplesError(
-            f"site(s) {', '.join(few)} have fewer than 2 samples: ComBat cannot estimate a "
-            "site's scale from one sample. Add samples or leave those sites out."
-        )
-    ref = None if ref_site is None else str(ref_site)
-    if ref is not None and ref not in names:
-        raise CombatInputError(f"reference site {ref!r} is not among the sites {list(names)}.")
-    small = [f"{s} ({c})" for s, c in zip(names, counts, strict=True)
-             if c < MIN_RELIABLE_SAMPLES]  # fmt: skip
-    if small:
-        warnings.warn(
-            f"ComBat: site(s) {', '.join(small)} have fewer than {MIN_RELIABLE_SAMPLES} "
-            "samples; their site effects are poorly estimated (the literature's rule of "
-            "thumb is 20-25 per site).",
-            SmallSiteWarning,
-            stacklevel=stacklevel,
-        )
-    return names, site_index, counts, ref
-
-
-def estimate_site_effects(
-    z: np.ndarray,
-    site_index: np.ndarray,
-    n_sites: int,
-    ref_index: int | None,
-    *,
-    eb: str = "parametric",
-    mean_only: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each site's :math:`(\\gamma^*_i, \\delta^{2*}_i)` from standardized data ``z``
-    (n_samples, n_features): ``(gamma_star, delta2_star)``, each (n_sites, n_features),
-    0 and 1 for the reference site (the target: no effect to remove)."""
-    gamma_star = np.zeros((n_sites, z.shape[1]))
-    delta2_star = np.ones((n_sites, z.shape[1]))
-    for i in range(n_sites):
-        if i == ref_index or z.shape[1] == 0:
-            continue
-        zi = z[site_index == i]
-        if eb == "parametric":
-            gamma_star[i], delta2_star[i] = parametric_eb(zi, mean_only=mean_only)
-        elif eb == "nonparametric":
-            gamma_star[i], delta2_star[i] = nonparametric_eb(zi, mean_only=mean_only)
-        else:
-            gamma_star[i], delta2_star[i] = site_estimates(zi, mean_only=mean_only)
-    return gamma_star, delta2_star
-
-
-def _chunks(n_features: int) -> list[slice]:
-    """Column blocks that bound the temporary arrays to (n_samples, _CHUNK)."""
-    return [slice(start, start + _CHUNK) for start in range(0, n_features, _CHUNK)]
+    @property
+    def ref_site(self) -> str | None:
+        return self.combat.ref_site
 
 
 def fit_combat(
@@ -296,73 +218,74 @@ def fit_combat(
     SmallSiteWarning
         A site with fewer than :data:`MIN_RELIABLE_SAMPLES` samples.
     """
-    if eb not in EB_VARIANTS:
-        raise CombatInputError(f"eb must be one of {EB_VARIANTS}; got {eb!r}.")
-    data = _as_samples_by_features(data)
+    check_eb(eb)
+    data = as_samples_by_features(data)
     n_samples, n_features = data.shape
-    names, site_index, counts, ref = prepare_sites(sites, n_samples, ref_site, stacklevel=3)
-    encoding = CovariateEncoding.from_covariates(
-        covariates, n_samples, categorical=categorical, smooth=smooth, smooth_df=smooth_df
-    )
-    x = encoding.encode(covariates, n_samples)
-    onehot = (site_index[:, None] == np.arange(len(names))).astype(float)
-    check_design_rank(onehot, x, encoding.column_names)
-
-    reason = untouched_reasons(data, site_index, len(names))
+    fit_sites = prepare_sites(sites, n_samples, ref_site, stacklevel=3)
+    names, site_index, counts, _, ref_index = fit_sites
+    n_sites = len(names)
+    encoding, x, design = site_design(covariates, site_index, n_sites, categorical=categorical,
+                                      smooth=smooth, smooth_df=smooth_df)  # fmt: skip
+    reason = untouched_reasons(data, site_index, n_sites)
     keep = np.flatnonzero(reason == Untouched.HARMONIZED)
     y = (data if keep.size == n_features else data[:, keep]).astype(np.float64)  # one copy
-    design = np.hstack([onehot, x])
     # full column rank (checked): the pseudo-inverse is the least-squares solution, and
     # unlike lstsq it does not copy the (n_samples, n_features) right-hand side
     coef = np.linalg.pinv(design) @ y
-    n_sites = len(names)
-    ref_index = None if ref is None else names.index(ref)
-    weights = counts / n_samples if ref_index is None else np.eye(n_sites)[ref_index]
-    alpha = weights @ coef[:n_sites]
+    alpha = grand_intercept(coef[:n_sites], counts, ref_index)
     beta = coef[n_sites:]
     rows = np.arange(n_samples) if ref_index is None else np.flatnonzero(site_index == ref_index)
     sigma = np.empty(keep.size)
     scale = np.empty(keep.size)
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         resid = y[rows, cols] - design[rows] @ coef[:, cols]
         sigma[cols] = np.sqrt(np.mean(resid**2, axis=0))
         scale[cols] = np.std(y[:, cols], axis=0)
     # exactly explained features have residuals of rounding size, relative to the data's
     exact = sigma <= 1e-10 * scale
-    if exact.any():
-        reason[keep[exact]] = Untouched.NO_RESIDUAL
-        keep, y, alpha, beta, sigma = (keep[~exact], y[:, ~exact], alpha[~exact],
-                                       beta[:, ~exact], sigma[~exact])  # fmt: skip
+    keep, y, alpha, beta, sigma = drop_no_residual(exact, reason, keep, y, alpha, beta, sigma)
     if reason.any():
         why = ", ".join(f"{(reason == r).sum()} {r.name.lower()}" for r in Untouched
                         if r and (reason == r).any())  # fmt: skip
         LOGGER.warning("ComBat leaves %d of %d features as they are (%s).",
                        n_features - keep.size, n_features, why)  # fmt: skip
-    if eb != "none" and 0 < keep.size < 2:
-        raise CombatInputError(
-            "empirical Bayes pools the site effects of several features; only one feature "
-            "can be harmonized here. Use eb='none'."
-        )
     z = y  # standardized in place: y is our copy
-    for cols in _chunks(keep.size):
+    for cols in chunks(keep.size):
         z[:, cols] -= alpha[cols] + x @ beta[:, cols]
         z[:, cols] /= sigma[cols]
+    return fitted_model(z, keep, n_features, reason, fit_sites, encoding, alpha, beta, sigma,
+                        eb=eb, mean_only=mean_only)  # fmt: skip
+
+
+def fitted_model(
+    z: np.ndarray,
+    keep: np.ndarray,
+    n_features: int,
+    reason: np.ndarray,
+    fit_sites: FitSites,
+    encoding: CovariateEncoding,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    eb: str,
+    mean_only: bool,
+) -> CombatModel:
+    """The last step of a ComBat fit: each site's effects from the standardized data
+    ``z`` (n_samples, keep.size), and the model, with the estimates over the harmonized
+    features ``keep`` spread to all ``n_features`` (the untouched ones' neutral)."""
+    check_pooling(eb, keep.size)
+    names, site_index, counts, ref, ref_index = fit_sites
     gamma_star, delta2_star = estimate_site_effects(
-        z, site_index, n_sites, ref_index, eb=eb, mean_only=mean_only
+        z, site_index, len(names), ref_index, eb=eb, mean_only=mean_only
     )
-
-    def full(values: np.ndarray, fill: float) -> np.ndarray:
-        out = np.full(values.shape[:-1] + (n_features,), fill)
-        out[..., keep] = values
-        return out
-
     return CombatModel(
         sites=names,
-        alpha=full(alpha, 0.0),
-        beta=full(beta, 0.0),
-        gamma_star=full(gamma_star, 0.0),
-        delta2_star=full(delta2_star, 1.0),
-        sigma=full(sigma, 1.0),
+        alpha=expand(alpha, keep, n_features, 0.0),
+        beta=expand(beta, keep, n_features, 0.0),
+        gamma_star=expand(gamma_star, keep, n_features, 0.0),
+        delta2_star=expand(delta2_star, keep, n_features, 1.0),
+        sigma=expand(sigma, keep, n_features, 1.0),
         n_per_site=counts.astype(np.int64),
         untouched_reason=reason,
         encoding=encoding,
@@ -403,32 +326,14 @@ def apply_combat(
     CombatInputError
         Another number of features, or covariates that do not match the fit.
     """
-    data = _as_samples_by_features(data)
-    n_samples, n_features = data.shape
-    if n_features != model.n_features:
-        raise CombatInputError(
-            f"data has {n_features} features; the ComBat model was fitted on "
-            f"{model.n_features} (same features, same order)."
-        )
-    labels = _site_labels(sites, n_samples)
-    unseen = sorted(set(labels) - set(model.sites))
-    if unseen:
-        raise UnseenSiteError(
-            f"ComBat cannot harmonize an unseen site: {', '.join(unseen)} "
-            f"{'was' if len(unseen) == 1 else 'were'} not in the fit (fitted sites: "
-            f"{', '.join(model.sites)}). Its site effect was never estimated; refit the "
-            "model with samples of that site included."
-        )
-    x = model.encoding.encode(covariates, n_samples)
-    position = {site: i for i, site in enumerate(model.sites)}
-    site_index = np.array([position[s] for s in labels], dtype=np.intp)
-    dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
-    out = np.array(data, dtype=dtype, copy=True)
-    moved = np.flatnonzero(labels != model.ref_site) if model.ref_site else np.arange(n_samples)
+    data, labels, site_index = check_apply_inputs(data, sites, model.sites, model.n_features)
+    x = model.encoding.encode(covariates, data.shape[0])
+    out = np.array(data, dtype=output_dtype(data), copy=True)
+    moved = moved_rows(labels, model.ref_site)
     keep = np.flatnonzero(~model.untouched)
     idx = site_index[moved]
-    for start in range(0, keep.size, _CHUNK):
-        cols = keep[start : start + _CHUNK]
+    for start in range(0, keep.size, CHUNK):
+        cols = keep[start : start + CHUNK]
         y = data[np.ix_(moved, cols)].astype(np.float64)
         mean = model.alpha[cols] + x[moved] @ model.beta[:, cols]
         z = (y - mean) / model.sigma[cols]

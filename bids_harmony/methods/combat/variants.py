@@ -33,6 +33,7 @@ from bids_harmony.methods.combat.longitudinal import (
     fit_longitudinal_combat,
 )
 from bids_harmony.methods.combat.model import EB_VARIANTS, CombatModel, apply_combat, fit_combat
+from bids_harmony.methods.combat.steps import check_eb
 
 __all__ = [
     "VARIANTS",
@@ -108,8 +109,7 @@ def fit_variant(
     """
     if variant not in VARIANTS:
         raise CombatInputError(f"unknown ComBat variant {variant!r}; choose from {VARIANTS}.")
-    if eb not in EB_VARIANTS:
-        raise CombatInputError(f"eb must be one of {EB_VARIANTS}; got {eb!r}.")
+    check_eb(eb)
     if variant == "gam" and not smooth:
         raise CombatInputError(
             "ComBat-GAM needs the covariates whose effect is smooth (smooth=('age',))."
@@ -118,10 +118,8 @@ def fit_variant(
         raise CombatInputError(
             f"smooth covariates {list(smooth)} make ComBat-GAM: use variant 'gam'."
         )
-    if variant != "longitudinal" and subjects is not None:
-        raise CombatInputError(
-            f"subjects are modelled by the 'longitudinal' variant only, not {variant!r}."
-        )
+    if variant != "longitudinal":
+        _refuse_subjects(subjects, variant)
     allowed = {"smooth_df"} | (
         {"variance", "n_components", "score_eb", "std_var"} if variant == "covbat" else set()
     )
@@ -135,6 +133,13 @@ def fit_variant(
     if variant == "longitudinal":
         return fit_longitudinal_combat(data, sites, covariates, subjects=subjects, **common)
     return fit_combat(data, sites, covariates, **common)
+
+
+def _refuse_subjects(subjects: object, variant: str) -> None:
+    if subjects is not None:
+        raise CombatInputError(
+            f"subjects are modelled by the 'longitudinal' variant only, not {variant!r}."
+        )
 
 
 def apply_variant(
@@ -153,10 +158,7 @@ def apply_variant(
     """
     if isinstance(model, LongitudinalCombatModel):
         return apply_longitudinal_combat(model, data, sites, covariates, subjects=subjects)
-    if subjects is not None:
-        raise CombatInputError(
-            f"subjects are modelled by the 'longitudinal' variant only, not {variant_of(model)!r}."
-        )
+    _refuse_subjects(subjects, variant_of(model))
     if isinstance(model, CovbatModel):
         return apply_covbat(model, data, sites, covariates)
     if isinstance(model, CombatModel):

@@ -255,18 +255,7 @@ def simulate_cohort(
             "phantoms": [],
             "subjects": list(labels),
             "sessions": list(sessions),
-            "runs": [
-                {
-                    "subject": r.subject,
-                    "session": r.session,
-                    "site": r.site,
-                    "acq": r.acq,
-                    "n_volumes": r.n_volumes,
-                    "dwi": r.dwi.relative_to(root).as_posix(),
-                    "noiseless": r.noiseless.relative_to(root).as_posix() if r.noiseless else None,
-                }
-                for r in runs
-            ],
+            "runs": [r.record(root) for r in runs],
         },
     )
     info = StudyInfo(

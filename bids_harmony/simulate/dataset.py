@@ -67,6 +67,18 @@ class RunInfo:
     sidecar: Path
     noiseless: Path | None
 
+    def record(self, root: Path) -> dict[str, Any]:
+        """The run's entry in ``simulation.json`` (paths relative to ``root``)."""
+        return {
+            "subject": self.subject,
+            "session": self.session,
+            "site": self.site,
+            "acq": self.acq,
+            "n_volumes": self.n_volumes,
+            "dwi": self.dwi.relative_to(root).as_posix(),
+            "noiseless": self.noiseless.relative_to(root).as_posix() if self.noiseless else None,
+        }
+
 
 @dataclass(frozen=True)
 class StudyInfo:
@@ -340,18 +352,7 @@ def simulate_study(
             "subjects": list(humans),
             "sessions": list(sessions),
             "scenario": scenario.to_dict(),
-            "runs": [
-                {
-                    "subject": r.subject,
-                    "session": r.session,
-                    "site": r.site,
-                    "acq": r.acq,
-                    "n_volumes": r.n_volumes,
-                    "dwi": r.dwi.relative_to(root).as_posix(),
-                    "noiseless": r.noiseless.relative_to(root).as_posix() if r.noiseless else None,
-                }
-                for r in runs
-            ],
+            "runs": [r.record(root) for r in runs],
         },
     )
     info = StudyInfo(

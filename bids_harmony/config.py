@@ -36,6 +36,7 @@ class Config:
     b_tolerance: float = 50.0
     b0_threshold: float = 50.0
     gfa: bool = True
+    dki: bool = True
     site_map: Path | None = None
     phantom_label: tuple[str, ...] = ()
     target_site: str | None = None

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 NAME = re.compile(
     r"^sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+(_acq-[A-Za-z0-9]+)?"
     r"(_space-dwi_desc-(preproc_dwi|brain_mask)|_model-(sh_param-coeffs|tensor_param-(fa|md)"
-    r"|csd_param-gfa)_dwimap)\.(nii\.gz|json|bval|bvec)$"
+    r"|csd_param-gfa|dki_param-(md|ad|rd|fa|mk|ak|rk|kfa))_dwimap)\.(nii\.gz|json|bval|bvec)$"
 )
+DKI = ("md", "ad", "rd", "fa", "mk", "ak", "rk", "kfa")
 
 
 def expected_files(prefix: str, acq: str, shells: list[str]) -> set[str]:
@@ -34,6 +35,9 @@ def expected_files(prefix: str, acq: str, shells: list[str]) -> set[str]:
         for kind in ("sh_param-coeffs", "tensor_param-fa", "tensor_param-md", "csd_param-gfa"):
             for ext in (".nii.gz", ".json"):
                 names.add(f"{base.replace('_dwi', '')}_acq-{shell_acq}_model-{kind}_dwimap{ext}")
+    if len(shells) >= 2:  # DKI: every shell together, the run's own acq
+        names |= {f"{prefix}_model-dki_param-{p}_dwimap{ext}" for p in DKI
+                  for ext in (".nii.gz", ".json")}  # fmt: skip
     return names
 
 
@@ -106,6 +110,33 @@ def test_every_image_loads_and_has_sidecar(tiny_run):
         assert sidecar["Sources"], path
         assert "bids_harmony" in sidecar["SoftwareVersions"]
         assert sidecar["Site"] in {"SIGNAPremier", "Prisma"}
+
+
+def test_dki_maps(tiny_run):
+    """Multi-shell runs get the 8 DKI maps within their ranges; single-shell runs none."""
+    bids, out, _, _ = tiny_run
+    d = out / "sub-02" / "ses-Prisma1" / "dwi"
+    prefix = "sub-02_ses-Prisma1_acq-multishell"
+    truth = bids / "sourcedata" / "simulation" / "sub-02" / "ses-Prisma1"
+    seg = _load(truth / "sub-02_ses-Prisma1_dseg.nii.gz").astype(int)
+    mask = _load(d / f"{prefix}_space-dwi_desc-brain_mask.nii.gz") > 0
+    maps = {p: _load(d / f"{prefix}_model-dki_param-{p}_dwimap.nii.gz") for p in DKI}
+    ranges = {"md": 3e-3, "ad": 3e-3, "rd": 3e-3, "fa": 1, "kfa": 1, "mk": 3, "ak": 3, "rk": 3}
+    for param, values in maps.items():
+        assert values.min() >= 0 and values.max() <= ranges[param] * (1 + 1e-6), param
+        assert np.all(values[~mask] == 0), param
+        meta = json.loads((d / f"{prefix}_model-dki_param-{param}_dwimap.json").read_text())
+        assert meta["Model"]["Parameters"]["FitMethod"] == "WLS"
+        assert meta["Model"]["Parameters"]["ShellBValues"] == [1000.0, 2000.0]
+        assert meta["ClippedToRange"][1] == pytest.approx(ranges[param])
+        assert meta["ClippedVoxels"]["of"] == int(mask.sum())
+        assert meta["ClippedVoxels"]["total"] < meta["ClippedVoxels"]["of"]
+    wm = (seg == 3) & mask
+    assert 0.4e-3 < np.median(maps["md"][wm]) < 1.3e-3
+    assert np.median(maps["fa"][wm]) > 0.3
+    assert np.all(maps["ad"][mask] >= maps["rd"][mask] - 1e-9)
+    phantom = out / "sub-phantom01" / "ses-Prisma2" / "dwi"
+    assert not list(phantom.glob("*_acq-b1000_model-dki_*"))
 
 
 def _load(path: Path) -> np.ndarray:

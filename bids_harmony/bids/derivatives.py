@@ -108,6 +108,11 @@ SHELL_MAPS = {
 }
 
 
+#: Maps of the DKI fit (:mod:`bids_harmony.dmri.dki`), one ``param`` each; the fit uses
+#: every shell, so their names carry the run's own ``acq``, no shell label.
+DKI_PARAMS = ("md", "ad", "rd", "fa", "mk", "ak", "rk", "kfa")
+
+
 def check_method(method: str) -> str:
     """A harmonization method's name as used in ``desc`` (a BIDS label).
 
@@ -201,6 +206,22 @@ class RunNames:
     ) -> Path:
         """A per-shell map by kind: ``sh``, ``fa``, ``md`` or ``gfa`` (:data:`SHELL_MAPS`)."""
         return self.map(shell, *SHELL_MAPS[kind], method, extension)
+
+    def dki_map(self, param: str, method: str | None = None, extension: str = ".nii.gz") -> Path:
+        """A DKI map of the whole run (all shells): ``model-dki_param-<param>``.
+
+        >>> RunNames({"sub": "01", "ses": "A", "acq": "ms"}, 2).dki_map("mk").name
+        'sub-01_ses-A_acq-ms_model-dki_param-mk_dwimap.nii.gz'
+        """
+        if param not in DKI_PARAMS:
+            raise ValueError(f"no DKI map {param!r}; the maps: {', '.join(DKI_PARAMS)}")
+        entities = {
+            **self.entities,
+            "desc": None if method is None else check_method(method),
+            "model": "dki",
+            "param": param,
+        }
+        return self._path(entities, "dwimap", extension)
 
     def scales(self, shell: str, method: str, extension: str = ".nii.gz") -> Path:
         """Per-band scale maps of a method (``model-<method>_param-scales``)."""

@@ -299,3 +299,68 @@ def harmonized_derivatives(
     out += shell_maps(names, shells, metrics, common, sources, params,
                       method=method, shell_extra=harmonization)  # fmt: skip
     return out
+
+
+def dki_derivatives(
+    run: Mapping[str, Any],
+    dki: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    method: str | None = None,
+) -> list[Derivative]:
+    """The DKI maps of one run (``model-dki_param-<x>``), one sidecar each.
+
+    Parameters
+    ----------
+    run : mapping
+        As for :func:`participant_derivatives` (``entities``, ``n_shells``, ``site``,
+        ``is_phantom``).
+    dki : mapping
+        Written by :class:`~bids_harmony.interfaces.dki.FitDKI`: ``files`` (param ->
+        image), ``fit_method``, ``shells`` (b-values), ``n_volumes``, ``n_voxels``,
+        ``ranges`` and ``clipped`` (param -> ``below``/``above``/``nonfinite`` counts),
+        ``units``, ``descriptions``; ``runs`` (the raw runs combined, relative paths)
+        when several runs were fitted together.
+    params : mapping
+        Run settings recorded in every sidecar.
+    method : str, optional
+        ``desc-<method>`` of maps fitted on harmonized data.
+    """
+    names = RunNames(dict(run["entities"]), int(run.get("n_shells", 0)))
+    common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
+    sources = [bids_uri("", names.dwi(method)), bids_uri("", names.mask())]
+    model = {
+        "Description": "Diffusion kurtosis imaging (Jensen et al., 2005): diffusion and "
+        "kurtosis tensors fitted to the b0 volumes and every shell",
+        "Parameters": {
+            "FitMethod": dki["fit_method"],
+            "FitMethodDescription": "weighted linear least squares, weights = squared "
+            "signal predicted by an ordinary least-squares fit (Veraart et al., 2013), as "
+            f'dipy DiffusionKurtosisModel(fit_method="{dki["fit_method"]}")',
+            "ShellBValues": list(dki["shells"]),
+            "NumberOfVolumes": dki["n_volumes"],
+            "KurtosisFormula": "analytical (Tabesh et al., 2011)",
+        },
+    }
+    out = []
+    for param, path in dki["files"].items():
+        low, high = dki["ranges"][param]
+        counts = dict(dki["clipped"][param])
+        sidecar = {
+            **common,
+            "Description": dki["descriptions"][param],
+            "Units": dki["units"][param],
+            "Sources": sources,
+            "Model": model,
+            "ClippedToRange": [low, high],
+            "ClippedVoxels": {
+                **counts,
+                "total": sum(counts.values()),
+                "of": dki["n_voxels"],
+            },  # fmt: skip
+        }
+        if dki.get("runs"):
+            sidecar["CombinedRuns"] = [bids_uri("raw", p) for p in dki["runs"]]
+        out.append(Derivative(source=Path(path), relpath=names.dki_map(param, method),
+                              sidecar=sidecar))  # fmt: skip
+    return out

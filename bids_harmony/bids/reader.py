@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bids_harmony.bids.derivatives import SHELL_MAPS, RunNames, sidecar_path
+from bids_harmony.bids.derivatives import DKI_PARAMS, SHELL_MAPS, RunNames, sidecar_path
 from bids_harmony.dmri.gradients import shell_label
 from bids_harmony.errors import MissingOutputError
 
@@ -181,6 +181,17 @@ class RunOutputs:
         """Per-band scale maps of a method (HARP: ``desc-harp_model-harp_param-scales``)."""
         return self._complete(self.names.scales(self._label(shell), method), required=required)
 
+    def dki_map(
+        self, param: str, method: str | None = None, *, required: bool = False
+    ) -> Path | None:
+        """A DKI map of the run (all shells), e.g. ``dki_map("mk")``: ``model-dki_param-mk``."""
+        return self._complete(self.names.dki_map(param, method), required=required)
+
+    def dki_maps(self, method: str | None = None) -> dict[str, Path]:
+        """The complete DKI maps of ``method``, by param (empty when DKI was not fitted)."""
+        found = {param: self.dki_map(param, method) for param in DKI_PARAMS}
+        return {param: path for param, path in found.items() if path is not None}
+
     def shells(self, method: str | None = None, kinds: Iterable[str] = ("sh",)) -> list[str]:
         """Labels of the shells whose ``kinds`` maps (default: SH) of ``method`` all exist."""
         kinds = tuple(kinds)
@@ -196,8 +207,8 @@ class RunOutputs:
         return {label: path for label, path in found.items() if path is not None}
 
     def methods(self) -> list[str]:
-        """Methods with a harmonized DWI or per-shell SH map of this run, sorted."""
-        patterns = [self.names.dwi("METHOD")]
+        """Methods with a harmonized DWI, per-shell SH map or DKI MK map of this run, sorted."""
+        patterns = [self.names.dwi("METHOD"), self.names.dki_map("mk", "METHOD")]
         patterns += [self.names.shell_map(label, "sh", "METHOD") for label in self.shell_labels]
         found = set()
         for pattern in patterns:
@@ -211,8 +222,8 @@ class RunOutputs:
     def files(self) -> list[Path]:
         """Every complete output of the run: images, sidecars and gradient files.
 
-        Covers the preprocessed DWI and mask, each shell's maps and, for every
-        method of :meth:`methods`, its DWI, maps and scale maps.
+        Covers the preprocessed DWI and mask, each shell's maps, the DKI maps and,
+        for every method of :meth:`methods`, its DWI, maps and scale maps.
         """
         out: list[Path] = []
 
@@ -229,5 +240,7 @@ class RunOutputs:
                     add(self.shell_map(label, kind, method))
                 if method is not None:
                     add(self.scales(label, method))
+            for path in self.dki_maps(method).values():
+                add(path)
         add(self.mask())
         return sorted(out)

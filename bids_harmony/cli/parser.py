@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-gfa", dest="gfa", action="store_false",
         help="skip the CSD fit and the GFA maps, which are written by default",
     )  # fmt: skip
+    proc.add_argument(
+        "--no-dki", dest="dki", action="store_false",
+        help="skip the diffusion kurtosis (DKI) fit and its MD/AD/RD/FA/MK/AK/RK/KFA maps, "
+        "written by default for runs with two or more shells and enough directions",
+    )  # fmt: skip
 
     harm = parser.add_argument_group("Harmonization")
     harm.add_argument(

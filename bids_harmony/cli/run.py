@@ -139,6 +139,7 @@ def config_from_args(args) -> object:
         b_tolerance=args.b_tolerance,
         b0_threshold=args.b0_threshold,
         gfa=args.gfa,
+        dki=args.dki,
         site_map=args.site_map,
         phantom_label=tuple(args.phantom_label),
         target_site=args.target_site,

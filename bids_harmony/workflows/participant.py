@@ -78,6 +78,7 @@ def init_participant_wf(
             )
             for run in study.runs
         }
+    with_dki = dki_runs(study.runs, config)
     for run in study.runs:
         run_info = {
             "entities": run_short_entities(run),
@@ -115,10 +116,44 @@ def init_participant_wf(
                     rish_model=_rish_for(rish_models, run, config),
                     combat_model=combat_models.get(run.prefix),
                     fsl_plan=plans.get(run.dwi),
+                    dki=run.dwi in with_dki,
                 )
             ]
         )
     return workflow
+
+
+def dki_runs(runs: Any, config: Config) -> set[Path]:
+    """The runs (``dwi`` paths) whose gradient tables hold the DKI fit; says why not.
+
+    A run with one shell is the common case: one INFO line names them all.  A
+    multi-shell run whose directions cannot hold the fit is unexpected: a
+    WARNING each.  See :func:`bids_harmony.dmri.dki.dki_support`.
+    """
+    from bids_harmony.dmri.dki import MIN_SHELLS, dki_support
+
+    if not config.dki:
+        return set()
+    qualified, single = set(), []
+    for run in runs:
+        support = dki_support(
+            run.bvals, run.bvecs, name=run.prefix,
+            b_tolerance=config.b_tolerance, b0_threshold=config.b0_threshold,
+        )  # fmt: skip
+        if support.ok:
+            qualified.add(run.dwi)
+        elif len(support.shells) < MIN_SHELLS:
+            single.append(support.reason)
+        else:
+            LOGGER.warning("%s No DKI maps for it.", support.reason)
+    if len(single) == 1:
+        LOGGER.info("%s No DKI maps for it.", single[0])
+    elif single:
+        LOGGER.info(
+            "DKI needs two non-zero shells; %d runs have fewer and get no DKI maps (e.g. %s).",
+            len(single), single[0].split("; ", 1)[1].rstrip("."),
+        )  # fmt: skip
+    return qualified
 
 
 def _rish_for(
@@ -155,8 +190,13 @@ def init_dwi_run_wf(
     rish_model: dict[str, Any] | None = None,
     combat_model: dict[str, Any] | None = None,
     fsl_plan: dict[str, Any] | None = None,
+    dki: bool = False,
 ) -> pe.Workflow:
     """Process one dMRI run; harmonize it too when ``harp_model`` is given.
+
+    ``dki`` adds the DKI fit on the preprocessed run (every shell) and its maps
+    (:class:`~bids_harmony.interfaces.dki.FitDKI`); the caller checks that the run
+    qualifies (:func:`dki_runs`).
 
     ``harp_model`` holds ``file`` (path), ``info`` (name, sha256, sites for
     sidecars), ``expect`` (SH convention the card must match) and ``device``.
@@ -244,6 +284,21 @@ def init_dwi_run_wf(
         (metrics, sink, [("out_json", "metrics_json")]),
         (sink, outputnode, [("out_files", "out_files")]),
     ])  # fmt: skip
+    if dki:
+        from bids_harmony.interfaces.dki import DkiSink, FitDKI
+
+        fit_dki = pe.Node(
+            FitDKI(run_name=run_name, b_tolerance=b_tolerance, b0_threshold=b0_threshold,
+                   n_procs=omp_nthreads),
+            name="fit_dki", mem_gb=mem_gb, n_procs=omp_nthreads,
+        )  # fmt: skip
+        sink_dki = pe.Node(DkiSink(output_dir=output_dir, run_info=run_info, params=params),
+                           name="ds_dki", run_without_submitting=True)  # fmt: skip
+        workflow.connect([
+            (preprocess, fit_dki, gradients),
+            (fit_dki, sink_dki, [("out_json", "dki_json")]),
+            (sink, sink_dki, [("out_files", "written")]),
+        ])  # fmt: skip
     if rish_model is not None:
         from bids_harmony.interfaces.rish_model import ApplyRishModel
 

@@ -489,6 +489,8 @@ def dki_fit(
     index = _voxels.mask_indices(mask, data.shape[:3], order)
     maps = {p: _voxels.new_volume(data.shape[:3], None, order) for p in PARAMS}
     counts = {p: {"below": 0, "above": 0, "nonfinite": 0} for p in PARAMS}
+    # at least one block per process
+    chunk_size = max(1, min(chunk_size, -(-index.size // max(n_procs, 1))))
     blocks = list(_voxels.chunks(index, chunk_size))
     for idx, (values, block_counts) in zip(
         blocks, _fit_blocks(flat, blocks, design, ranges, n_procs), strict=True

@@ -154,7 +154,13 @@ def _sci(value: float) -> str:
 
 
 def dwi_postdesc(
-    *, sh_order: int, gfa: bool, harmonized: bool, rish: bool = False, combat: bool = False
+    *,
+    sh_order: int,
+    gfa: bool,
+    harmonized: bool,
+    rish: bool = False,
+    combat: bool = False,
+    dki: bool = False,
 ) -> str:
     """SH fit, DTI/CSD metrics and the models applied (HARP, LinearRISH), after preprocessing."""
     from bids_harmony.dmri import sh
@@ -184,6 +190,18 @@ def dwi_postdesc(
             "[@gfa]"
         )
     paragraphs.append(metrics + ".")
+    if dki:
+        from bids_harmony.dmri import dki as dki_model
+
+        low, high = dki_model.RANGES["mk"]
+        paragraphs.append(
+            "For runs with at least two non-zero shells, diffusion and kurtosis tensors "
+            "[@dki] were fitted to the b = 0 volumes and all shells together by weighted "
+            "linear least squares [@dkiwls] (DIPY), giving MD, AD, RD and FA of the "
+            "diffusion tensor, mean, axial and radial kurtosis (MK, AK, RK; analytical "
+            f"formulas [@tabesh]) and kurtosis FA; kurtosis values were clipped to "
+            f"[{low:g}, {high:g}], diffusivities to [0, 3 µm²/ms] and anisotropies to [0, 1]."
+        )
     if harmonized:
         paragraphs.append(
             "Runs of a source site with a trained HARP model [@harp] were harmonized: the SH "

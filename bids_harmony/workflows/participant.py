@@ -225,6 +225,7 @@ def init_dwi_run_wf(
         harmonized=bool(harp_model),
         rish=rish_model is not None,
         combat=combat_model is not None,
+        dki=dki,
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="inputnode")
     inputnode.inputs.dwi, inputnode.inputs.bval, inputnode.inputs.bvec = dwi, bval, bvec

@@ -111,6 +111,27 @@ REFERENCES: Mapping[str, tuple[str, str, str]] = {
         "uncertainties of DTI parameters. NeuroImage 33 (2006) 531-541.",
         "",
     ),
+    "dki": (
+        "Jensen et al., 2005",
+        "Jensen JH, Helpern JA, Ramani A, Lu H, Kaczynski K. Diffusional kurtosis imaging: "
+        "the quantification of non-Gaussian water diffusion by means of magnetic resonance "
+        "imaging. Magnetic Resonance in Medicine 53 (2005) 1432-1440.",
+        "10.1002/mrm.20508",
+    ),
+    "dkiwls": (
+        "Veraart et al., 2013",
+        "Veraart J, Sijbers J, Sunaert S, Leemans A, Jeurissen B. Weighted linear least "
+        "squares estimation of diffusion MRI parameters: strengths, limitations, and "
+        "pitfalls. NeuroImage 81 (2013) 335-346.",
+        "10.1016/j.neuroimage.2013.05.028",
+    ),
+    "tabesh": (
+        "Tabesh et al., 2011",
+        "Tabesh A, Jensen JH, Ardekani BA, Helpern JA. Estimation of tensors and "
+        "tensor-derived measures in diffusional kurtosis imaging. Magnetic Resonance in "
+        "Medicine 65 (2011) 823-836.",
+        "10.1002/mrm.22655",
+    ),
     "csd": (
         "Tournier et al., 2007",
         "Tournier J-D, Calamante F, Connelly A. Robust determination of the fibre "

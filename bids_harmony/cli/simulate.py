@@ -27,6 +27,8 @@ SIZES = ("tiny", "demo", "full")
 CLI_SITES = ("GE", "Prisma")
 #: Default sites of a cohort study (``--cohort-sites``; mean ages 30, 45, 60).
 CLI_COHORT_SITES = ("GE", "Prisma", "Skyra")
+#: Signal models of the human brains (``bids_harmony.simulate.study.HUMAN_SIGNALS``).
+HUMAN_SIGNALS = ("gaussian", "kurtosis")
 #: Option of each :class:`~bids_harmony.simulate.zoo.PhantomScenario` field.
 FIELD_OPTIONS = {
     "name": "--scenario",
@@ -94,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the noise-free image of each run under sourcedata/simulation, written by "
         "default (it can be regenerated)",
+    )
+    parser.add_argument(
+        "--shells",
+        nargs="+",
+        type=float,
+        metavar="B",
+        help="b-values (s/mm2) of the multi-shell run of humans and phantoms: 1000 2000 "
+        "(default, acq-multishell) or 1000 2000 3000 (a third shell for DKI, "
+        "acq-multishell3)",
+    )
+    parser.add_argument(
+        "--human-signal",
+        choices=HUMAN_SIGNALS,
+        default="gaussian",
+        help="signal of the human brains: gaussian (one tensor per compartment) or "
+        "kurtosis (WM intra-axonal sticks beside hindered water, slow and fast GM water, "
+        "with DKI truth maps per session) (default: gaussian)",
     )
     zoo = parser.add_argument_group(
         "phantom scenario", "a preset of the phantom zoo, then changes to it"
@@ -243,6 +262,22 @@ def _scenario(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Phan
         fail(FIELD_OPTIONS.get(err.field, "--scenario"), str(err))
 
 
+def _shells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, ...] | None:
+    """The checked ``--shells`` (None when not given)."""
+    from bids_harmony.simulate.layout import MULTISHELL
+
+    if args.shells is None:
+        return None
+    shells = tuple(float(b) for b in args.shells)
+    if shells not in MULTISHELL:
+        known = " or ".join(" ".join(f"{b:g}" for b in key) for key in MULTISHELL)
+        parser.error(
+            f"argument --shells: no multi-shell protocol with b-values "
+            f"{' '.join(f'{b:g}' for b in shells)}; choose {known}"
+        )
+    return shells
+
+
 def _cohort_sites(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
     """The checked sites of ``--cohort`` (and the other options' absence)."""
     from bids_harmony.simulate.site_effects import VENDORS
@@ -262,6 +297,12 @@ def _cohort_sites(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     ):
         if getattr(args, attr) is not None:
             parser.error(f"argument {option}: a cohort study has no phantoms (--cohort)")
+    if args.shells is not None or args.human_signal != "gaussian":
+        option = "--shells" if args.shells is not None else "--human-signal"
+        parser.error(
+            f"argument {option}: not for a cohort study (--cohort): its subjects have "
+            "one protocol (acq-multishell) and one tensor per compartment"
+        )
     if args.scenario != "default":
         parser.error("argument --scenario: a cohort study has no phantoms (--cohort)")
     if args.cohort_sites is None:
@@ -303,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     cohort = args.cohort is not None or args.cohort_sites is not None
     cohort_sites = _cohort_sites(parser, args) if cohort else ()
     scenario = None if cohort else _scenario(parser, args)
+    shells = None if cohort else _shells(parser, args)
 
     from bids_harmony.errors import BidsHarmonyError
 
@@ -336,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 write_noiseless=args.write_noiseless,
                 scenario=scenario,
+                shells=shells,
+                human_signal=args.human_signal,
             )
     except BidsHarmonyError as err:
         print(f"bids-harmony-simulate: error: {err}", file=sys.stderr)

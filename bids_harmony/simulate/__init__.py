@@ -25,8 +25,12 @@ Ground truth (``sourcedata/simulation``, described in its ``README.md``):
 (:class:`TissueModel` in the reference pose), ``_dseg`` (0 background, 1 CSF,
 2 GM, 3 WM; phantoms: 1 bath, 2+i vial i), ``_desc-brain_mask`` and
 ``_desc-truth_{FA,MD}`` images; per session ``_pose.json`` and the same maps in
-that pose (phantoms: ``_phantom.json`` with the session's temperature offset); per
+that pose (phantoms: ``_phantom.json`` with the session's temperature offset;
+humans with ``human_signal="kurtosis"``: the exact DKI truth
+``_desc-truth_model-dki_param-<x>_dwimap`` of their signal, :mod:`.kurtosis`); per
 run ``_desc-noiseless_dwi.nii.gz`` (site effects, no noise).
+``shells=(1000, 2000, 3000)`` (``--shells``) puts ``acq-multishell3`` in place of
+``acq-multishell``.
 
 Phantom zoo (:mod:`.zoo`): a :class:`PhantomScenario` chooses the phantom designs
 (``mixed``, ``fibre``, ``nist``, ``nist-small``), protocols, per-session poses,
@@ -41,11 +45,12 @@ tissue, truth in ``sourcedata/simulation/cohort.json`` and per-session maps.
 Public API
 ----------
 simulate_study(out_dir, *, size="tiny", seed=0, sites=SITES, force=False,
-               write_noiseless=True, scenario=None) -> StudyInfo
+               write_noiseless=True, scenario=None, shells=None,
+               human_signal="gaussian") -> StudyInfo
     Write the whole study (``scenario``: a PhantomScenario, a ZOO name, or None
     for ``ZOO["default"]``).
 simulate_session(subject, session, *, size="tiny", seed=0, protocols=None,
-                 scenario=None) -> SessionData
+                 scenario=None, shells=None, human_signal="gaussian") -> SessionData
     One session in memory (for benchmarks), identical to that session of the study.
 simulate_cohort(out_dir, n_per_site, *, sites=COHORT_SITES, size="tiny", seed=0,
                 force=False, write_noiseless=True) -> StudyInfo
@@ -61,7 +66,7 @@ regenerate_noiseless(root, subject, session, acq, *, site=None, bvals=None, bvec
 
 Module map: :mod:`.tissue` (grids, poses, compartment model), :mod:`.gradients`,
 :mod:`.phantom_spec`, :mod:`.phantom`, :mod:`.phantom_nist`, :mod:`.brain`,
-:mod:`.site_effects`, :mod:`.signal_model` (numerics, no I/O); :mod:`.zoo`
+:mod:`.site_effects`, :mod:`.signal_model`, :mod:`.kurtosis` (numerics, no I/O); :mod:`.zoo`
 (scenarios); :mod:`.layout` (sizes, protocols, labels); :mod:`.study` (keyed
 random streams, sessions); :mod:`.dataset` (whole study); :mod:`.regenerate`
 (signals from the ground truth); :mod:`.docs` (README texts); :mod:`.bids_writer`

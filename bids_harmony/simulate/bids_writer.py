@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from bids_harmony import CODE_URL, __version__
 from bids_harmony.errors import NoDataError
 from bids_harmony.simulate.brain import BrainSpec
+from bids_harmony.simulate.kurtosis import true_dki_maps
 from bids_harmony.simulate.phantom import PhantomSpec
 from bids_harmony.simulate.site_effects import SiteParams
 from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
@@ -261,14 +262,32 @@ def write_subject_truth(
     write_tissue_maps(base, f"sub-{subject}", tissue)
 
 
-def write_tissue_maps(base: Path, prefix: str, tissue: TissueModel) -> None:
-    """``_dseg``, ``_desc-brain_mask``, ``_desc-truth_FA``, ``_desc-truth_MD`` images."""
+def write_tissue_maps(base: Path, prefix: str, tissue: TissueModel, dki: bool = False) -> None:
+    """``_dseg``, ``_desc-brain_mask``, ``_desc-truth_FA``, ``_desc-truth_MD`` images.
+
+    With ``dki``, also the DKI truth (:func:`~bids_harmony.simulate.kurtosis.true_dki_maps`):
+    ``<prefix>_desc-truth_model-dki_param-<x>_dwimap.nii.gz`` for x in md, ad, rd
+    (mm²/s), fa, mk, ak, rk, kfa.
+    """
     aff = tissue.grid.affine
     fa, md = tissue.true_fa_md()
     write_nifti(base / f"{prefix}_dseg.nii.gz", tissue.labels, aff)
     write_nifti(base / f"{prefix}_desc-brain_mask.nii.gz", tissue.mask.astype(np.uint8), aff)
     write_nifti(base / f"{prefix}_desc-truth_FA.nii.gz", fa, aff)
     write_nifti(base / f"{prefix}_desc-truth_MD.nii.gz", md, aff)
+    if dki:
+        for param, image in true_dki_maps(tissue).items():
+            write_nifti(base / dki_truth_name(prefix, param), image, aff)
+
+
+def dki_truth_name(prefix: str, param: str) -> str:
+    """File name of a DKI truth map: ``<prefix>_desc-truth_model-dki_param-<param>_dwimap``."""
+    return f"{prefix}_desc-truth_model-dki_param-{param}_dwimap.nii.gz"
+
+
+def dki_truth_path(root: Path, subject: str, session: str, param: str) -> Path:
+    """Path of a human session's DKI truth map (``param`` in md, ad, rd, fa, mk, ak, rk, kfa)."""
+    return gt_dir(root, subject, session) / dki_truth_name(f"sub-{subject}_ses-{session}", param)
 
 
 def write_session_truth(
@@ -278,8 +297,10 @@ def write_session_truth(
     pose: Pose,
     tissue: TissueModel,
     phantom: dict[str, Any] | None = None,
+    dki: bool = False,
 ) -> None:
-    """Pose JSON, phantom state JSON (phantoms) and the posed tissue maps of a session."""
+    """Pose JSON, phantom state JSON (phantoms) and the posed tissue maps of a session
+    (with ``dki``: and its DKI truth maps, :func:`write_tissue_maps`)."""
     base = gt_dir(root, subject, session)
     if phantom is not None:
         write_json(base / f"sub-{subject}_ses-{session}_phantom.json", phantom)
@@ -293,7 +314,7 @@ def write_session_truth(
             "origin at the grid centre); rotations extrinsic x, y, z.",
         },
     )
-    write_tissue_maps(base, f"sub-{subject}_ses-{session}", tissue)
+    write_tissue_maps(base, f"sub-{subject}_ses-{session}", tissue, dki=dki)
 
 
 def noiseless_path(root: Path, subject: str, session: str, acq: str) -> Path:
@@ -362,7 +383,8 @@ def read_tissue(path: Path) -> TissueModel:
         raise NoDataError(f"tissue model not found: {path}")
     with np.load(path) as npz:
         grid = Grid(tuple(int(v) for v in npz["shape"]), tuple(float(v) for v in npz["voxel_size"]))
-        arrays = {name: npz[name] for name in TissueModel.ARRAY_FIELDS}
+        names = TissueModel.ARRAY_FIELDS + TissueModel.POOL_FIELDS
+        arrays = {name: npz[name] for name in names if name in npz.files}
         return TissueModel.from_arrays(grid, arrays, kind=str(npz["kind"]))
 
 

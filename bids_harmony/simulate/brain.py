@@ -17,6 +17,19 @@ correct partial volumes:
 Diffusivities (mm²/s): WM λ∥ ≈ 1.7e-3, λ⊥ 0.3–0.5e-3; GM ≈ 0.8e-3, weakly radial;
 CSF 3.0e-3.  Subjects differ in size, shape, folding, ventricles, bundle paths and
 diffusivities.
+
+Kurtosis (issue 15; :func:`draw_brain` draws it, :func:`gaussian_spec` removes it,
+as a study does unless ``human_signal="kurtosis"``): each fibre population is intra-axonal water,
+restricted sticks (fraction ``v`` ≈ 0.5–0.6 of the fibre's water, axial
+diffusivity ``D_a = AXON_RATIO·λ∥`` ≈ 2.3e-3, radial 0), beside extra-axonal
+hindered water (axial ``λ∥ (1 − v D_a/λ∥)/(1 − v)``, radial ``λ⊥/(1 − v)``); GM is
+slow and fast water in equal parts (``a λ`` and ``(2 − a) λ``, ``a`` ≈ 0.52).  The
+mean tensor of every compartment is the one above, so the low-b signal, the
+truth FA/MD and the site effects are unchanged.  Pure WM has MK ≈ 0.9–1.2,
+AK ≈ 0.4–0.6, RK = 3v/(1 − v) ≈ 3–3.7; GM MK = 3(1 − a)² ≈ 0.7; CSF 0
+(:mod:`bids_harmony.simulate.kurtosis`).  The parameters are chosen for realistic
+voxel-level DKI, not as fitted microstructure (the extra-axonal water is nearly
+isotropic where λ⊥ is large).
 """
 
 from __future__ import annotations
@@ -79,6 +92,25 @@ def bundle_strands(name: str) -> list[NDArray]:
 #: Weight of the radial background WM orientation against bundle memberships.
 BACKGROUND_WEIGHT = 0.25
 
+#: Intra-axonal water fraction of each bundle's fibres (mean over subjects; dense,
+#: coherent bundles highest) and of the radial background WM.
+INTRA_FRACTION: dict[str, float] = {
+    "cc": 0.57,
+    "cst": 0.55,
+    "slf": 0.53,
+    "cing": 0.54,
+    "ilf": 0.53,
+    "fminor": 0.55,
+    "fmajor": 0.56,
+}
+WM_INTRA_FRACTION = 0.53
+#: Intra-axonal axial diffusivity over the fibre's mean axial diffusivity
+#: (``D_a > D_e∥``; D_a ≈ 2.1–2.5e-3 mm²/s).
+AXON_RATIO = 1.4
+#: GM: fraction of slow water and its diffusivity over the GM mean diffusivity.
+GM_SLOW_FRACTION = 0.5
+GM_SLOW_RATIO = 0.52
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -89,11 +121,18 @@ class Bundle:
     radius_mm: float
     d_par: float
     d_perp: float
+    intra_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
 class BrainSpec:
-    """Anatomy and tissue properties of one subject (object frame, mm, ms, mm²/s)."""
+    """Anatomy and tissue properties of one subject (object frame, mm, ms, mm²/s).
+
+    ``Bundle.intra_fraction``, ``wm_intra_fraction``, ``axon_ratio``,
+    ``gm_slow_fraction`` and ``gm_slow_ratio`` describe the two water pools of WM
+    and GM (see the module docstring); fractions of 0 (the defaults, and specs
+    written before issue 15) make one Gaussian tensor per compartment.
+    """
 
     name: str
     age: int
@@ -118,6 +157,10 @@ class BrainSpec:
     gm_d_perp: float
     csf_d: float
     relaxation: tuple[tuple[str, float, float, float], ...]
+    wm_intra_fraction: float = 0.0
+    axon_ratio: float = 1.0
+    gm_slow_fraction: float = 0.0
+    gm_slow_ratio: float = 1.0
 
     def relax(self, tissue: str) -> tuple[float, float, float]:
         """``(pd, T1, T2)`` of ``tissue`` (wm, gm, csf, scalp)."""
@@ -199,7 +242,7 @@ def draw_brain(number: int, rng: np.random.Generator) -> BrainSpec:
         )
         for t, v in RELAXATION.items()
     )
-    return BrainSpec(
+    spec = BrainSpec(
         name=f"{number:02d}",
         age=int(rng.integers(21, 46)),
         sex=str(rng.choice(["F", "M"])),
@@ -224,6 +267,50 @@ def draw_brain(number: int, rng: np.random.Generator) -> BrainSpec:
         csf_d=3.0e-3,
         relaxation=relaxation,
     )
+    return _draw_pools(spec, rng)
+
+
+def _draw_pools(spec: BrainSpec, rng: np.random.Generator) -> BrainSpec:
+    """``spec`` with its WM and GM water pools drawn (after every other draw, so
+    the anatomy and diffusivities are those drawn before pools existed)."""
+    bundles = tuple(
+        dataclasses.replace(
+            b,
+            intra_fraction=_r(
+                INTRA_FRACTION[b.name if b.name in INTRA_FRACTION else b.name[:-1]]
+                * rng.uniform(0.95, 1.05),
+                4,
+            ),
+        )
+        for b in spec.bundles
+    )
+    return dataclasses.replace(
+        spec,
+        bundles=bundles,
+        wm_intra_fraction=_r(WM_INTRA_FRACTION * rng.uniform(0.95, 1.05), 4),
+        axon_ratio=_r(AXON_RATIO * rng.uniform(0.97, 1.03), 4),
+        gm_slow_fraction=GM_SLOW_FRACTION,
+        gm_slow_ratio=_r(GM_SLOW_RATIO * rng.uniform(0.95, 1.05), 4),
+    )
+
+
+def gaussian_spec(spec: BrainSpec) -> BrainSpec:
+    """``spec`` without water pools: one Gaussian tensor per compartment, no
+    kurtosis beyond partial volumes and crossings (the brains before issue 15)."""
+    return dataclasses.replace(
+        spec,
+        bundles=tuple(dataclasses.replace(b, intra_fraction=0.0) for b in spec.bundles),
+        wm_intra_fraction=0.0,
+        axon_ratio=1.0,
+        gm_slow_fraction=0.0,
+        gm_slow_ratio=1.0,
+    )
+
+
+def has_pools(spec: BrainSpec) -> bool:
+    """Whether ``spec`` has a kurtosis-bearing (two-pool) WM or GM."""
+    fractions = [b.intra_fraction for b in spec.bundles]
+    return max(fractions + [spec.wm_intra_fraction, spec.gm_slow_fraction]) > 0
 
 
 def _brain_distance(spec: BrainSpec, q: NDArray) -> tuple[NDArray, NDArray]:
@@ -300,6 +387,9 @@ def brain_tissue(spec: BrainSpec, grid: Grid, pose: Pose) -> TissueModel:
         for name in ("fractions", "d_par", "d_perp", "restriction", "proton_density", "t1", "t2")
     }
     comps["directions"] = np.zeros((m, kk, 3))
+    pools = has_pools(spec)
+    if pools:  # pool B (all the water) unless set below
+        comps.update({n: np.zeros((m, kk)) for n in TissueModel.POOL_FIELDS})
     radial = pose.rotate(normal)
 
     def put(k_: int, sel: Any, tissue: str, dpar: Any, dperp: Any, restr: float) -> None:
@@ -316,6 +406,9 @@ def brain_tissue(spec: BrainSpec, grid: Grid, pose: Pose) -> TissueModel:
     is_gm = f_gm >= f_scalp
     put(1, is_gm, "gm", spec.gm_d_par, spec.gm_d_perp, 0.3)
     put(1, ~is_gm, "scalp", 1.2e-3, 1.2e-3, 0.2)
+    if pools:  # slow and fast GM water (scalp: one tensor)
+        comps["pool_fraction"][is_gm, 1] = spec.gm_slow_fraction
+        comps["pool_par"][is_gm, 1] = comps["pool_perp"][is_gm, 1] = spec.gm_slow_ratio
 
     # fibre populations: two strongest of (bundles..., radial background)
     nb = len(spec.bundles)
@@ -323,6 +416,7 @@ def brain_tissue(spec: BrainSpec, grid: Grid, pose: Pose) -> TissueModel:
     dirs = np.zeros((m, nb + 1, 3))
     dpar = np.array([b.d_par for b in spec.bundles] + [spec.wm_d_par])
     dperp = np.array([b.d_perp for b in spec.bundles] + [spec.wm_d_perp])
+    intra = np.array([b.intra_fraction for b in spec.bundles] + [spec.wm_intra_fraction])
     in_wm = np.nonzero(f_wm > 0)[0]
     for i, bundle in enumerate(spec.bundles):
         w, t = _bundle_field(bundle, q[in_wm], h)
@@ -339,6 +433,9 @@ def brain_tissue(spec: BrainSpec, grid: Grid, pose: Pose) -> TissueModel:
         comps["fractions"][:, 2 + j] = f_wm * share[:, j]
         comps["directions"][:, 2 + j] = dirs[np.arange(m), sel]
         put(2 + j, slice(None), "wm", dpar[sel], dperp[sel], 1.0)
+        if pools:  # intra-axonal sticks (radial 0) beside extra-axonal water
+            comps["pool_fraction"][:, 2 + j] = intra[sel]
+            comps["pool_par"][:, 2 + j] = spec.axon_ratio
 
     labels = np.zeros(grid.shape, dtype=np.uint8)
     lab = 1 + np.argmax(np.stack([f_csf, f_gm, f_wm], axis=1), axis=1)

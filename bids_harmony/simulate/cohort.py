@@ -62,7 +62,13 @@ from numpy.typing import NDArray
 
 from bids_harmony.errors import NoDataError
 from bids_harmony.simulate import bids_writer as bw
-from bids_harmony.simulate.brain import BUNDLE_PARAMS, BrainSpec, brain_tissue, draw_brain
+from bids_harmony.simulate.brain import (
+    BUNDLE_PARAMS,
+    BrainSpec,
+    brain_tissue,
+    draw_brain,
+    gaussian_spec,
+)
 from bids_harmony.simulate.site_effects import VENDORS
 from bids_harmony.simulate.study import _COHORT, keyed_rng
 from bids_harmony.simulate.tissue import Grid, Pose, TissueModel
@@ -254,6 +260,7 @@ def population_spec(spec: BrainSpec) -> BrainSpec:
 def cohort_brain(subject: CohortSubject, seed: int) -> BrainSpec:
     """Anatomy and tissue of a cohort subject at its age (the site-free truth)."""
     base = draw_brain(subject.number, keyed_rng(seed, _COHORT, _ANATOMY, subject.number))
+    base = gaussian_spec(base)  # one tensor per compartment, as before issue 15
     return dataclasses.replace(age_spec(base, subject.age, subject.sex), name=subject.label)
 
 

@@ -23,6 +23,7 @@ from bids_harmony.simulate.brain import BrainSpec
 from bids_harmony.simulate.docs import (
     DATASET_README,
     GROUND_TRUTH_README,
+    human_lines,
     phantom_lines,
     site_lines,
     site_table,
@@ -30,10 +31,13 @@ from bids_harmony.simulate.docs import (
 from bids_harmony.simulate.phantom import PhantomSpec, temperature_factor
 from bids_harmony.simulate.regenerate import regenerate_noiseless as regenerate_noiseless
 from bids_harmony.simulate.study import (
+    PROTOCOLS,
     SITES,
     RunData,
     SessionData,
+    check_human_signal,
     get_size,
+    multishell_protocol,
     object_grid,
     object_tissue,
     parse_session,
@@ -243,6 +247,8 @@ def simulate_study(
     force: bool = False,
     write_noiseless: bool = True,
     scenario: PhantomScenario | str | None = None,
+    shells: tuple[float, ...] | None = None,
+    human_signal: str = "gaussian",
 ) -> StudyInfo:
     """Simulate and write a two-site phantom + traveling-subject BIDS study.
 
@@ -265,6 +271,13 @@ def simulate_study(
     scenario : PhantomScenario or str, optional
         Phantom scenario, or the name of a :data:`~bids_harmony.simulate.zoo.ZOO`
         entry (default ``"default"``: the study as before scenarios existed).
+    shells : tuple of float, optional
+        Shells of the multi-shell run of humans and phantoms: default b=1000, 2000
+        (``acq-multishell``); ``(1000, 2000, 3000)`` writes ``acq-multishell3``.
+    human_signal : {"gaussian", "kurtosis"}
+        Human brains with one tensor per compartment (the default, as before issue
+        15) or with WM and GM water pools (a kurtosis-bearing signal, and DKI truth
+        maps per session).
 
     Returns
     -------
@@ -280,6 +293,8 @@ def simulate_study(
     root = Path(out_dir)
     get_size(size)
     scenario = resolve_scenario(scenario, tuple(sites))
+    multishell = multishell_protocol(shells)
+    check_human_signal(human_signal)
     _check_output(root, force)
     root.mkdir(parents=True, exist_ok=True)
     phantoms, humans = study_subjects(size, scenario)
@@ -290,13 +305,21 @@ def simulate_study(
     writer = _BackgroundWriter()
     try:
         for subject in phantoms + humans:
-            spec = subject_spec(subject, size, seed, scenario)
+            spec = subject_spec(subject, size, seed, scenario, human_signal)
             participants.append(_participant(subject, spec))
             grid = object_grid(spec, size, scenario)
             ref = object_tissue(spec, grid, Pose())
             writer.submit(bw.write_subject_truth, root, subject, grid, spec, ref)
             for session in sessions:
-                data = simulate_session(subject, session, size=size, seed=seed, scenario=scenario)
+                data = simulate_session(
+                    subject,
+                    session,
+                    size=size,
+                    seed=seed,
+                    scenario=scenario,
+                    shells=shells,
+                    human_signal=human_signal,
+                )
                 writer.submit(
                     bw.write_session_truth,
                     root,
@@ -305,6 +328,7 @@ def simulate_study(
                     data.pose,
                     data.tissue,
                     _phantom_state(data, scenario),
+                    dki=isinstance(spec, BrainSpec) and data.tissue.has_pools,
                 )
                 for run in data.runs:
                     runs.append(_submit_run(writer, root, data, run, grid, write_noiseless))
@@ -317,6 +341,10 @@ def simulate_study(
     call = f"size={size!r}, seed={seed}"
     if scenario.name != "default":  # keeps the default study's description as it was
         call += f", scenario={scenario.name!r}"
+    if multishell != "multishell":
+        call += f", shells={tuple(PROTOCOLS[multishell].shells)}"
+    if human_signal != "gaussian":
+        call += f", human_signal={human_signal!r}"
     bw.write_dataset_files(
         root,
         name=f"bids_harmony simulated two-site study ({size})",
@@ -328,10 +356,10 @@ def simulate_study(
             phantom_lines=phantom_lines(
                 phantoms,
                 scenario.phantom_designs(len(phantoms)),
-                protocols_for(phantoms[0], size, scenario),
+                protocols_for(phantoms[0], size, scenario, multishell),
                 scenario,
             ),
-            humans=", ".join(humans),
+            human_lines=human_lines(", ".join(humans), multishell, human_signal),
         ),
         participants=participants,
     )
@@ -352,6 +380,8 @@ def simulate_study(
             "subjects": list(humans),
             "sessions": list(sessions),
             "scenario": scenario.to_dict(),
+            "shells": list(PROTOCOLS[multishell].shells),
+            "human_signal": human_signal,
             "runs": [r.record(root) for r in runs],
         },
     )

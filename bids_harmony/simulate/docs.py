@@ -21,9 +21,7 @@ Design
 - Sites: {site_lines}
 - Sessions: two per site (scan-rescan): {sessions}.
 {phantom_lines}
-- Traveling subjects ({humans}): human-like heads (CSF, folded GM ribbon, deep GM,
-  WM bundles with crossings), one multi-shell run (acq-multishell: b=1000 and
-  b=2000 s/mm2, 60 directions each), with a small head movement between sessions.
+{human_lines}
 - Site effects (physical, not a harmonization model): b-value miscalibration and
   gradient-axis gains, TE/TR-dependent compartment weighting, diffusion-time
   dependent diffusivities, PSF blur, receive-coil inhomogeneity, receiver gain,
@@ -66,7 +64,12 @@ In `sub-<id>/ses-<ses>/`:
 - the same `_dseg`, `_desc-brain_mask`, `_desc-truth_FA`, `_desc-truth_MD` maps in
   the session's pose;
 - `sub-<id>_ses-<ses>_acq-<acq>_desc-noiseless_dwi.nii.gz`: the run without noise
-  (all site effects applied, float32), same grid and table as the raw run.
+  (all site effects applied, float32), same grid and table as the raw run;
+- humans with human_signal="kurtosis":
+  `sub-<id>_ses-<ses>_desc-truth_model-dki_param-<x>_dwimap.nii.gz`, the
+  DKI truth on the scan's grid in the session's pose (x = md, ad, rd in mm2/s, fa,
+  mk, ak, rk, kfa; 0 outside the brain mask), site-free like the FA/MD truth (see
+  "Kurtosis" below).
 
 At the top: `simulation.json` (size, seed, sites, subjects, sessions, the phantom
 scenario, runs) and `site-<site>_params.json` (all parameters of a site as
@@ -83,7 +86,8 @@ at TE -> 0, TR -> infinity), in the given pose.
 compartment k (0 free water, 1 hindered/GM/PVP, 2 and 3 fibre populations):
 `fractions`, `d_par`, `d_perp` (mm2/s at diffusion time 30 ms), `directions`
 (N,K,3, voxel frame), `restriction`, `proton_density`, `t1`, `t2` (ms); plus
-`labels`, `mask`, `kind`, `shape`, `voxel_size`.
+`labels`, `mask`, `kind`, `shape`, `voxel_size`; human brains also have
+`pool_fraction`, `pool_par`, `pool_perp` (two water pools per compartment, below).
 
 ## Signal
 
@@ -93,6 +97,36 @@ then the site PSF, then Rician noise with the site sigma, rounded to int16.
 b'_i = b_i (1 + delta) |L g_i|^2 and g'_i = L g_i / |L g_i| (miscalibration),
 l' = l (1 + r kappa (sqrt(30 ms / Delta) - 1)) with Delta = dt_factor * TE,
 kappa_par = kappa_perp = 0.1; C(x) = exp(a |x/100mm|^2 + t . x/100mm).
+
+A compartment split into two pools contributes
+v exp(-b' D_A(g')) + (1 - v) exp(-b' D_B(g')) instead of one exponential, with
+D_A = (a_par l_par', a_perp l_perp') and D_B = ((1 - v a_par) l_par',
+(1 - v a_perp) l_perp') / (1 - v) (axial, radial), so the compartment's mean
+tensor, the low-b signal and the FA/MD truth are those of the one-tensor model.
+Human WM fibres: intra-axonal sticks (v = `pool_fraction` 0.5-0.6 by bundle,
+a_par = `pool_par` about 1.4, a_perp = 0) beside hindered extra-axonal water; GM:
+slow and fast water (v = 0.5, a_par = a_perp about 0.52); CSF and scalp: one tensor.
+Only with human_signal="kurtosis" (simulation.json; the default is "gaussian",
+one tensor per compartment, no pools and no DKI truth maps).
+
+## Kurtosis (DKI truth)
+
+The site-free signal of a voxel (TE -> 0, TR -> infinity) is a mixture of Gaussian
+pools m with signal fractions p_m = f_k rho_k (v or 1 - v) / sum_k f_k rho_k and
+tensors D_m.  Its cumulant expansion, ln S/S0 = -b n'Dn + b^2 MD^2 W(n) / 6 + O(b^3),
+gives exactly
+
+    D = sum_m p_m D_m,
+    W_ijkl = [sum_m p_m (D^m_ij D^m_kl + D^m_ik D^m_jl + D^m_il D^m_jk)
+              - (D_ij D_kl + D_ik D_jl + D_il D_jk)] / MD^2,
+
+i.e. the directional kurtosis K(n) = 3 Var_m(n'D_m n) / (n'Dn)^2.  MD, AD, RD, FA
+come from D (equal to the truth FA/MD maps), MK, AK, RK, KFA from (D, W) by dipy's
+analytical formulas, unclipped (`bids_harmony.simulate.kurtosis`).  Partial volumes
+and crossings add kurtosis, as they do in real voxels; pure tissue is about WM MK
+0.9-1.2, AK 0.4-0.6, RK 3-3.7; GM MK 0.65-0.8; CSF 0.  A DKI fit at clinical
+b-values (up to 2000-3000 s/mm2) also absorbs the higher cumulants, so it differs
+from this b -> 0 truth by a few per cent in the noiseless signal.
 
 ## Sites
 
@@ -187,6 +221,29 @@ coordinates (-1..1), each field linear in u (coefficients in cohort.json).
 
 {site_table}
 """
+
+
+def human_lines(humans: str, protocol: str, human_signal: str = "gaussian") -> str:
+    """README bullet on the traveling subjects: run, shells and signal model."""
+    from bids_harmony.simulate.layout import PROTOCOLS
+
+    proto = PROTOCOLS[protocol]
+    *first, last = [f"b={b:g}" for b in proto.shells]
+    signal = (
+        "a kurtosis-bearing signal (WM intra-axonal sticks beside hindered water, slow "
+        "and fast GM water) with DKI ground truth"
+        if human_signal == "kurtosis"
+        else "one Gaussian tensor per compartment"
+    )
+    text = (
+        f"Traveling subjects ({humans}): human-like heads (CSF, folded GM ribbon, deep GM, "
+        f"WM bundles with crossings), one multi-shell run (acq-{protocol}: "
+        f"{', '.join(first)} and {last} s/mm2, {proto.n_dirs} directions each), {signal}, "
+        "with a small head movement between sessions."
+    )
+    return textwrap.fill(
+        text, width=80, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False
+    )
 
 
 def phantom_lines(

@@ -32,7 +32,32 @@ PROTOCOLS: dict[str, Protocol] = {
     "b2000": Protocol("b2000", (2000.0,), 60),
     "multishell": Protocol("multishell", (1000.0, 2000.0), 60),
     "b1500dir30": Protocol("b1500dir30", (1500.0,), 30),
+    # the optional third shell (issue 15, DKI): ``--shells 1000 2000 3000``
+    "multishell3": Protocol("multishell3", (1000.0, 2000.0, 3000.0), 60),
 }
+#: The multi-shell protocols by their shells; ``multishell`` is the default.
+MULTISHELL: dict[tuple[float, ...], str] = {
+    p.shells: name for name, p in PROTOCOLS.items() if name.startswith("multishell")
+}
+
+
+def multishell_protocol(shells: tuple[float, ...] | None) -> str:
+    """The multi-shell protocol acquiring ``shells`` (None: ``multishell``, b=1000, 2000).
+
+    Raises :class:`~bids_harmony.errors.NoDataError` for shells no protocol has.
+    """
+    if shells is None:
+        return "multishell"
+    key = tuple(float(b) for b in shells)
+    if key not in MULTISHELL:
+        known = "; ".join(" ".join(f"{b:g}" for b in k) for k in MULTISHELL)
+        raise NoDataError(f"no multi-shell protocol with shells {key}; choose from: {known}")
+    return MULTISHELL[key]
+
+
+def with_multishell(protocols: tuple[str, ...], multishell: str) -> tuple[str, ...]:
+    """``protocols`` with ``multishell`` in place of the default multi-shell protocol."""
+    return tuple(multishell if p == "multishell" else p for p in protocols)
 
 
 @dataclass(frozen=True)

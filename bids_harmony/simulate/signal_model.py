@@ -16,6 +16,13 @@ followed by the site PSF, where ``G`` is the receiver gain, ``C`` the coil field
 ``λ'_⊥ + (λ'_∥ − λ'_⊥)/3``.  Each compartment is the cylindrically symmetric tensor
 of :func:`dipy.sims.voxel.multi_tensor`; the sum is vectorized over voxels and
 chunked over volumes so paper-sized grids fit in a few GB.
+
+A compartment split into two pools (:meth:`TissueModel.pool_diffusivities`: human
+WM as intra-axonal sticks and extra-axonal hindered water, GM as slow and fast
+water) contributes ``v e^{-b' D_A(ĝ')} + (1 − v) e^{-b' D_B(ĝ')}`` instead of one
+exponential, with the same mean tensor: the same low-b signal, plus a kurtosis.
+The pools scale with the compartment's apparent diffusivities, so every site
+effect acts on them as on the compartment.
 """
 
 from __future__ import annotations
@@ -87,6 +94,7 @@ def mixture_signal(
     b_eff: NDArray,
     g_eff: NDArray,
     is_b0: NDArray,
+    pools: tuple[NDArray, ...] | None = None,
 ) -> NDArray[np.float32]:
     """Sum of cylindrically symmetric Gaussian compartments, shape (N, V).
 
@@ -100,19 +108,34 @@ def mixture_signal(
         Unit gradient directions.
     is_b0 : ndarray of bool, shape (V,)
         Volumes computed with the trace-mean diffusivity.
+    pools : tuple of 5 ndarray, shape (N, K), optional
+        ``(v, a_par, a_perp, b_par, b_perp)`` of
+        :meth:`~bids_harmony.simulate.tissue.TissueModel.pool_diffusivities`:
+        compartments with ``v > 0`` are two Gaussian pools (``d_par``, ``d_perp``
+        are then unused for them).
     """
     b = np.asarray(b_eff, dtype=np.float32)
     g = np.asarray(g_eff, dtype=np.float32)
     out = np.zeros((weights.shape[0], b.shape[0]), dtype=np.float32)
+
+    def gauss(sel: NDArray, k: int, par: NDArray, perp: NDArray, cos2: NDArray) -> NDArray:
+        lam_perp = perp[sel, k].astype(np.float32)[:, None]
+        delta = (par[sel, k] - perp[sel, k]).astype(np.float32)[:, None]
+        return np.exp(-b[None, :] * (lam_perp + delta * cos2))
+
     for k in range(weights.shape[1]):
         active = weights[:, k] > 0
         if not np.any(active):
             continue
-        perp = d_perp[active, k][:, None]
-        delta = (d_par[active, k] - d_perp[active, k])[:, None]
         cos2 = (directions[active, k, :] @ g.T) ** 2
         cos2[:, is_b0] = 1.0 / 3.0
-        out[active] += weights[active, k][:, None] * np.exp(-b[None, :] * (perp + delta * cos2))
+        if pools is None or not np.any(pools[0][active, k] > 0):
+            sig = gauss(active, k, d_par, d_perp, cos2)
+        else:
+            v = pools[0][active, k].astype(np.float32)[:, None]
+            sig = v * gauss(active, k, pools[1], pools[2], cos2)
+            sig += (1.0 - v) * gauss(active, k, pools[3], pools[4], cos2)
+        out[active] += weights[active, k][:, None] * sig
     return out
 
 
@@ -162,6 +185,7 @@ def noiseless_signal(
         tissue.d_par, tissue.d_perp, tissue.restriction, site.diffusion_time(te)
     )
     weights = relaxation_weights(tissue, te, tr)
+    pools = tissue.pool_diffusivities(d_par, d_perp) if tissue.has_pools else None
     scale = coil_field(site, tissue.grid)[tissue.support] * np.float32(site.receiver_gain)
     image = np.zeros(tissue.grid.shape + (bvals.size,), dtype=np.float32, order="F")
     flat = image.reshape(-1, bvals.size, order="F")  # a view: one contiguous column per volume
@@ -177,6 +201,7 @@ def noiseless_signal(
             b_eff[start:stop],
             g_eff[start:stop],
             is_b0[start:stop],
+            pools,
         )
         sig *= scale[:, None]
         for j in range(stop - start):

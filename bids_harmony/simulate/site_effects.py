@@ -14,8 +14,9 @@ differently from another.  The effects are physical, not the HARP model:
 * **receive-field inhomogeneity**: a smooth multiplicative coil field;
 * **receiver gain, SNR and Rician noise**: a site noise level σ in image units.
 
-Vendor constants (names, timings from the HARP paper's Table 1) are fixed; the
-effect magnitudes are drawn from an injected generator within vendor ranges.
+Vendor constants (names, timings from the HARP paper's Table 1; ``multishell3``,
+the b=3000 option, has the longer TE its stronger weighting needs) are fixed;
+the effect magnitudes are drawn from an injected generator within vendor ranges.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "b2000": (72.4, 10400.0),
             "b1500dir30": (62.2, 6000.0),
             "multishell": (72.4, 10400.0),
+            "multishell3": (81.3, 11200.0),
         },
         "ranges": {
             "b_scale": (-0.030, -0.012),
@@ -80,6 +82,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "b2000": (61.0, 4900.0),
             "b1500dir30": (57.0, 2400.0),
             "multishell": (61.0, 4900.0),
+            "multishell3": (68.0, 5300.0),
         },
         "ranges": {
             "b_scale": (0.000, 0.012),
@@ -111,6 +114,7 @@ VENDORS: dict[str, dict[str, Any]] = {
             "b2000": (96.0, 5800.0),
             "b1500dir30": (85.0, 3400.0),
             "multishell": (96.0, 5800.0),
+            "multishell3": (108.0, 6300.0),
         },
         "ranges": {
             "b_scale": (0.010, 0.030),

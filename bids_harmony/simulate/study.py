@@ -10,6 +10,13 @@ target), two sessions per site (``ses-GE1``, ``ses-GE2``, ``ses-Prisma1``,
 ``acq-multishell``; demo: ``acq-multishell`` only; full adds ``acq-b1500dir30``);
 traveling humans get one multi-shell run (``acq-multishell``: b=1000 and b=2000,
 60 directions each), the same protocol as the phantoms' ``acq-multishell`` run.
+``shells=(1000, 2000, 3000)`` puts ``acq-multishell3`` (a third shell, b=3000) in
+place of ``acq-multishell`` for humans and phantoms alike.
+
+Human brains have one Gaussian tensor per compartment unless
+``human_signal="kurtosis"``: a kurtosis-bearing signal (WM sticks beside hindered
+water, slow and fast GM water; :mod:`bids_harmony.simulate.brain`).  Not the
+default: HARP (phantom-trained) harmonizes it less well (issue 15 report).
 
 A :class:`~bids_harmony.simulate.zoo.PhantomScenario` (default ``ZOO["default"]``)
 chooses the phantom designs, protocols, poses and temperatures and the sites' coil
@@ -28,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmony.errors import NoDataError
-from bids_harmony.simulate.brain import BrainSpec, brain_tissue, draw_brain
+from bids_harmony.simulate.brain import BrainSpec, brain_tissue, draw_brain, gaussian_spec
 from bids_harmony.simulate.gradients import acquisition_table, dispersed_directions
 from bids_harmony.simulate.layout import (  # re-exported: the study's public layout
     PROTOCOLS,
@@ -36,8 +43,10 @@ from bids_harmony.simulate.layout import (  # re-exported: the study's public la
     SITES,
     dwi_sidecar,
     get_size,
+    multishell_protocol,
     parse_session,
     parse_subject,
+    with_multishell,
 )
 from bids_harmony.simulate.layout import SIZES as SIZES
 from bids_harmony.simulate.layout import Protocol as Protocol
@@ -70,6 +79,8 @@ _VENDOR_INDEX = {name: i for i, name in enumerate(VENDORS)}
 # key domains of keyed_rng (append new ones: existing streams must not shift)
 _SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION, _COHORT = range(1, 9)
 _PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
+#: Signal models of the human brains (the first is the default).
+HUMAN_SIGNALS: tuple[str, ...] = ("gaussian", "kurtosis")
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,14 +176,33 @@ def phantom_grid(size: str, scenario: PhantomScenario | None = None) -> Grid:
     return Grid((grid.shape[0], grid.shape[1], scenario.phantom_slices), grid.voxel_size)
 
 
+def check_human_signal(human_signal: str) -> str:
+    """``human_signal`` if it is one of :data:`HUMAN_SIGNALS` (else NoDataError)."""
+    if human_signal not in HUMAN_SIGNALS:
+        raise NoDataError(
+            f"unknown human signal {human_signal!r}; choose from {', '.join(HUMAN_SIGNALS)}"
+        )
+    return human_signal
+
+
 def subject_spec(
-    subject: str, size: str, seed: int, scenario: PhantomScenario | str | None = None
+    subject: str,
+    size: str,
+    seed: int,
+    scenario: PhantomScenario | str | None = None,
+    human_signal: str = "gaussian",
 ) -> BrainSpec | PhantomSpec:
-    """Anatomy (brain) or design (phantom; design from the scenario) of ``subject``."""
+    """Anatomy (brain) or design (phantom; design from the scenario) of ``subject``.
+
+    ``human_signal="gaussian"`` (the default) gives a brain without water pools
+    (no kurtosis beyond partial volumes and crossings), ``"kurtosis"`` one with
+    them; the anatomy is the same.
+    """
     is_phantom, number = parse_subject(subject)
     rng = keyed_rng(seed, _SUBJECT, int(not is_phantom), number)
     if not is_phantom:
-        return draw_brain(number, rng)
+        spec = draw_brain(number, rng)
+        return gaussian_spec(spec) if check_human_signal(human_signal) == "gaussian" else spec
     scenario = resolve_scenario(scenario)
     sz = get_size(size)
     designs = scenario.phantom_designs(sz.n_phantoms)
@@ -231,15 +261,21 @@ def session_pose(
 
 
 def protocols_for(
-    subject: str, size: str, scenario: PhantomScenario | None = None
+    subject: str,
+    size: str,
+    scenario: PhantomScenario | None = None,
+    multishell: str = "multishell",
 ) -> tuple[str, ...]:
-    """Protocols acquired for ``subject`` at ``size`` (phantoms: the scenario's if set)."""
+    """Protocols acquired for ``subject`` at ``size`` (phantoms: the scenario's if set).
+
+    ``multishell`` replaces the default multi-shell protocol (e.g. ``multishell3``).
+    """
     sz = get_size(size)
     if not parse_subject(subject)[0]:
-        return sz.human_protocols
+        return with_multishell(sz.human_protocols, multishell)
     if scenario is not None and scenario.protocols:
-        return scenario.protocols
-    return sz.phantom_protocols
+        return with_multishell(scenario.protocols, multishell)
+    return with_multishell(sz.phantom_protocols, multishell)
 
 
 def simulate_session(
@@ -250,6 +286,8 @@ def simulate_session(
     seed: int = 0,
     protocols: tuple[str, ...] | None = None,
     scenario: PhantomScenario | str | None = None,
+    shells: tuple[float, ...] | None = None,
+    human_signal: str = "gaussian",
 ) -> SessionData:
     """Simulate one session in memory (no files), exactly as in the whole study.
 
@@ -267,6 +305,11 @@ def simulate_session(
     scenario : PhantomScenario or str, optional
         Phantom scenario or the name of a :data:`~bids_harmony.simulate.zoo.ZOO`
         entry (default ``"default"``).
+    shells : tuple of float, optional
+        Shells of the multi-shell run (default b=1000, 2000: ``acq-multishell``;
+        ``(1000, 2000, 3000)``: ``acq-multishell3``).
+    human_signal : {"gaussian", "kurtosis"}
+        Signal model of a human brain (:data:`HUMAN_SIGNALS`).
 
     Returns
     -------
@@ -280,7 +323,8 @@ def simulate_session(
     site_label, repeat = parse_session(session)
     is_phantom, number = parse_subject(subject)
     scenario = resolve_scenario(scenario)
-    spec = subject_spec(subject, size, seed, scenario)
+    multishell = multishell_protocol(shells)
+    spec = subject_spec(subject, size, seed, scenario, human_signal)
     grid = object_grid(spec, size, scenario)
     pose = session_pose(subject, session, grid, seed, scenario, spec if is_phantom else None)
     tissue = object_tissue(spec, grid, pose)
@@ -290,7 +334,7 @@ def simulate_session(
         tissue = scale_diffusivities(tissue, scenario.diffusivity_factor(site_label))
     site = study_site(site_label, seed, scenario)
     runs = []
-    for protocol in protocols or protocols_for(subject, size, scenario):
+    for protocol in protocols or protocols_for(subject, size, scenario, multishell):
         if protocol not in PROTOCOLS:
             raise NoDataError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
         bvals, bvecs = gradient_table(site, protocol, seed)

@@ -13,6 +13,12 @@ k     name          use
 3     ``fibre2``    second fibre population in crossing voxels
 ====  ============  ==========================================================
 
+A compartment may be split into two Gaussian *pools* with the same mean tensor
+(optional arrays ``pool_fraction``, ``pool_par``, ``pool_perp``; brains: restricted
+intra-axonal sticks beside hindered extra-axonal water, slow and fast GM water),
+which gives the signal a kurtosis (:mod:`bids_harmony.simulate.kurtosis`); without
+them every compartment is one tensor, as before.
+
 Geometry is defined in millimetres in the *object frame*; a :class:`Pose` places the
 object in the *scanner frame*, whose axes are the voxel axes of the image (the frame
 of the ``.bvec`` files, see :func:`Grid.affine`).
@@ -187,6 +193,12 @@ class TissueModel:
         ``2 + i`` vial ``i``).
     mask : ndarray of bool, shape (X, Y, Z)
         Brain (intracranial) mask, or the inside of the phantom container.
+    pool_fraction, pool_par, pool_perp : ndarray, shape (N, K), optional
+        Two-pool split of each compartment (None: one tensor per compartment).
+        Pool A holds the fraction ``v = pool_fraction`` of the compartment's water
+        with diffusivities ``(a_∥ λ_∥, a_⊥ λ_⊥)``, ``a = pool_par, pool_perp``;
+        pool B the rest with ``((1 − v a_∥) λ_∥, (1 − v a_⊥) λ_⊥) / (1 − v)``, so
+        the compartment's mean tensor stays ``(λ_∥, λ_⊥)`` (:meth:`pool_diffusivities`).
     """
 
     grid: Grid
@@ -202,6 +214,9 @@ class TissueModel:
     labels: NDArray[np.uint8]
     mask: NDArray[np.bool_]
     kind: str = field(default="brain")
+    pool_fraction: NDArray[np.float32] | None = None
+    pool_par: NDArray[np.float32] | None = None
+    pool_perp: NDArray[np.float32] | None = None
 
     ARRAY_FIELDS = (
         "support",
@@ -216,6 +231,47 @@ class TissueModel:
         "labels",
         "mask",
     )
+    POOL_FIELDS = ("pool_fraction", "pool_par", "pool_perp")
+
+    @property
+    def has_pools(self) -> bool:
+        """Whether any compartment is split into two pools (a kurtosis-bearing signal)."""
+        return self.pool_fraction is not None and bool(np.any(self.pool_fraction > 0))
+
+    def pool_diffusivities(
+        self, d_par: NDArray, d_perp: NDArray
+    ) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray]:
+        """Fractions and diffusivities of the two pools of each compartment.
+
+        .. math:: D_A = (a_\\parallel \\lambda_\\parallel, a_\\perp \\lambda_\\perp),\\quad
+                  D_B = \\frac{((1 - v a_\\parallel) \\lambda_\\parallel,
+                  (1 - v a_\\perp) \\lambda_\\perp)}{1 - v}
+
+        so ``v D_A + (1 − v) D_B = (λ_∥, λ_⊥)``.  ``d_par``, ``d_perp`` (N, K) are
+        the compartments' (possibly apparent, site-scaled) mean diffusivities.
+
+        Returns
+        -------
+        v, a_par, a_perp, b_par, b_perp : ndarray, shape (N, K)
+            Pool A fraction and diffusivities, pool B diffusivities (pool B has
+            ``1 − v``).  Without pools ``v = 0`` and pool B is the compartment.
+        """
+        d_par = np.asarray(d_par, dtype=np.float64)
+        d_perp = np.asarray(d_perp, dtype=np.float64)
+        if self.pool_fraction is None:
+            zero = np.zeros_like(d_par)
+            return zero, zero, zero.copy(), d_par, d_perp
+        v = np.asarray(self.pool_fraction, dtype=np.float64)
+        sp = np.asarray(self.pool_par, dtype=np.float64)
+        sq = np.asarray(self.pool_perp, dtype=np.float64)
+        rest = np.where(v < 1.0, 1.0 - v, 1.0)
+        return (
+            v,
+            sp * d_par,
+            sq * d_perp,
+            (1.0 - v * sp) / rest * d_par,
+            (1.0 - v * sq) / rest * d_perp,
+        )
 
     @property
     def n_voxels(self) -> int:
@@ -255,13 +311,16 @@ class TissueModel:
         return self.to_volume(fa), self.to_volume(md)
 
     def arrays(self) -> dict[str, NDArray]:
-        """All arrays by field name (for serialization)."""
-        return {name: getattr(self, name) for name in self.ARRAY_FIELDS}
+        """All arrays by field name (for serialization; pool arrays only when set)."""
+        out = {name: getattr(self, name) for name in self.ARRAY_FIELDS}
+        out.update({n: getattr(self, n) for n in self.POOL_FIELDS if getattr(self, n) is not None})
+        return out
 
     @classmethod
     def from_arrays(cls, grid: Grid, arrays: dict[str, NDArray], kind: str) -> TissueModel:
-        """Inverse of :meth:`arrays`."""
-        return cls(grid=grid, kind=kind, **{name: arrays[name] for name in cls.ARRAY_FIELDS})
+        """Inverse of :meth:`arrays` (models written without pools read as before)."""
+        names = cls.ARRAY_FIELDS + tuple(n for n in cls.POOL_FIELDS if n in arrays)
+        return cls(grid=grid, kind=kind, **{name: arrays[name] for name in names})
 
 
 def assemble(
@@ -278,7 +337,8 @@ def assemble(
     ----------
     comps : dict of ndarray
         ``fractions``, ``d_par``, ``d_perp``, ``restriction``, ``proton_density``,
-        ``t1``, ``t2`` of shape (M, K) and ``directions`` (M, K, 3) over ``support``.
+        ``t1``, ``t2`` of shape (M, K) and ``directions`` (M, K, 3) over ``support``;
+        optionally ``pool_fraction``, ``pool_par``, ``pool_perp`` (M, K).
     """
     keep = comps["fractions"].sum(axis=1) > 1e-4
     new_support = np.zeros(grid.shape, dtype=bool)

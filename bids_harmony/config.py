@@ -60,6 +60,7 @@ class Config:
     combat_smooth: tuple[str, ...] = ()
     combat_categorical: tuple[str, ...] = ()
     combat_atlas: Path | None = None
+    dki_max_minutes: float = 15.0
     seed: int = 0
     verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

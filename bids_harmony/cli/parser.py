@@ -331,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--template; resampled to its grid (nearest neighbour)",
     )  # fmt: skip
 
+    harm.add_argument(
+        "--dki-max-minutes", type=float, default=15.0, metavar="MIN",
+        help="'train --method dki-cnn': wall-clock budget of each network's training "
+        "(it stops after the epoch that exceeds it; default 15)",
+    )  # fmt: skip
+
     group = parser.add_argument_group("Group level")
     group.add_argument(
         "--template", metavar="FILE|NAME",

@@ -165,6 +165,7 @@ def config_from_args(args) -> object:
         ),
         combat_categorical=tuple(args.combat_categorical),
         combat_atlas=args.combat_atlas,
+        dki_max_minutes=args.dki_max_minutes,
         seed=args.seed,
         verbose=args.verbose,
     )
@@ -214,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             from bids_harmony.workflows.train_combat import run_train_combat
 
             return run_train_combat(config)
+        if config.analysis_level == "train" and config.method == "dki-cnn":
+            from bids_harmony.workflows.train_dki import run_train_dki
+
+            return run_train_dki(config)
         if config.analysis_level == "train" and config.method == "rish":
             from bids_harmony.workflows.train_rish import run_train_rish
 

@@ -173,3 +173,26 @@ def select_combat_models(
             )
         LOGGER.info("ComBat model for protocol %s: %s", acq or "(no acq)", path)
     return chosen
+
+
+def select_dki_models(
+    output_dir: Path, sites: Iterable[str], *, target_site: str | None
+) -> dict[tuple[str, str | None], Path]:
+    """DKI CNN models in ``OUT/models`` by (source site, raw ``acq``) of the data's sites."""
+    sites = set(sites)
+    chosen: dict[tuple[str, str | None], Path] = {}
+    for path in sorted((Path(output_dir) / MODELS_DIR).glob("dkicnn_src-*_tgt-*.safetensors")):
+        card = read_card(path)
+        if card["source_site"] not in sites:
+            continue
+        if target_site is not None and card["target_site"] != target_site:
+            continue
+        key = (card["source_site"], card.get("acq"))
+        if key in chosen:
+            raise ModelSelectionError(
+                f"two DKI CNN models for site '{key[0]}': {chosen[key]} and {path}; choose one "
+                "with --target-site."
+            )
+        chosen[key] = path
+        LOGGER.info("DKI CNN model for site %s: %s", key[0], path)
+    return chosen

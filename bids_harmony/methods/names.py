@@ -5,6 +5,6 @@ registry (:mod:`bids_harmony.methods.registry`) holds the methods themselves and
 test checks that both agree.
 """
 
-METHOD_NAMES = ("harp", "rish", "combat")
+METHOD_NAMES = ("harp", "rish", "combat", "dki-cnn")
 #: ``--combat-variant`` choices (:data:`bids_harmony.methods.combat.variants.VARIANTS`).
 COMBAT_VARIANTS = ("combat", "gam", "covbat", "longitudinal")

@@ -30,10 +30,12 @@ class UnknownMethodError(BidsHarmonyError, KeyError):
 def _build() -> dict[str, HarmonizationMethod]:
     # Imported here: HARP pulls in torch, which a CLI --help must not wait for.
     from bids_harmony.methods.combat.method import CombatMethod
+    from bids_harmony.methods.dki_cnn.method import DkiCnnMethod
     from bids_harmony.methods.harp.method import HarpMethod
     from bids_harmony.methods.rish.method import RishMethod
 
-    methods: list[HarmonizationMethod] = [HarpMethod(), RishMethod(), CombatMethod()]
+    methods: list[HarmonizationMethod] = [HarpMethod(), RishMethod(), CombatMethod(),
+                                          DkiCnnMethod()]  # fmt: skip
     return {m.name: m for m in methods}
 
 

@@ -36,6 +36,7 @@ def init_participant_wf(
     models: dict[str, dict[str, Any]] | None = None,
     rish_models: dict[tuple[str, str | None], Path] | None = None,
     combat_models: dict[str, dict[str, Any]] | None = None,
+    dki_models: dict[str, dict[str, Any]] | None = None,
 ) -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per dMRI run.
 
@@ -58,6 +59,7 @@ def init_participant_wf(
         (:class:`~bids_harmony.interfaces.combat.ApplyCombatModel`).
     """
     combat_models = combat_models or {}
+    dki_models = dki_models or {}
     models = models or {}
     rish_models = rish_models or {}
     # Nipype caches by node inputs, not by our code: one cache per release.
@@ -115,6 +117,7 @@ def init_participant_wf(
                     harp_model=models.get(run.site),
                     rish_model=_rish_for(rish_models, run, config),
                     combat_model=combat_models.get(run.prefix),
+                    dki_model=dki_models.get(run.prefix),
                     fsl_plan=plans.get(run.dwi),
                     dki=run.dwi in with_dki,
                 )
@@ -189,6 +192,7 @@ def init_dwi_run_wf(
     harp_model: dict[str, Any] | None = None,
     rish_model: dict[str, Any] | None = None,
     combat_model: dict[str, Any] | None = None,
+    dki_model: dict[str, Any] | None = None,
     fsl_plan: dict[str, Any] | None = None,
     dki: bool = False,
 ) -> pe.Workflow:
@@ -315,6 +319,14 @@ def init_dwi_run_wf(
         combat = pe.Node(ApplyCombatModel(output_dir=output_dir, **combat_model),
                          name="combat", mem_gb=mem_gb)  # fmt: skip
         workflow.connect(sink, "out_files", combat, "written")
+    if dki_model is not None:
+        from bids_harmony.interfaces.dki_cnn import ApplyDkiCnnModel
+
+        # after the sink: the network reads the run's SH maps and mask from the dataset;
+        # in this process (torch's thread pool does not survive a fork)
+        dki_cnn = pe.Node(ApplyDkiCnnModel(output_dir=output_dir, **dki_model),
+                          name="dki_cnn", mem_gb=mem_gb, run_without_submitting=True)
+        workflow.connect(sink, "out_files", dki_cnn, "written")
     if harp_model is None:
         return workflow
 

@@ -147,6 +147,22 @@ def participant_combat(config: Config, study: Study) -> dict[str, dict[str, Any]
     return settings
 
 
+def participant_dki(config: Config, study: Study) -> dict[str, dict[str, Any]]:
+    """The DKI CNN node settings per run prefix: multi-shell human runs of a source site."""
+    if not (config.output_dir / "models").is_dir() or (
+            config.methods and "dki-cnn" not in config.methods):  # fmt: skip
+        return {}
+    from bids_harmony.methods.catalog import select_dki_models
+
+    chosen = select_dki_models(config.output_dir, study.sites, target_site=config.target_site)
+    return {
+        run.prefix: {"model_file": str(path), "run": run}
+        for run in study.runs
+        if not run.is_phantom
+        and (path := chosen.get((run.site, run.entities.get("acquisition")))) is not None
+    }
+
+
 @releases_locks
 def run_participant(config: Config) -> int:
     """Run the participant level; returns the exit code."""
@@ -179,9 +195,10 @@ def run_participant(config: Config) -> int:
         rish_models = select_rish_models(config.output_dir, study.sites,
                                          target_site=config.target_site)  # fmt: skip
     combat_models = participant_combat(config, study)
+    dki_models = participant_dki(config, study)
     workflow = init_participant_wf(study, config, backend=backend, models=models,
-                                   rish_models=rish_models,
-                                   combat_models=combat_models)  # fmt: skip
+                                   rish_models=rish_models, combat_models=combat_models,
+                                   dki_models=dki_models)  # fmt: skip
 
     names = {wf_name(run.prefix): run.prefix for run in study.runs}
     plugin, plugin_args = choose_plugin(

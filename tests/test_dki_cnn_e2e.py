@@ -1,0 +1,77 @@
+"""The DKI CNN from the CLI on the tiny study: participant (DKI maps) -> train --method
+dki-cnn -> participant (desc-dkicnn maps), and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_harmony.cli.run import main
+
+pytestmark = pytest.mark.slow
+HUMANS = ["--participant-label", "01", "02", "03"]
+
+
+def _cli(bids, out, work, *args: str) -> int:
+    return main([str(bids), str(out), *args, "--preproc", "none", "-w", str(work),
+                 "--nprocs", "2"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from bids_harmony.cli.simulate import main as simulate
+
+    root = tmp_path_factory.mktemp("dkicnn")
+    bids, out, work = root / "bids", root / "out", root / "work"
+    assert simulate([str(bids), "--size", "tiny", "--seed", "0"]) == 0
+    assert _cli(bids, out, work, "participant", *HUMANS) == 0
+    assert _cli(bids, out, work, "train", "--method", "dki-cnn", "--target-site", "Prisma",
+                "--dki-max-minutes", "0.2", *HUMANS) == 0  # fmt: skip
+    assert _cli(bids, out, work, "participant", *HUMANS) == 0
+    return bids, out
+
+
+def test_train_writes_the_network_with_its_card(trained):
+    _, out = trained
+    card = json.loads((out / "models" / "dkicnn_src-SIGNAPremier_tgt-Prisma_acq-multishell.json")
+                      .read_text())  # fmt: skip
+    assert card["method"] == "dki-cnn" and card["target_site"] == "Prisma"
+    assert card["held_out_subjects"] == ["sub-03"]
+    assert len(card["training_pairs"]) == 6  # 3 subjects x 2 source sessions
+    history = card["config"]["training"]
+    assert history["val_loss"][-1] < history["val_loss"][0]  # held-out loss went down
+    assert card["config"]["inputs"]["shells"] == [1000.0, 2000.0]
+
+
+def test_participant_writes_desc_dkicnn_maps_for_source_sessions_only(trained):
+    _, out = trained
+    maps = sorted(out.glob("sub-*/ses-*/dwi/*_desc-dkicnn_model-dki_param-*_dwimap.nii.gz"))
+    assert len(maps) == 3 * 2 * 8 and all("ses-GE" in p.name for p in maps)
+    for path in maps:
+        data = np.asarray(nb.load(path).dataobj)
+        assert np.isfinite(data).all() and data.min() >= 0
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Harmonization"]["Method"] == "dki-cnn"
+        if "param-fa" in path.name or "param-kfa" in path.name:
+            assert data.max() <= 1
+
+
+def test_too_few_traveling_subjects_is_refused(trained, tmp_path, caplog):
+    bids, out = trained
+    code = _cli(bids, tmp_path / "out", tmp_path / "w", "train", "--method", "dki-cnn",
+                "--target-site", "Prisma", "--participant-label", "01")  # fmt: skip
+    assert code == 2
+    assert "1 traveling subject(s)" in caplog.text and "needs at least 2" in caplog.text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
+def test_common_shells():
+    from types import SimpleNamespace
+
+    from bids_harmony.workflows.train_dki import common_shells
+
+    runs = [SimpleNamespace(shells=(1000.0, 2000.0)), SimpleNamespace(shells=(1000.0,))]
+    assert common_shells(None, runs) == [1000.0]

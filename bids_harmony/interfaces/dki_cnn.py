@@ -75,7 +75,10 @@ def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int
     from bids_harmony.bids.reader import RunOutputs
     from bids_harmony.errors import MissingOutputError
     from bids_harmony.methods.dki_cnn.network import MAP_NAMES
-    from bids_harmony.registration.common_space import register_to_template
+    from bids_harmony.registration.common_space import (
+        RegistrationFailedError,
+        register_to_template,
+    )
     from bids_harmony.registration.warps import to_template
 
     maps = RunOutputs.of_run(output_dir, pair.target).dki_maps()
@@ -88,7 +91,14 @@ def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int
     fa = {m.label: m.raw["fa"] for m in run_shells(output_dir, pair.source)}
     fa_ref = {m.label: m.raw["fa"] for m in run_shells(output_dir, pair.target)}
     label = min(set(fa) & set(fa_ref), key=lambda s: abs(float(s[1:]) - 1000.0))
-    tr = register_to_template(fa_ref[label], fa[label], work, seed=seed, transform="SyN")
+    try:
+        tr = register_to_template(fa_ref[label], fa[label], work, seed=seed, transform="SyN")
+    except RegistrationFailedError as err:
+        # rescans that are already close can make SyN fit noise (its acceptance test then
+        # refuses it): an affine registration is the fallback, then the pair is left out
+        LOGGER.info("%s; trying an affine registration.", err)
+        tr = register_to_template(fa_ref[label], fa[label], work / "affine", seed=seed,
+                                  transform="Affine")  # fmt: skip
     return np.stack([to_template(maps[n], tr, fa[label]) for n in names], axis=-1)
 
 
@@ -124,21 +134,39 @@ class TrainDkiCnn(SimpleInterface):
         spec = InputSpec(tuple(self.inputs.shells))
         out = Path(self.inputs.output_dir)
         inputs, labels, masks, held = [], [], [], []
+        from bids_harmony.errors import NoDataError
+        from bids_harmony.registration.common_space import RegistrationFailedError
+
+        pairs, left_out = [], []
         for k, pair in enumerate(self.inputs.pairs):
+            try:
+                y = reference_labels(out, pair, Path(runtime.cwd) / f"pair{k}",
+                                     self.inputs.seed)  # fmt: skip
+            except RegistrationFailedError as err:
+                LOGGER.warning("DKI CNN %s: pair %s <- %s left out: %s", self.inputs.stem,
+                               pair.source.prefix, pair.target.prefix, err)  # fmt: skip
+                left_out.append(pair)
+                continue
             x, mask = run_inputs(out, pair.source, spec)
-            y = reference_labels(out, pair, Path(runtime.cwd) / f"pair{k}", self.inputs.seed)
+            pairs.append(pair)
             inputs.append(x)
             labels.append(np.where(mask[..., None], y, np.nan).astype(np.float32))
             masks.append(mask)
             if pair.subject in self.inputs.held_out:
-                held.append(k)
+                held.append(len(pairs) - 1)
+        if not held or len(held) == len(pairs):
+            raise NoDataError(
+                f"DKI CNN {self.inputs.stem}: after registration {len(pairs)} pair(s) are left "
+                f"({len(held)} held out); training needs pairs to train on and held-out ones."
+            )
         method = get_method("dki-cnn")
         model = method.fit(inputs, labels, masks=masks, held_out=held, seed=self.inputs.seed,
                            max_minutes=self.inputs.max_minutes, device=self.inputs.device,
                            spec=spec)  # fmt: skip
         card = {**self.inputs.card, "software_versions": software_versions(),
-                "training_pairs": [f"{p.source.prefix} <- {p.target.prefix}"
-                                   for p in self.inputs.pairs]}  # fmt: skip
+                "training_pairs": [f"{p.source.prefix} <- {p.target.prefix}" for p in pairs],
+                "pairs_left_out": [f"{p.source.prefix} <- {p.target.prefix}: registration "
+                                   "failed" for p in left_out]}  # fmt: skip
         path = method.save(model, Path(self.inputs.models_dir) / self.inputs.stem, card)
         LOGGER.info("DKI CNN %s: %s", self.inputs.stem, model.training)
         self._results["out_file"] = str(path)

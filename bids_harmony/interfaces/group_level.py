@@ -11,9 +11,11 @@ space is set up (:mod:`bids_harmony.interfaces.common_space`):
   ``desc-rish`` outputs written next to the participant outputs;
 - :class:`FibreErrors` (per source session): CSD peak angle, source vs HARP;
 - :class:`WarpMaps` (per session): FA/MD/GFA of every method and the mask into
-  the template;
+  the template (and, when asked, the run's DKI maps, raw and ``desc-dkicnn``);
 - :class:`EvaluateScenario` (per scenario): Eq. 2 standard-error maps, ROI
-  tables and t-tests, as a :class:`ScenarioResult`.
+  tables and t-tests, as a :class:`ScenarioResult`;
+- :class:`EvaluateDki` (per scenario with DKI maps): inter-scanner CV and NRMSEs of
+  the DKI maps before/after the DKI CNN (:mod:`bids_harmony.workflows.group_dki`).
 """
 
 from __future__ import annotations
@@ -230,14 +232,19 @@ class _WarpInputSpec(BaseInterfaceInputSpec):
     labels = traits.List(traits.Str, mandatory=True)
     methods = traits.List(traits.Str, desc="harmonized outputs to warp (source sessions)")
     after = traits.Any(desc="only orders this node after the steps that write the maps")
+    dki = traits.Bool(False, usedefault=True, desc="also warp the run's 8 raw DKI maps")
+    dki_methods = traits.List(traits.Str, usedefault=True,
+                              desc="and these methods' DKI maps (dkicnn)")
 
 
 class _WarpOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc=".npz: 'mask' and '<label>/<metric>/<method|none>'")
+    out_file = File(exists=True, desc=".npz: 'mask', '<label>/<metric>/<method|none>' and "
+                    "(with dki) 'dki/<param>/<method|none>'")
 
 
 class WarpMaps(SimpleInterface):
-    """FA/MD/GFA (raw and per method) and the brain mask of a session, in template space."""
+    """FA/MD/GFA (raw and per method), DKI maps when asked and the brain mask of a
+    session, in template space."""
 
     input_spec = _WarpInputSpec
     output_spec = _WarpOutputSpec
@@ -260,6 +267,15 @@ class WarpMaps(SimpleInterface):
                 for method in [None, *self.inputs.methods]:
                     arrays[f"{label}/{metric}/{method or 'none'}"] = to_template(
                         maps.file(metric, method), tr, template
+                    )
+        if self.inputs.dki:
+            from bids_harmony.bids.derivatives import DKI_PARAMS
+
+            outputs = session.shells[self.inputs.labels[0]].outputs  # the run's (all shells)
+            for method in [None, *self.inputs.dki_methods]:
+                for param in DKI_PARAMS:
+                    arrays[f"dki/{param}/{method or 'none'}"] = to_template(
+                        outputs.dki_map(param, method, required=True), tr, template
                     )
         np.savez(out, **arrays)
         self._results["out_file"] = str(out)
@@ -309,4 +325,56 @@ class EvaluateScenario(SimpleInterface):
             [dict(np.load(f)) for f in src], [dict(np.load(f)) for f in tgt], len(keep),
             list(self.inputs.labels), list(self.inputs.methods), fibres,
         )  # fmt: skip
+        return runtime
+
+
+class _EvaluateDkiInputSpec(BaseInterfaceInputSpec):
+    sessions_source = traits.List(traits.Any, mandatory=True, desc="SessionMaps (source)")
+    sessions_target = traits.List(traits.Any, mandatory=True, desc="SessionMaps (target)")
+    transforms = traits.List(traits.Any, mandatory=True, desc="aligned with source + target")
+    warped = traits.List(File(exists=True), mandatory=True,
+                         desc="WarpMaps files (with dki), aligned with source + target")
+    method = traits.Str("", usedefault=True,
+                        desc="the source sessions' harmonized DKI maps ('': before only)")
+
+
+class _EvaluateDkiOutputSpec(TraitedSpec):
+    rows = traits.List(traits.Dict, desc="bids_harmony.evaluation.dki.evaluate_dki rows")
+
+
+class EvaluateDki(SimpleInterface):
+    """Inter-scanner CV and NRMSEs of the DKI maps, before and after (Tong et al. 2020)."""
+
+    input_spec = _EvaluateDkiInputSpec
+    output_spec = _EvaluateDkiOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.bids.derivatives import DKI_PARAMS
+        from bids_harmony.evaluation.dki import evaluate_dki
+
+        source, target = list(self.inputs.sessions_source), list(self.inputs.sessions_target)
+        keep = kept_subjects(source, target, self.inputs.transforms)
+        self._results["rows"] = []
+        if not keep:
+            return runtime
+        warped = [Path(f) for f in self.inputs.warped]
+        src = [dict(np.load(warped[2 * i + k])) for i in keep for k in (0, 1)]
+        tgt = [dict(np.load(warped[len(source) + 2 * i + k])) for i in keep for k in (0, 1)]
+        brain = np.stack([z["mask"] for z in [*src, *tgt]]).all(0)
+
+        def stack(files, param, method):
+            arrays = [z[f"dki/{param}/{method}"] for z in files]
+            return np.stack(arrays).reshape(len(keep), 2, *arrays[0].shape)
+
+        method = self.inputs.method
+        rows = evaluate_dki(
+            {p: stack(src, p, "none") for p in DKI_PARAMS},
+            {p: stack(src, p, method) for p in DKI_PARAMS} if method else None,
+            {p: stack(tgt, p, "none") for p in DKI_PARAMS}, brain,
+        )  # fmt: skip
+        subjects = [source[2 * i].subject for i in keep]
+        for row in rows:
+            if row["subject"] != "mean":
+                row["subject"] = subjects[int(row["subject"])]
+        self._results["rows"] = rows
         return runtime

@@ -10,7 +10,9 @@ and harmonized data (every evaluated method with outputs:
 :data:`bids_harmony.evaluation.evaluated.EVALUATED_METHODS`) warped to the
 template per session, CSD fibre directions per source session (HARP), and the
 standard-error maps, tables and t-tests per scenario
-(:mod:`bids_harmony.interfaces.group_level`).  Sessions run in parallel
+(:mod:`bids_harmony.interfaces.group_level`); when the sessions have DKI maps,
+their inter-scanner CV and NRMSEs before/after the DKI CNN
+(:mod:`bids_harmony.workflows.group_dki`).  Sessions run in parallel
 with ``--nprocs`` (or on a cluster with ``--use-plugin``); a rerun with the same
 ``--work-dir`` reuses finished nodes.  The figures, tables and the
 self-contained ``OUT/group/report.html`` are written last, in this process.
@@ -36,6 +38,7 @@ from bids_harmony.evaluation.evaluated import METHODS, by_name
 from bids_harmony.evaluation.scenario import ScenarioResult
 from bids_harmony.evaluation.wording import scenario_title
 from bids_harmony.interfaces.group_level import SessionMaps
+from bids_harmony.workflows.group_dki import add_dki_nodes, dki_report_parts, dki_results
 from bids_harmony.workflows.group_outputs import (
     ScenarioSessions,
     session_table,
@@ -313,6 +316,7 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
                                                                 len(scen.sessions)))
     n_src = len(scen.source)
     warped = pe.Node(niu.Merge(len(scen.sessions)), name="warped")
+    warps = []
     fibres = pe.Node(niu.Merge(max(1, n_src * len(scen.labels)), no_flatten=True),
                      name="fibres")  # fmt: skip
     if scen.rish_fit:
@@ -326,6 +330,7 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
         warp = pe.Node(WarpMaps(session=session, labels=scen.labels,
                                 methods=list(scen.methods) if is_source else []),
                        name=_name("warp", session.key))  # fmt: skip
+        warps.append(warp)
         workflow.connect([(transforms, select, [("out", "inlist")]),
                           (select, warp, [("out", "transform")]),
                           (space, warp, [("template", "template_file")]),
@@ -352,6 +357,7 @@ def init_scenario_wf(config: Config, scen: Scenario) -> Workflow:
                       (warped, evaluate, [("out", "warped")])])  # fmt: skip
     if _fibre_methods(scen):
         workflow.connect(fibres, "out", evaluate, "fibres")
+    add_dki_nodes(workflow, scen, warps, transforms, warped)  # when the sessions have DKI maps
     return workflow
 
 
@@ -495,11 +501,12 @@ def run_group(config: Config) -> int:
     LOGGER.info("Group level: %d scenario(s), %d ComBat model(s) for the cohort checks",
                 len(scenarios), len(cohort_models))  # fmt: skip
     hold_locks(config, level_keys(config, study))
-    results = []
+    results, dki = [], {}
     if scenarios:
         graph = run_steps(workflow, config, log_dir, n_steps, GROUP_STEPS)
         results, failed = _results(graph, scenarios)
         excluded += failed
+        dki = dki_results(graph, scenarios)
     cohort = run_cohort_checks(config, study, group_dir) if cohort_models else []
     if not results and not cohort:
         raise NoDataError(
@@ -509,6 +516,11 @@ def run_group(config: Config) -> int:
         )
     cohort_tables, cohort_figures, cohort_notes = report_parts(cohort)
     notes += cohort_notes
+    dki_tables, dki_figures, dki_notes = dki_report_parts(
+        dki, group_dir, config.output_dir / "models", {k: scenario_title(k) for k in dki})
+    cohort_tables.update(dki_tables)
+    cohort_figures.update(dki_figures)
+    notes += dki_notes
     evaluated = list(scenarios.values())
     rish = ("fitted" if any(s.rish_fit for s in evaluated) else
             "model" if any("rish" in s.methods for s in evaluated) else "none")  # fmt: skip

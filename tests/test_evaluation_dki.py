@@ -88,3 +88,18 @@ def test_evaluate_dki_without_after_maps_gives_nan_after():
     source, _, target, brain = _study(np.random.default_rng(1))
     rows = dki.evaluate_dki(source, None, target, brain)
     assert rows and all(np.isnan(r["after"]) for r in rows if r["measure"] != "nrmse_sr_target")
+
+
+def test_after_all_uses_the_reference_sessions_network_maps():
+    source, after, target, brain = _study(np.random.default_rng(2))
+    smooth = {k: np.broadcast_to(v.mean(axis=(0, 1)), v.shape) for k, v in after.items()}
+    rows = dki.evaluate_dki(source, smooth, target, brain, after_target=smooth)
+    get = {(r["param"], r["measure"], r["region"], r["subject"]): r for r in rows}
+    cv = get[("mk", "cv_inter", "WM", "mean")]
+    assert cv["after_all"] == pytest.approx(0.0, abs=1e-12) and cv["after"] > 0.005
+    assert cv["reduction_all_percent"] == pytest.approx(100.0)
+    sr = get[("mk", "nrmse_sr_target", "WM", "mean")]
+    assert sr["after"] == sr["before"] > 0
+    assert sr["after_all"] == pytest.approx(0.0, abs=1e-12)
+    plain = dki.evaluate_dki(source, smooth, target, brain)
+    assert all(np.isnan(r["after_all"]) for r in plain)

@@ -23,10 +23,12 @@ def _session(subject: str, key: str, methods=(None,)) -> SessionMaps:
 def test_dki_plan_needs_raw_maps_everywhere_and_dkicnn_for_after():
     src = [_session("01", "a", (None, "dkicnn")), _session("01", "b", (None, "dkicnn"))]
     tgt = [_session("01", "c"), _session("01", "d")]
-    assert group_dki.dki_plan(src, tgt) == (True, "dkicnn")
+    assert group_dki.dki_plan(src, tgt) == (True, "dkicnn", "")
     src_raw = [_session("01", "a"), _session("01", "b", (None, "dkicnn"))]
-    assert group_dki.dki_plan(src_raw, tgt) == (True, "")
-    assert group_dki.dki_plan(src, [*tgt[:1], _session("01", "d", ())]) == (False, "")
+    assert group_dki.dki_plan(src_raw, tgt) == (True, "", "")
+    assert group_dki.dki_plan(src, [*tgt[:1], _session("01", "d", ())]) == (False, "", "")
+    tgt_cnn = [_session("01", "c", (None, "dkicnn")), _session("01", "d", (None, "dkicnn"))]
+    assert group_dki.dki_plan(src, tgt_cnn) == (True, "dkicnn", "dkicnn")
 
 
 def _warped(tmp_path, name, scale, rng):
@@ -51,12 +53,13 @@ def test_evaluate_dki_interface_and_report_parts(tmp_path):
               for s in src] + [_warped(tmp_path, s.key, 1.0, np.random.default_rng(
                   int(s.subject))) for s in tgt]  # fmt: skip
     node = EvaluateDki(sessions_source=src, sessions_target=tgt, transforms=[object()] * 8,
-                       warped=warped, method="dkicnn")  # fmt: skip
+                       warped=warped, method="dkicnn", target_method="dkicnn")  # fmt: skip
     node.base_dir = str(tmp_path / "work")
     rows = node.run(cwd=str(tmp_path)).outputs.rows
     cv = next(r for r in rows if (r["param"], r["measure"], r["region"], r["subject"])
               == ("mk", "cv_inter", "WM", "mean"))  # fmt: skip
     assert cv["before"] > 0.1 and cv["after"] == 0.0 and cv["reduction_percent"] == 100
+    assert cv["after_all"] == 0.0 and cv["reduction_all_percent"] == 100
     assert {r["subject"] for r in rows} == {"01", "02", "mean"}
 
     models = tmp_path / "models"
@@ -70,5 +73,6 @@ def test_evaluate_dki_interface_and_report_parts(tmp_path):
     assert (tmp_path / "group" / f"{stem}_dki.json").is_file()
     table = tables["DKI, WM: GE to Prisma"]
     assert set(table["subjects"]) == {"all", "held out: 02"}
+    assert "reduction_all_percent" in table.columns
     assert len(notes) == 1 and "desc-dkicnn" in notes[0]
     assert all(p.is_file() for p in figures.values())

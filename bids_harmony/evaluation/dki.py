@@ -7,7 +7,9 @@ reference (target) site; arrays are subject-major, shape (N, 2, X, Y, Z).
 *Before* means the raw DKI fits at both sites.  *After* means the ``desc-dkicnn``
 maps for the source sessions and the **raw** fits for the reference sessions (the
 network predicts the reference scanner's maps; the reference sessions are not
-passed through a network here).
+passed through a network).  *After, both sites* (``after_all``, when the reference
+sessions have ``desc-dkicnn`` maps of the reference site's own network, trained on
+its rescans, as in the paper) uses the networks' maps at both sites.
 
 - Inter-scanner coefficient of variation, voxel-wise over the K = 4 sessions of a
   subject (:func:`cv_map`), ``CV(v) = SD_k(y_k(v)) / mean_k(y_k(v))`` with the
@@ -179,6 +181,29 @@ def evaluate_measure(
     target: np.ndarray,
     tissue: np.ndarray,
     rois: np.ndarray,
+    after_target: np.ndarray | None = None,
+) -> list[dict]:
+    """:func:`_evaluate` of one measure, with ``after_all`` (both sites through their
+    networks: ``after`` and ``after_target``) and ``reduction_all_percent`` columns
+    (NaN without ``after_target``)."""
+    rows = _evaluate(source, after, target, tissue, rois)
+    both = (_evaluate(source, after, after_target, tissue, rois)
+            if after is not None and after_target is not None else None)  # fmt: skip
+    for k, row in enumerate(rows):
+        value = float("nan") if both is None else both[k]["after"]
+        if both is not None and row["measure"] == "nrmse_sr_target":
+            value = both[k]["before"]  # the reference site's rescans through its network
+        row["after_all"] = value
+        row["reduction_all_percent"] = percent_reduction(row["before"], value)
+    return rows
+
+
+def _evaluate(
+    source: np.ndarray,
+    after: np.ndarray | None,
+    target: np.ndarray,
+    tissue: np.ndarray,
+    rois: np.ndarray,
 ) -> list[dict]:
     """Every statistic of one DKI measure, before and after harmonization.
 
@@ -245,17 +270,20 @@ def evaluate_dki(
     after: Mapping[str, np.ndarray] | None,
     target: Mapping[str, np.ndarray],
     brain: np.ndarray,
+    after_target: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """:func:`evaluate_measure` for every DKI parameter, ROIs from the reference DKI FA/MD.
 
-    ``source``, ``after`` (or None) and ``target`` map a parameter (``md`` … ``kfa``)
-    to (N, 2, X, Y, Z) arrays; ``brain`` (X, Y, Z) bool.  Rows gain ``param``.
+    ``source``, ``after`` (or None), ``target`` and ``after_target`` (the reference
+    sessions' network maps, or None) map a parameter (``md`` … ``kfa``) to
+    (N, 2, X, Y, Z) arrays; ``brain`` (X, Y, Z) bool.  Rows gain ``param``.
     """
     tissue, rois = dki_rois(brain, target["fa"], target["md"])
     rows = []
     for param, values in source.items():
         aft = None if after is None else after.get(param)
-        for row in evaluate_measure(values, aft, target[param], tissue, rois):
+        aft_t = None if after_target is None else after_target.get(param)
+        for row in evaluate_measure(values, aft, target[param], tissue, rois, aft_t):
             rows.append({"param": param, **row})
     return rows
 

@@ -336,6 +336,8 @@ class _EvaluateDkiInputSpec(BaseInterfaceInputSpec):
                          desc="WarpMaps files (with dki), aligned with source + target")
     method = traits.Str("", usedefault=True,
                         desc="the source sessions' harmonized DKI maps ('': before only)")
+    target_method = traits.Str("", usedefault=True,
+                               desc="the reference sessions' network DKI maps ('': none)")
 
 
 class _EvaluateDkiOutputSpec(TraitedSpec):
@@ -366,11 +368,12 @@ class EvaluateDki(SimpleInterface):
             arrays = [z[f"dki/{param}/{method}"] for z in files]
             return np.stack(arrays).reshape(len(keep), 2, *arrays[0].shape)
 
-        method = self.inputs.method
+        method, target_method = self.inputs.method, self.inputs.target_method
         rows = evaluate_dki(
             {p: stack(src, p, "none") for p in DKI_PARAMS},
             {p: stack(src, p, method) for p in DKI_PARAMS} if method else None,
             {p: stack(tgt, p, "none") for p in DKI_PARAMS}, brain,
+            {p: stack(tgt, p, target_method) for p in DKI_PARAMS} if target_method else None,
         )  # fmt: skip
         subjects = [source[2 * i].subject for i in keep]
         for row in rows:

@@ -32,7 +32,9 @@ KURTOSIS = ("mk", "ak", "rk", "kfa")
 NOTE = (
     "DKI (Tong et al. 2020 §2.3): 'before' is the raw DKI fit at both sites; 'after' is the "
     "DKI CNN's desc-dkicnn maps for the source sessions and the raw fit for the reference "
-    "sessions. CV = SD/mean over a subject's 4 sessions per voxel (sample SD), mean over WM "
+    "sessions (after_all: the reference sessions through the reference site's own network "
+    "too, when it has maps). CV = SD/mean over a subject's 4 sessions per voxel (sample SD), "
+    "mean over WM "
     "voxels (reference DKI FA >= 0.3, MD <= 1.5 µm²/ms), then over subjects; NRMSE = "
     "RMS difference / reference mean per ROI (source session j vs reference session j; "
     "scan-rescan: session 2 vs 1), mean over the tissue's ROIs. Subjects the network was "
@@ -41,14 +43,15 @@ NOTE = (
 )
 
 
-def dki_plan(source: Sequence, target: Sequence) -> tuple[bool, str]:
-    """Whether a scenario's sessions have DKI maps, and the method evaluated after.
+def dki_plan(source: Sequence, target: Sequence) -> tuple[bool, str, str]:
+    """Whether a scenario's sessions have DKI maps, and the methods evaluated after.
 
     ``source``/``target``: the scenario's
     :class:`~bids_harmony.interfaces.group_level.SessionMaps`.  Returns
-    ``(False, "")`` unless every session has its 8 raw DKI maps; the method is
-    :data:`DKI_METHOD` when every source session has its 8 ``desc-dkicnn`` maps,
-    else ``""`` (before only).
+    ``(False, "", "")`` unless every session has its 8 raw DKI maps; then the
+    source sessions' method is :data:`DKI_METHOD` when every source session has its
+    8 ``desc-dkicnn`` maps, else ``""`` (before only), and the reference sessions'
+    likewise (the reference site's own network; used for ``after_all`` only).
     """
 
     def complete(session, method=None) -> bool:
@@ -56,8 +59,10 @@ def dki_plan(source: Sequence, target: Sequence) -> tuple[bool, str]:
         return len(outputs.dki_maps(method)) == len(DKI_PARAMS)
 
     if not source or not all(complete(s) for s in [*source, *target]):
-        return False, ""
-    return True, DKI_METHOD if all(complete(s, DKI_METHOD) for s in source) else ""
+        return False, "", ""
+    method = DKI_METHOD if all(complete(s, DKI_METHOD) for s in source) else ""
+    target_method = DKI_METHOD if method and all(complete(s, DKI_METHOD) for s in target) else ""
+    return True, method, target_method
 
 
 def add_dki_nodes(workflow, scen, warps: Sequence, transforms, warped) -> bool:
@@ -70,14 +75,16 @@ def add_dki_nodes(workflow, scen, warps: Sequence, transforms, warped) -> bool:
 
     from bids_harmony.interfaces.group_level import EvaluateDki
 
-    has_dki, method = dki_plan(scen.source, scen.target)
+    has_dki, method, target_method = dki_plan(scen.source, scen.target)
     if not has_dki:
         return False
     for k, warp in enumerate(warps):
+        own = method if k < len(scen.source) else target_method
         warp.inputs.dki = True
-        warp.inputs.dki_methods = [method] if method and k < len(scen.source) else []
+        warp.inputs.dki_methods = [own] if own else []
     node = pe.Node(EvaluateDki(sessions_source=scen.source, sessions_target=scen.target,
-                               method=method), name="dki_evaluate")  # fmt: skip
+                               method=method, target_method=target_method),
+                   name="dki_evaluate")  # fmt: skip
     workflow.connect([(transforms, node, [("out", "transforms")]),
                       (warped, node, [("out", "warped")])])  # fmt: skip
     return True
@@ -136,12 +143,17 @@ def dki_report_parts(
         shown = [wm[wm["subject"] == "mean"].assign(subjects="all")]
         if held:
             sub = wm[wm["subject"].isin(held)]
-            cols = ["before", "after"]
+            cols = ["before", "after", "after_all"]
             mean = sub.groupby(["param", "measure"], sort=False)[cols].mean().reset_index()
             shown.append(mean.assign(subjects="held out: " + ", ".join(held), region="WM"))
         table = pd.concat(shown, ignore_index=True)
         table["reduction_percent"] = 100 * (table["before"] - table["after"]) / table["before"]
-        table = table[["subjects", "param", "measure", "before", "after", "reduction_percent"]]
+        table["reduction_all_percent"] = (100 * (table["before"] - table["after_all"])
+                                          / table["before"])  # fmt: skip
+        table = table[["subjects", "param", "measure", "before", "after", "reduction_percent",
+                       "after_all", "reduction_all_percent"]]  # fmt: skip
+        if table["after_all"].isna().all():
+            table = table.drop(columns=["after_all", "reduction_all_percent"])
         title = titles.get(stem, stem)
         tables[f"DKI, WM: {title}"] = table
         try:
@@ -201,5 +213,13 @@ DICTIONARY: dict[str, object] = {
     "after": {"Description": "Value with the DKI CNN (n/a: no desc-dkicnn maps)."},
     "reduction_percent": {
         "Description": "100 (before - after) / before.", "Units": "%"
+    },
+    "after_all": {
+        "Description": "Value with both sites' sessions through their networks: "
+        "desc-dkicnn for the source sessions and the reference site's own network (trained "
+        "on its rescans, as in Tong et al.) for the reference sessions (n/a: no such maps)."
+    },
+    "reduction_all_percent": {
+        "Description": "100 (before - after_all) / before.", "Units": "%"
     },
 }

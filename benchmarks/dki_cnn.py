@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", type=Path, help="a finished run's folder: only report")
     parser.add_argument("--minutes", type=float, default=4.0, help="--dki-max-minutes")
     parser.add_argument("--seed", type=int, default=1,
-                        help="simulator seed (seed 0: train's registration QC rejects "
-                        "sub-03's Prisma sessions with the kurtosis signal)")
+                        help="simulator seed (1: the recorded run; with seed 0 train failed "
+                        "its registration check before the affine fallback, not rerun since)")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "dki_cnn.json")

@@ -227,7 +227,8 @@ def test_group_level_tables_report_and_harp_lowers_inter_scanner_error(demo):
     group = out / "group"
     assert f"Group report:      {group / 'report.html'}" in printed
     report = (group / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6  # 2 shells x (maps + WM + GM boxes)
+    # 2 shells x (maps + WM + GM boxes), and the WM CV of the DKI maps (runs with 2 shells)
+    assert report.count("data:image/png;base64,") == 7
     assert "src=\"http" not in report and "best case" in report
     assert report.index(">Verdict</h2>") < report.index(">How to read this</h2>")
     verdict = pd.read_csv(group / "verdict.tsv", sep="\t")

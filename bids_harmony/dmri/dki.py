@@ -115,6 +115,7 @@ from bids_harmony.dmri.gradients import (
     group_shells,
     validate_gradients,
 )
+from bids_harmony.dmri.metrics import wls_log_linear_fit
 from bids_harmony.errors import BadGradientsError
 
 logger = logging.getLogger(__name__)
@@ -301,21 +302,8 @@ def wls_dki_params(
         ``1e-6 / max(b)``), eigenvectors (9: the rows of the matrix whose columns
         are the eigenvectors), kurtosis-tensor elements (15).
     """
-    log_s = np.log(np.maximum(np.asarray(signal, dtype=float), min_signal))
     # OLS first: its predicted signal gives the weights, as dipy's ls_fit_dki
-    ols = log_s @ np.linalg.pinv(design).T
-    weights2 = np.exp(2.0 * (ols @ design.T))  # w², w = predicted signal
-    scale = np.linalg.norm(design, axis=0)
-    scaled = design / scale
-    n_par = design.shape[1]
-    outer = (scaled[:, :, None] * scaled[:, None, :]).reshape(-1, n_par * n_par)
-    normal = (weights2 @ outer).reshape(-1, n_par, n_par)
-    rhs = (weights2 * log_s) @ scaled
-    try:
-        beta = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:  # a degenerate voxel: fall back to the pseudo-inverse
-        beta = np.einsum("vij,vj->vi", np.linalg.pinv(normal), rhs)
-    beta = beta / scale
+    beta = wls_log_linear_fit(signal, design, min_signal)
     return _to_dki_params(beta, min_diffusivity=_EIG_TOL / -design.min())
 
 

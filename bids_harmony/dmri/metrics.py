@@ -132,6 +132,40 @@ def _select(data, bvals, bvecs, shell, b_tolerance, b0_threshold) -> _Selection:
     return _Selection(gtab=gtab, volumes=volumes, shell=chosen)
 
 
+def wls_log_linear_fit(signal: np.ndarray, design: np.ndarray, min_signal: float) -> np.ndarray:
+    """Weighted linear least squares of ``log S = design @ beta`` for many voxels at once.
+
+    The weights are the squared signal predicted by an OLS fit first (Veraart et al.,
+    2013), as dipy's ``wls_fit_tensor`` and ``ls_fit_dki`` do; the normal equations are
+    solved per voxel in one batch, on column-normalized design for conditioning.
+
+    Parameters
+    ----------
+    signal : ndarray, shape (V, n)
+        Signals (floored at ``min_signal`` before the log).
+    design : ndarray, shape (n, p)
+    min_signal : float
+
+    Returns
+    -------
+    ndarray, shape (V, p)
+    """
+    log_s = np.log(np.maximum(np.asarray(signal, dtype=float), min_signal))
+    ols = log_s @ np.linalg.pinv(design).T
+    weights2 = np.exp(2.0 * (ols @ design.T))  # w², w = predicted signal
+    scale = np.linalg.norm(design, axis=0)
+    scaled = design / scale
+    n_par = design.shape[1]
+    outer = (scaled[:, :, None] * scaled[:, None, :]).reshape(-1, n_par * n_par)
+    normal = (weights2 @ outer).reshape(-1, n_par, n_par)
+    rhs = (weights2 * log_s) @ scaled
+    try:
+        beta = np.linalg.solve(normal, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # a degenerate voxel: fall back to the pseudo-inverse
+        beta = np.einsum("vij,vj->vi", np.linalg.pinv(normal), rhs)
+    return beta / scale
+
+
 def wls_tensor_evals(signal: np.ndarray, gtab: GradientTable) -> np.ndarray:
     """Tensor eigenvalues by WLS, equal to dipy's ``TensorModel(fit_method="WLS")``.
 
@@ -147,20 +181,7 @@ def wls_tensor_evals(signal: np.ndarray, gtab: GradientTable) -> np.ndarray:
         Eigenvalues (mm²/s for b in s/mm²), decreasing.
     """
     design = design_matrix(gtab)  # (n, 7)
-    log_s = np.log(np.maximum(np.asarray(signal, dtype=float), MIN_POSITIVE_SIGNAL))
-    ols = log_s @ np.linalg.pinv(design).T
-    weights2 = np.exp(2.0 * (ols @ design.T))  # w², w = predicted signal
-    scale = np.linalg.norm(design, axis=0)
-    scaled = design / scale
-    n_par = design.shape[1]
-    outer = (scaled[:, :, None] * scaled[:, None, :]).reshape(-1, n_par * n_par)
-    normal = (weights2 @ outer).reshape(-1, n_par, n_par)
-    rhs = (weights2 * log_s) @ scaled
-    try:
-        beta = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:  # a degenerate voxel: fall back to the pseudo-inverse
-        beta = np.einsum("vij,vj->vi", np.linalg.pinv(normal), rhs)
-    beta = beta / scale
+    beta = wls_log_linear_fit(signal, design, MIN_POSITIVE_SIGNAL)
     params = eig_from_lo_tri(beta, min_diffusivity=_EIG_TOL / -design.min())
     return params[:, :3]
 

@@ -103,13 +103,15 @@ def select_models(
     return chosen
 
 
-def select_rish_models(
-    output_dir: Path, sites: Iterable[str], *, target_site: str | None
+def _select_per_site_and_acq(
+    output_dir: Path, sites: Iterable[str], *, target_site: str | None, method: str, title: str
 ) -> dict[tuple[str, str | None], Path]:
-    """LinearRISH models in ``OUT/models`` by (source site, raw ``acq``) of the data's sites."""
+    """Models ``<method>_src-*_tgt-*`` in ``OUT/models`` by (source site, raw ``acq``) of the
+    data's sites; two for one key are an error (``title`` names the method in messages)."""
     sites = set(sites)
     chosen: dict[tuple[str, str | None], Path] = {}
-    for path in sorted((Path(output_dir) / MODELS_DIR).glob("rish_src-*_tgt-*.safetensors")):
+    pattern = f"{method}_src-*_tgt-*.safetensors"
+    for path in sorted((Path(output_dir) / MODELS_DIR).glob(pattern)):
         card = read_card(path)
         if card["source_site"] not in sites:
             continue
@@ -118,20 +120,28 @@ def select_rish_models(
         key = (card["source_site"], card.get("acq"))
         if key in chosen:
             raise ModelSelectionError(
-                f"two LinearRISH models for site '{key[0]}'"
+                f"two {title} models for site '{key[0]}'"
                 + (f" acq-{key[1]}" if key[1] else "")
                 + f": {chosen[key]} and {path}; choose one with --target-site."
             )
         chosen[key] = path
-        LOGGER.info("LinearRISH model for site %s%s: %s", key[0],
+        LOGGER.info("%s model for site %s%s: %s", title, key[0],
                     f" acq-{key[1]}" if key[1] else "", path)  # fmt: skip
     return chosen
 
 
+def select_rish_models(
+    output_dir: Path, sites: Iterable[str], *, target_site: str | None
+) -> dict[tuple[str, str | None], Path]:
+    """LinearRISH models in ``OUT/models`` by (source site, raw ``acq``) of the data's sites."""
+    return _select_per_site_and_acq(output_dir, sites, target_site=target_site, method="rish",
+                                    title="LinearRISH")  # fmt: skip
+
+
 def select_combat_models(
     output_dir: Path, runs: Iterable[Any], *, target_site: str | None
-) -> dict[str | None, Path]:
-    """ComBat models in ``OUT/models`` by raw ``acq`` protocol, checked against ``runs``.
+) -> dict[str | None, tuple[Path, dict[str, Any]]]:
+    """ComBat models (file, card) in ``OUT/models`` by raw ``acq``, checked against ``runs``.
 
     A human run of a protocol with a model must be of a site the model was fitted
     on: ComBat never estimated an unseen site's effects, so such a run is an error
@@ -139,7 +149,7 @@ def select_combat_models(
     """
     from bids_harmony.methods.combat.errors import UnseenSiteError
 
-    chosen: dict[str | None, Path] = {}
+    chosen: dict[str | None, tuple[Path, dict[str, Any]]] = {}
     for path in sorted((Path(output_dir) / MODELS_DIR).glob("combat_tgt-*.safetensors")):
         card_path = path.with_suffix(".json")
         try:
@@ -152,11 +162,10 @@ def select_combat_models(
         if acq in chosen:
             raise ModelSelectionError(
                 f"two ComBat models for the protocol{' acq-' + acq if acq else ''}: "
-                f"{chosen[acq]} and {path}; choose one with --target-site."
+                f"{chosen[acq][0]} and {path}; choose one with --target-site."
             )
-        chosen[acq] = path
-    for acq, path in chosen.items():
-        card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        chosen[acq] = (path, card)
+    for acq, (path, card) in chosen.items():
         fitted = set(card.get("sites", []))
         unseen = sorted({f"{r.site} (sub-{r.subject}" + (f" ses-{r.session})" if r.session
                                                           else ")")
@@ -179,20 +188,5 @@ def select_dki_models(
     output_dir: Path, sites: Iterable[str], *, target_site: str | None
 ) -> dict[tuple[str, str | None], Path]:
     """DKI CNN models in ``OUT/models`` by (source site, raw ``acq``) of the data's sites."""
-    sites = set(sites)
-    chosen: dict[tuple[str, str | None], Path] = {}
-    for path in sorted((Path(output_dir) / MODELS_DIR).glob("dkicnn_src-*_tgt-*.safetensors")):
-        card = read_card(path)
-        if card["source_site"] not in sites:
-            continue
-        if target_site is not None and card["target_site"] != target_site:
-            continue
-        key = (card["source_site"], card.get("acq"))
-        if key in chosen:
-            raise ModelSelectionError(
-                f"two DKI CNN models for site '{key[0]}': {chosen[key]} and {path}; choose one "
-                "with --target-site."
-            )
-        chosen[key] = path
-        LOGGER.info("DKI CNN model for site %s: %s", key[0], path)
-    return chosen
+    return _select_per_site_and_acq(output_dir, sites, target_site=target_site,
+                                    method="dkicnn", title="DKI CNN")  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -132,10 +131,9 @@ def participant_combat(config: Config, study: Study) -> dict[str, dict[str, Any]
 
     chosen = select_combat_models(config.output_dir, study.runs, target_site=config.target_site)
     settings: dict[str, dict[str, Any]] = {}
-    for acq, path in chosen.items():
+    for acq, (path, card) in chosen.items():
         runs = [r for r in study.runs
                 if not r.is_phantom and r.entities.get("acquisition") == acq]  # fmt: skip
-        card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         names = list(card.get("covariates", {}))
         values = read_covariates(config.bids_dir, [(r.subject, r.session) for r in runs], names)
         for i, run in enumerate(runs):

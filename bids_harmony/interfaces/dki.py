@@ -64,22 +64,29 @@ class FitDKI(RunNamedInterface):
         log_clipping(result, seconds)
         cwd = Path(runtime.cwd)
         files = {p: save_like(m, img, cwd / f"dki_{p}.nii.gz") for p, m in result.maps.items()}
-        summary = {
-            "files": files,
-            "fit_method": result.fit_method,
-            "shells": list(result.shells),
-            "n_volumes": result.n_volumes,
-            "n_voxels": result.n_voxels,
-            "ranges": {p: list(r) for p, r in result.ranges.items()},
-            "clipped": result.clipped,
-            "units": dict(dki.UNITS),
-            "descriptions": dict(dki.DESCRIPTIONS),
-            "seconds": round(seconds, 3),
-        }
         out = cwd / "dki.json"
-        out.write_text(json.dumps(summary, indent=2))
+        out.write_text(json.dumps(dki_summary(result, files, seconds), indent=2))
         self._results["out_json"] = str(out)
         return runtime
+
+
+def dki_summary(result, files: dict[str, str], seconds: float) -> dict:
+    """What :func:`bids_harmony.bids.outputs.dki_derivatives` needs of a fit: the saved
+    ``files`` (param -> path) and the fit's method, shells, ranges and clip counts."""
+    from bids_harmony.dmri import dki
+
+    return {
+        "files": files,
+        "fit_method": result.fit_method,
+        "shells": list(result.shells),
+        "n_volumes": result.n_volumes,
+        "n_voxels": result.n_voxels,
+        "ranges": {p: list(r) for p, r in result.ranges.items()},
+        "clipped": result.clipped,
+        "units": dict(dki.UNITS),
+        "descriptions": dict(dki.DESCRIPTIONS),
+        "seconds": round(seconds, 3),
+    }
 
 
 def log_clipping(result, seconds: float) -> None:

@@ -103,3 +103,19 @@ def test_after_all_uses_the_reference_sessions_network_maps():
     assert sr["after_all"] == pytest.approx(0.0, abs=1e-12)
     plain = dki.evaluate_dki(source, smooth, target, brain)
     assert all(np.isnan(r["after_all"]) for r in plain)
+
+
+def test_other_methods_are_evaluated_beside_with_the_reference_sessions_raw():
+    source, after, target, brain = _study(np.random.default_rng(3))
+    half = {k: (v + s) / 2 for (k, v), s in zip(after.items(), source.values(), strict=True)}
+    rows = dki.evaluate_dki(source, None, target, brain,
+                            others={"rish": source, "combat": half})  # fmt: skip
+    get = {(r["param"], r["measure"], r["region"], r["subject"]): r for r in rows}
+    cv = get[("mk", "cv_inter", "WM", "mean")]
+    assert np.isnan(cv["after"])  # no DKI CNN maps
+    assert cv[dki.method_column("rish")] == cv["before"]  # unchanged maps: no reduction
+    assert cv[dki.reduction_column("rish")] == 0
+    assert 0 < cv[dki.method_column("combat")] < cv["before"]
+    sr = get[("mk", "nrmse_sr_target", "WM", "mean")]
+    assert sr[dki.method_column("combat")] == sr["before"]  # reference sessions stay raw
+    assert all(dki.method_column("combat") in r for r in rows)

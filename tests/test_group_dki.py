@@ -31,7 +31,8 @@ def test_dki_plan_needs_raw_maps_everywhere_and_dkicnn_for_after():
     assert group_dki.dki_plan(src, tgt_cnn) == (True, "dkicnn", "dkicnn")
 
 
-def _warped(tmp_path, name, scale, rng):
+def _warped(tmp_path, name, scale, rng, others=None):
+    """A session's WarpMaps file; ``others``: method -> scale of its DKI maps' kurtosis."""
     arrays = {"mask": np.ones((6, 6, 6), bool)}
     base = {p: 1.0 + 0.2 * rng.random((6, 6, 6)) for p in DKI_PARAMS}
     base["fa"][:3] = 0.5
@@ -41,6 +42,8 @@ def _warped(tmp_path, name, scale, rng):
         factor = scale if p in group_dki.KURTOSIS else 1.0
         arrays[f"dki/{p}/none"] = base[p] * factor
         arrays[f"dki/{p}/dkicnn"] = base[p]
+        for method, other in (others or {}).items():
+            arrays[f"dki/{p}/{method}"] = base[p] * (other if p in group_dki.KURTOSIS else 1.0)
     path = tmp_path / f"{name}.npz"
     np.savez(path, **arrays)
     return str(path)
@@ -75,4 +78,45 @@ def test_evaluate_dki_interface_and_report_parts(tmp_path):
     assert set(table["subjects"]) == {"all", "held out: 02"}
     assert "reduction_all_percent" in table.columns
     assert len(notes) == 1 and "desc-dkicnn" in notes[0]
+    assert all(p.is_file() for p in figures.values())
+
+
+def test_other_methods_need_maps_of_every_source_session_or_a_group_rish_fit():
+    src = [_session("01", "a", (None, "combat", "rish")), _session("01", "b", (None, "combat"))]
+    assert group_dki.other_methods(SimpleNamespace(source=src, rish_fit=False)) == ["combat"]
+    assert group_dki.other_methods(SimpleNamespace(source=src, rish_fit=True)) == [
+        "rish", "combat"]
+
+
+def test_rish_and_combat_columns_beside_the_dki_cnn(tmp_path):
+    from bids_harmony.evaluation.dki import method_column
+
+    src = [_session(s, f"{s}{k}") for s in ("01", "02") for k in "ab"]
+    tgt = [_session(s, f"{s}{k}") for s in ("01", "02") for k in "cd"]
+    warped = [_warped(tmp_path, s.key, 1.3, np.random.default_rng(int(s.subject)),
+                      others={"rish": 1.3, "combat": 1.1}) for s in src]
+    warped += [_warped(tmp_path, s.key, 1.0, np.random.default_rng(int(s.subject)))
+               for s in tgt]  # fmt: skip
+    node = EvaluateDki(sessions_source=src, sessions_target=tgt, transforms=[object()] * 8,
+                       warped=warped, method="dkicnn",
+                       methods=["rish", "combat", "harp"])  # harp: no maps, left out
+    node.base_dir = str(tmp_path / "work")
+    rows = node.run(cwd=str(tmp_path)).outputs.rows
+    cv = next(r for r in rows if (r["param"], r["measure"], r["region"], r["subject"])
+              == ("mk", "cv_inter", "WM", "mean"))  # fmt: skip
+    assert cv[method_column("rish")] == cv["before"] > cv[method_column("combat")] > cv["after"]
+    assert method_column("harp") not in cv
+
+    stem = "src-GE_tgt-Prisma_acq-ms"
+    tables, figures, notes = group_dki.dki_report_parts({stem: rows}, tmp_path / "group",
+                                                        tmp_path / "models", {stem: "GE"})
+    frame = pd.read_csv(tmp_path / "group" / f"{stem}_dki.tsv", sep="\t")
+    assert {"after", "after_rish", "after_combat", "reduction_combat_percent"} <= set(frame)
+    sidecar = json.loads((tmp_path / "group" / f"{stem}_dki.json").read_text())
+    assert "LinearRISH" in sidecar["after_rish"]["Description"]
+    table = tables["DKI, WM: GE"]
+    assert list(table.columns) == ["subjects", "param", "measure", "before", "after",
+                                   "reduction_percent", "after_rish", "reduction_rish_percent",
+                                   "after_combat", "reduction_combat_percent"]
+    assert any("LinearRISH, ComBat" in n and "traveling subjects too" in n for n in notes)
     assert all(p.is_file() for p in figures.values())

@@ -24,6 +24,12 @@ its rescans, as in the paper) uses the networks' maps at both sites.
   (:func:`scan_rescan_nrmse`).
 - Percent reduction ``100 (before - after) / before`` (:func:`percent_reduction`).
 
+Other harmonization methods' DKI maps of the same source sessions (LinearRISH:
+DKI refitted on its rebuilt DWI; ComBat: the DKI maps harmonized as features),
+the paper's §2.3.4 comparison, are evaluated the same way as *after* (reference
+sessions raw) and come as columns ``after_<method>`` and
+``reduction_<method>_percent`` (:func:`method_column`, :func:`reduction_column`).
+
 ROIs are the group level's (:func:`bids_harmony.evaluation.maps.tissue_classes` and
 :func:`~bids_harmony.evaluation.maps.block_rois`), built from the mean DKI FA and MD
 of the reference sessions.
@@ -265,26 +271,49 @@ def _evaluate(
     return rows
 
 
+def method_column(method: str) -> str:
+    """The column of another method's values.
+
+    >>> method_column("combat"), reduction_column("combat")
+    ('after_combat', 'reduction_combat_percent')
+    """
+    return f"after_{method}"
+
+
+def reduction_column(method: str) -> str:
+    """The column of another method's percent reduction (see :func:`method_column`)."""
+    return f"reduction_{method}_percent"
+
+
 def evaluate_dki(
     source: Mapping[str, np.ndarray],
     after: Mapping[str, np.ndarray] | None,
     target: Mapping[str, np.ndarray],
     brain: np.ndarray,
     after_target: Mapping[str, np.ndarray] | None = None,
+    others: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> list[dict]:
     """:func:`evaluate_measure` for every DKI parameter, ROIs from the reference DKI FA/MD.
 
     ``source``, ``after`` (or None), ``target`` and ``after_target`` (the reference
     sessions' network maps, or None) map a parameter (``md`` … ``kfa``) to
-    (N, 2, X, Y, Z) arrays; ``brain`` (X, Y, Z) bool.  Rows gain ``param``.
+    (N, 2, X, Y, Z) arrays; ``brain`` (X, Y, Z) bool.  ``others`` maps another
+    method (``rish``, ``combat``) to its maps of the source sessions, evaluated
+    like ``after`` (reference sessions raw): columns :func:`method_column` and
+    :func:`reduction_column`.  Rows gain ``param``.
     """
     tissue, rois = dki_rois(brain, target["fa"], target["md"])
     rows = []
     for param, values in source.items():
         aft = None if after is None else after.get(param)
         aft_t = None if after_target is None else after_target.get(param)
-        for row in evaluate_measure(values, aft, target[param], tissue, rois, aft_t):
-            rows.append({"param": param, **row})
+        measured = evaluate_measure(values, aft, target[param], tissue, rois, aft_t)
+        for method, maps in (others or {}).items():
+            other = _evaluate(values, maps.get(param), target[param], tissue, rois)
+            for row, row_other in zip(measured, other, strict=True):
+                row[method_column(method)] = row_other["after"]
+                row[reduction_column(method)] = row_other["reduction_percent"]
+        rows.extend({"param": param, **row} for row in measured)
     return rows
 
 

@@ -234,7 +234,8 @@ class _WarpInputSpec(BaseInterfaceInputSpec):
     after = traits.Any(desc="only orders this node after the steps that write the maps")
     dki = traits.Bool(False, usedefault=True, desc="also warp the run's 8 raw DKI maps")
     dki_methods = traits.List(traits.Str, usedefault=True,
-                              desc="and these methods' DKI maps (dkicnn)")
+                              desc="and these methods' DKI maps (dkicnn, rish, combat; a "
+                              "method's maps the session lacks are left out)")
 
 
 class _WarpOutputSpec(TraitedSpec):
@@ -273,10 +274,14 @@ class WarpMaps(SimpleInterface):
 
             outputs = session.shells[self.inputs.labels[0]].outputs  # the run's (all shells)
             for method in [None, *self.inputs.dki_methods]:
+                maps = outputs.dki_maps(method)  # e.g. no desc-rish maps: subject not kept
+                if method is not None and len(maps) < len(DKI_PARAMS):
+                    continue
                 for param in DKI_PARAMS:
                     arrays[f"dki/{param}/{method or 'none'}"] = to_template(
-                        outputs.dki_map(param, method, required=True), tr, template
-                    )
+                        maps.get(param) or outputs.dki_map(param, method, required=True), tr,
+                        template,
+                    )  # fmt: skip
         np.savez(out, **arrays)
         self._results["out_file"] = str(out)
         return runtime
@@ -338,6 +343,9 @@ class _EvaluateDkiInputSpec(BaseInterfaceInputSpec):
                         desc="the source sessions' harmonized DKI maps ('': before only)")
     target_method = traits.Str("", usedefault=True,
                                desc="the reference sessions' network DKI maps ('': none)")
+    methods = traits.List(traits.Str, usedefault=True,
+                          desc="other methods' DKI maps of the source sessions (rish, combat), "
+                          "compared beside (left out where a kept session lacks them)")
 
 
 class _EvaluateDkiOutputSpec(TraitedSpec):
@@ -369,11 +377,17 @@ class EvaluateDki(SimpleInterface):
             return np.stack(arrays).reshape(len(keep), 2, *arrays[0].shape)
 
         method, target_method = self.inputs.method, self.inputs.target_method
+        others = [m for m in self.inputs.methods
+                  if all(f"dki/{p}/{m}" in z for z in src for p in DKI_PARAMS)]  # fmt: skip
+        for m in sorted(set(self.inputs.methods) - set(others)):
+            LOGGER.warning("DKI evaluation: some sessions have no desc-%s DKI maps; %s is "
+                           "not compared.", m, m)  # fmt: skip
         rows = evaluate_dki(
             {p: stack(src, p, "none") for p in DKI_PARAMS},
             {p: stack(src, p, method) for p in DKI_PARAMS} if method else None,
             {p: stack(tgt, p, "none") for p in DKI_PARAMS}, brain,
             {p: stack(tgt, p, target_method) for p in DKI_PARAMS} if target_method else None,
+            {m: {p: stack(src, p, m) for p in DKI_PARAMS} for m in others},
         )  # fmt: skip
         subjects = [source[2 * i].subject for i in keep]
         for row in rows:

@@ -7,9 +7,13 @@ template too, and adds an :class:`~bids_harmony.interfaces.group_level.EvaluateD
 node: WM inter-scanner CV, NRMSE-to-reference per ROI and scan-rescan NRMSE
 (:mod:`bids_harmony.evaluation.dki`), *before* (raw maps at both sites) and, when
 every source session has ``desc-dkicnn`` maps, *after* (``desc-dkicnn`` for the
-source sessions, raw for the reference sessions).  :func:`dki_report_parts` writes
-``group/<scenario>_dki.tsv`` (+ ``.json``) and returns the report's tables, figures
-and notes.  ComBat and LinearRISH on the same DKI maps are not compared yet.
+source sessions, raw for the reference sessions).  LinearRISH (DKI refitted on its
+rebuilt DWI) and ComBat (the DKI maps as features) on the same sessions are compared
+beside it when every source session has their ``desc-rish`` / ``desc-combat`` DKI maps
+(or LinearRISH is fitted here, :func:`other_methods`), as in the paper's §2.3.4: the
+same statistics with the reference sessions raw, columns ``after_rish`` /
+``after_combat``.  :func:`dki_report_parts` writes ``group/<scenario>_dki.tsv``
+(+ ``.json``) and returns the report's tables, figures and notes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ LOGGER = logging.getLogger(__name__)
 #: The ``desc`` of the DKI CNN's maps (:mod:`bids_harmony.interfaces.dki_cnn`).
 DKI_METHOD = "dkicnn"
 KURTOSIS = ("mk", "ak", "rk", "kfa")
+#: The other methods compared on the DKI maps (``desc-<name>``), in the table's order.
+OTHER_METHODS = ("rish", "combat")
 NOTE = (
     "DKI (Tong et al. 2020 §2.3): 'before' is the raw DKI fit at both sites; 'after' is the "
     "DKI CNN's desc-dkicnn maps for the source sessions and the raw fit for the reference "
@@ -38,8 +44,16 @@ NOTE = (
     "voxels (reference DKI FA >= 0.3, MD <= 1.5 µm²/ms), then over subjects; NRMSE = "
     "RMS difference / reference mean per ROI (source session j vs reference session j; "
     "scan-rescan: session 2 vs 1), mean over the tissue's ROIs. Subjects the network was "
-    "trained on are in-sample (column in_training). ComBat and LinearRISH are not "
-    "compared on the DKI maps yet."
+    "trained on are in-sample (column in_training)."
+)
+#: The note of the comparison, with the methods' display names.
+COMPARISON_NOTE = (
+    "DKI, methods compared (Tong et al. 2020 §2.3.4, Fig. 9): {methods} on the same "
+    "source sessions, reference sessions raw (after_<method> columns). LinearRISH "
+    "harmonizes each shell's SH coefficients and DKI is refitted on the rebuilt DWI; "
+    "ComBat harmonizes the eight DKI maps in the template space and the correction is "
+    "warped back. ComBat and LinearRISH were fitted on these traveling subjects too (as in "
+    "the paper): their numbers are in-sample, like the DKI CNN's on its training subjects."
 )
 
 
@@ -65,6 +79,23 @@ def dki_plan(source: Sequence, target: Sequence) -> tuple[bool, str, str]:
     return True, method, target_method
 
 
+def other_methods(scen) -> list[str]:
+    """The methods of :data:`OTHER_METHODS` compared on the scenario's DKI maps.
+
+    Those whose ``desc-<method>`` DKI maps every source session has, and LinearRISH
+    when the group level fits it (its :class:`~bids_harmony.interfaces.group_level.ApplyRish`
+    nodes write them before the sessions are warped).
+    """
+
+    def complete(session, method) -> bool:
+        outputs = next(iter(session.shells.values())).outputs
+        return len(outputs.dki_maps(method)) == len(DKI_PARAMS)
+
+    return [m for m in OTHER_METHODS
+            if (m == "rish" and getattr(scen, "rish_fit", False))
+            or all(complete(s, m) for s in scen.source)]  # fmt: skip
+
+
 def add_dki_nodes(workflow, scen, warps: Sequence, transforms, warped) -> bool:
     """Warp the DKI maps and evaluate them in the scenario's workflow (when it has them).
 
@@ -78,12 +109,13 @@ def add_dki_nodes(workflow, scen, warps: Sequence, transforms, warped) -> bool:
     has_dki, method, target_method = dki_plan(scen.source, scen.target)
     if not has_dki:
         return False
+    others = other_methods(scen)
     for k, warp in enumerate(warps):
-        own = method if k < len(scen.source) else target_method
+        own = [method, *others] if k < len(scen.source) else [target_method]
         warp.inputs.dki = True
-        warp.inputs.dki_methods = [own] if own else []
+        warp.inputs.dki_methods = [m for m in own if m]
     node = pe.Node(EvaluateDki(sessions_source=scen.source, sessions_target=scen.target,
-                               method=method, target_method=target_method),
+                               method=method, target_method=target_method, methods=others),
                    name="dki_evaluate")  # fmt: skip
     workflow.connect([(transforms, node, [("out", "transforms")]),
                       (warped, node, [("out", "warped")])])  # fmt: skip
@@ -132,52 +164,70 @@ def dki_report_parts(
     """Write ``<scenario>_dki.tsv`` per scenario; the report's tables, figures and notes."""
     import pandas as pd
 
+    from bids_harmony.evaluation.dki import method_column, reduction_column
+    from bids_harmony.evaluation.evaluated import display_name
     from bids_harmony.evaluation.tables import write_table
 
-    tables, figures, notes = {}, {}, []
+    tables, figures, notes, compared = {}, {}, [], set()
     for stem, rows in results.items():
         held = held_out(models_dir, stem)
         frame = dki_frame(rows, held)
-        write_table(frame, group_dir / f"{stem}_dki.tsv", DICTIONARY)
+        others = [m for m in OTHER_METHODS if method_column(m) in frame.columns]
+        compared.update(others)
+        write_table(frame, group_dir / f"{stem}_dki.tsv", dictionary(others))
         wm = frame[frame["region"] == "WM"]
         shown = [wm[wm["subject"] == "mean"].assign(subjects="all")]
+        values = {"after": "reduction_percent", "after_all": "reduction_all_percent",
+                  **{method_column(m): reduction_column(m) for m in others}}  # fmt: skip
         if held:
             sub = wm[wm["subject"].isin(held)]
-            cols = ["before", "after", "after_all"]
+            cols = ["before", *values]
             mean = sub.groupby(["param", "measure"], sort=False)[cols].mean().reset_index()
             shown.append(mean.assign(subjects="held out: " + ", ".join(held), region="WM"))
         table = pd.concat(shown, ignore_index=True)
-        table["reduction_percent"] = 100 * (table["before"] - table["after"]) / table["before"]
-        table["reduction_all_percent"] = (100 * (table["before"] - table["after_all"])
-                                          / table["before"])  # fmt: skip
-        table = table[["subjects", "param", "measure", "before", "after", "reduction_percent",
-                       "after_all", "reduction_all_percent"]]  # fmt: skip
-        if table["after_all"].isna().all():
-            table = table.drop(columns=["after_all", "reduction_all_percent"])
+        columns = ["subjects", "param", "measure", "before"]
+        for col, reduction in values.items():
+            if table[col].isna().all():
+                continue
+            table[reduction] = 100 * (table["before"] - table[col]) / table["before"]
+            columns += [col, reduction]
+        table = table[columns]
         title = titles.get(stem, stem)
         tables[f"DKI, WM: {title}"] = table
         try:
-            figures[f"DKI: WM inter-scanner CV before/after, {title}"] = cv_figure(
+            figures[f"DKI: WM inter-scanner CV per method, {title}"] = cv_figure(
                 wm[wm["subject"] == "mean"], group_dir / "figures" / f"{stem}_dki_cv.png")
         except Exception as err:  # noqa: BLE001 - a figure never fails the level
             LOGGER.warning("DKI figure of %s not drawn: %s", stem, err)
     if results:
         notes.append(NOTE)
+    if compared:
+        names = ["the DKI CNN", *(display_name(m) for m in OTHER_METHODS if m in compared)]
+        notes.append(COMPARISON_NOTE.format(methods=", ".join(names)))
     return tables, figures, notes
 
 
 def cv_figure(wm: pd.DataFrame, out_png: Path) -> Path:
-    """Bars of the mean WM inter-scanner CV per DKI parameter, before and after."""
+    """Bars of the mean WM inter-scanner CV per DKI parameter, one per method side by
+    side (raw, DKI CNN, LinearRISH, ComBat: those with values), as the paper's Fig. 9."""
     import numpy as np
     from matplotlib.figure import Figure
 
+    from bids_harmony.evaluation.dki import method_column
+    from bids_harmony.evaluation.evaluated import by_name, display_name
+
     cv = wm[wm["measure"] == "cv_inter"].set_index("param")
     params = [p for p in DKI_PARAMS if p in cv.index]
-    fig = Figure(figsize=(6.0, 3.2), layout="constrained")
+    bars = [("before", "raw", "#7f7f7f"), ("after", "DKI CNN", "#1f77b4")]
+    bars += [(method_column(m), display_name(m), by_name(m).colour) for m in OTHER_METHODS]
+    bars = [b for b in bars if b[0] in cv.columns and cv[b[0]].notna().any()]
+    fig = Figure(figsize=(6.0 + 0.6 * max(0, len(bars) - 2), 3.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(params))
-    for shift, col in ((-0.2, "before"), (0.2, "after")):
-        ax.bar(x + shift, [cv.loc[p, col] for p in params], width=0.4, label=col)
+    width = 0.8 / len(bars)
+    for k, (col, label, colour) in enumerate(bars):
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, [cv.loc[p, col] for p in params],
+               width=width, label=label, color=colour)  # fmt: skip
     ax.set_xticks(x, [p.upper() for p in params])
     ax.set_ylabel("WM inter-scanner CV")
     ax.legend(fontsize=8)
@@ -186,9 +236,29 @@ def cv_figure(wm: pd.DataFrame, out_png: Path) -> Path:
     return out_png
 
 
+def dictionary(others: Sequence[str] = ()) -> dict[str, object]:
+    """The table's data dictionary, with the columns of the ``others`` methods compared."""
+    from bids_harmony.evaluation.dki import method_column, reduction_column
+    from bids_harmony.evaluation.evaluated import display_name
+
+    out = dict(DICTIONARY)
+    for m in others:
+        how = {"rish": "DKI refitted on the DWI rebuilt by LinearRISH (desc-rish)",
+               "combat": "the DKI maps harmonized by ComBat (desc-combat)"}.get(m, f"desc-{m}")
+        out[method_column(m)] = {
+            "Description": f"Value with {display_name(m)}: {how} for the source sessions, "
+            "raw fits for the reference sessions (fitted on these traveling subjects too)."
+        }
+        out[reduction_column(m)] = {
+            "Description": f"100 (before - {method_column(m)}) / before.", "Units": "%"
+        }
+    return out
+
+
 DICTIONARY: dict[str, object] = {
     "Description": "DKI maps of the traveling subjects in the scenario's template space: "
-    "inter-scanner CV and NRMSEs before and after the DKI CNN (Tong et al. 2020 §2.3). "
+    "inter-scanner CV and NRMSEs before and after the DKI CNN (Tong et al. 2020 §2.3), and "
+    "after LinearRISH / ComBat when their DKI maps exist (after_<method>, §2.3.4). "
     "Before: raw DKI fits at both sites. After: desc-dkicnn maps for the source sessions, "
     "raw fits for the reference sessions.",
     "param": {"Description": "DKI map: md ad rd fa mk ak rk kfa."},

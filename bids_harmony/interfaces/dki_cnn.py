@@ -44,22 +44,29 @@ class TrainingPair:
     target: object  # DwiRun
 
 
+def _shell_files(output_dir: Path, run: object, kind: str) -> dict[float, Path]:
+    """A run's complete per-shell maps of one kind (``sh``, ``fa``), by b-value."""
+    from bids_harmony.bids.reader import RunOutputs
+
+    maps = RunOutputs.of_run(output_dir, run).shell_maps(kind)
+    return {float(label[1:]): path for label, path in maps.items()}
+
+
 def run_inputs(output_dir: Path, run: object, spec) -> tuple[np.ndarray, np.ndarray]:
     """The network inputs ``(X, Y, Z, C)`` of a run and its brain mask, from its outputs."""
     import nibabel as nb
 
     from bids_harmony.bids.gradients_io import read_gradients
-    from bids_harmony.bids.group_inputs import run_shells
     from bids_harmony.bids.reader import RunOutputs
     from bids_harmony.errors import MissingOutputError
     from bids_harmony.methods.dki_cnn.inputs import dki_inputs_from_sh
 
     outputs = RunOutputs.of_run(output_dir, run)
-    shells = run_shells(output_dir, run)
+    shells = _shell_files(output_dir, run, "sh")
     if not shells:
         raise MissingOutputError(f"{run.dwi}: no participant outputs (SH maps) in {output_dir}; "
                                  "run the participant level first.")  # fmt: skip
-    coeffs = {m.bval: np.asarray(nb.load(m.raw["sh"]).dataobj, np.float32) for m in shells}
+    coeffs = {b: np.asarray(nb.load(path).dataobj, np.float32) for b, path in shells.items()}
     mask = np.asarray(nb.load(outputs.mask(required=True)).dataobj) > 0
     preproc = outputs.preproc(required=True)
     bvals, _ = read_gradients(preproc.bval, preproc.bvec)
@@ -69,9 +76,25 @@ def run_inputs(output_dir: Path, run: object, spec) -> tuple[np.ndarray, np.ndar
     return dki_inputs_from_sh(coeffs, spec, mean_b0=mean_b0, mask=mask), mask
 
 
-def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int) -> np.ndarray:
-    """The reference session's DKI maps on the source session's grid ``(X, Y, Z, 8)``."""
-    from bids_harmony.bids.group_inputs import run_shells
+def _fa_near(output_dir: Path, run: object, shell: float, b_tolerance: float) -> Path:
+    """The run's FA map of the shell nearest ``shell`` (within ``b_tolerance``)."""
+    from bids_harmony.errors import MissingOutputError
+
+    fa = {b: p for b, p in _shell_files(output_dir, run, "fa").items()
+          if abs(b - shell) <= b_tolerance}  # fmt: skip
+    if not fa:
+        raise MissingOutputError(f"{run.dwi}: no FA map of b={shell:g} in {output_dir}; run the "
+                                 "participant level first.")  # fmt: skip
+    return fa[min(fa, key=lambda b: abs(b - shell))]
+
+
+def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int, *,
+                     shell: float = 1000.0, b_tolerance: float = 50.0) -> np.ndarray:  # fmt: skip
+    """The reference session's DKI maps on the source session's grid ``(X, Y, Z, 8)``.
+
+    The FA maps of ``shell`` (each run's shell within ``b_tolerance`` of it) are registered
+    with ANTs SyN, or an affine registration when SyN is refused; RegistrationFailedError
+    when both are."""
     from bids_harmony.bids.reader import RunOutputs
     from bids_harmony.errors import MissingOutputError
     from bids_harmony.methods.dki_cnn.network import MAP_NAMES
@@ -86,29 +109,80 @@ def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int
     if any(n not in maps for n in names):
         raise MissingOutputError(
             f"{pair.target.dwi}: no DKI maps in {output_dir} (the participant level fits DKI on "
-            "multi-shell runs unless --no-dki); the reference scanner's DKI maps are the labels."
+            "multi-shell runs unless --no-dki); the reference scanner's DKI maps are the labels; "
+            "run the participant level without --no-dki."
         )
-    fa = {m.label: m.raw["fa"] for m in run_shells(output_dir, pair.source)}
-    fa_ref = {m.label: m.raw["fa"] for m in run_shells(output_dir, pair.target)}
-    label = min(set(fa) & set(fa_ref), key=lambda s: abs(float(s[1:]) - 1000.0))
+    fa = _fa_near(output_dir, pair.source, shell, b_tolerance)
+    fa_ref = _fa_near(output_dir, pair.target, shell, b_tolerance)
     try:
-        tr = register_to_template(fa_ref[label], fa[label], work, seed=seed, transform="SyN")
+        tr = register_to_template(fa_ref, fa, work, seed=seed, transform="SyN")
     except RegistrationFailedError as err:
         # rescans that are already close can make SyN fit noise (its acceptance test then
         # refuses it): an affine registration is the fallback, then the pair is left out
         LOGGER.info("%s; trying an affine registration.", err)
-        tr = register_to_template(fa_ref[label], fa[label], work / "affine", seed=seed,
-                                  transform="Affine")  # fmt: skip
-    return np.stack([to_template(maps[n], tr, fa[label]) for n in names], axis=-1)
+        tr = register_to_template(fa_ref, fa, work / "affine", seed=seed, transform="Affine")
+    return np.stack([to_template(maps[n], tr, fa) for n in names], axis=-1)
+
+
+def _pair_name(pair: TrainingPair) -> str:
+    return f"{pair.source.prefix} <- {pair.target.prefix}"
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    pair = traits.Any(mandatory=True, desc="the TrainingPair")
+    in_files = traits.List(File(exists=True), mandatory=True,
+                           desc="the files read (FA maps, DKI maps): they key the cache")
+    output_dir = traits.Str(mandatory=True)
+    shell = traits.Float(1000.0, usedefault=True, desc="b-value of the FA maps registered")
+    b_tolerance = traits.Float(50.0, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    stem = traits.Str("", usedefault=True, desc="the network, for messages")
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    labels_file = traits.Str(desc="the labels (X, Y, Z, 8) on the source grid (.npy); '' when "
+                             "the pair is left out")  # fmt: skip
+    failure = traits.Str(desc="why the pair is left out ('' when registered)")
+
+
+class RegisterDkiLabels(SimpleInterface):
+    """One training pair: the reference session's DKI maps warped onto the source session
+    (:func:`reference_labels`), saved in the node's folder; a pair whose registration fails
+    is reported (``failure``), not an error."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_harmony.registration.common_space import RegistrationFailedError
+
+        pair, cwd = self.inputs.pair, Path(runtime.cwd)
+        try:
+            y = reference_labels(Path(self.inputs.output_dir), pair, cwd / "registration",
+                                 self.inputs.seed, shell=self.inputs.shell,
+                                 b_tolerance=self.inputs.b_tolerance)  # fmt: skip
+        except RegistrationFailedError as err:
+            LOGGER.warning("DKI CNN %s: pair %s left out: %s", self.inputs.stem,
+                           _pair_name(pair), err)  # fmt: skip
+            self._results.update(labels_file="", failure=str(err) or "registration failed")
+            return runtime
+        path = cwd / "labels.npy"
+        np.save(path, y.astype(np.float32))
+        self._results.update(labels_file=str(path), failure="")
+        return runtime
 
 
 class _TrainInputSpec(BaseInterfaceInputSpec):
     pairs = traits.List(traits.Any, mandatory=True, desc="TrainingPair per source session")
+    labels_files = traits.List(traits.Str, mandatory=True,
+                               desc="per pair: its labels (RegisterDkiLabels), '' if left out")
+    failures = traits.List(traits.Str, desc="per pair: why it is left out ('' if not)")
     held_out = traits.List(traits.Str, mandatory=True, desc="subjects held out")
     output_dir = traits.Str(mandatory=True)
     models_dir = traits.Str(mandatory=True)
     stem = traits.Str(mandatory=True)
     shells = traits.List(traits.Float, mandatory=True)
+    b_tolerance = traits.Float(50.0, usedefault=True)
     card = traits.Dict(mandatory=True)
     seed = traits.Int(0, usedefault=True)
     max_minutes = traits.Float(15.0, usedefault=True)
@@ -120,7 +194,8 @@ class _TrainOutputSpec(TraitedSpec):
 
 
 class TrainDkiCnn(SimpleInterface):
-    """Register the labels, build the inputs, train, and write the model (module docstring)."""
+    """Build the inputs, train on the registered pairs, and write the model (module
+    docstring)."""
 
     input_spec = _TrainInputSpec
     output_spec = _TrainOutputSpec
@@ -128,25 +203,23 @@ class TrainDkiCnn(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_harmony.bids.derivatives import software_versions
+        from bids_harmony.errors import NoDataError
         from bids_harmony.methods.dki_cnn.inputs import InputSpec
         from bids_harmony.methods.registry import get_method
 
-        spec = InputSpec(tuple(self.inputs.shells))
+        spec = InputSpec(tuple(self.inputs.shells), b_tolerance=self.inputs.b_tolerance)
         out = Path(self.inputs.output_dir)
+        files = list(self.inputs.labels_files)
+        if len(files) != len(self.inputs.pairs):
+            raise ValueError(f"{len(files)} labels file(s) for {len(self.inputs.pairs)} pairs")
+        failures = list(self.inputs.failures) if self.inputs.failures else [""] * len(files)
         inputs, labels, masks, held = [], [], [], []
-        from bids_harmony.errors import NoDataError
-        from bids_harmony.registration.common_space import RegistrationFailedError
-
         pairs, left_out = [], []
-        for k, pair in enumerate(self.inputs.pairs):
-            try:
-                y = reference_labels(out, pair, Path(runtime.cwd) / f"pair{k}",
-                                     self.inputs.seed)  # fmt: skip
-            except RegistrationFailedError as err:
-                LOGGER.warning("DKI CNN %s: pair %s <- %s left out: %s", self.inputs.stem,
-                               pair.source.prefix, pair.target.prefix, err)  # fmt: skip
-                left_out.append(pair)
+        for pair, path, failure in zip(self.inputs.pairs, files, failures, strict=True):
+            if not path:
+                left_out.append((pair, failure))
                 continue
+            y = np.load(path)
             x, mask = run_inputs(out, pair.source, spec)
             pairs.append(pair)
             inputs.append(x)
@@ -164,9 +237,10 @@ class TrainDkiCnn(SimpleInterface):
                            max_minutes=self.inputs.max_minutes, device=self.inputs.device,
                            spec=spec)  # fmt: skip
         card = {**self.inputs.card, "software_versions": software_versions(),
-                "training_pairs": [f"{p.source.prefix} <- {p.target.prefix}" for p in pairs],
-                "pairs_left_out": [f"{p.source.prefix} <- {p.target.prefix}: registration "
-                                   "failed" for p in left_out]}  # fmt: skip
+                "training_pairs": [_pair_name(p) for p in pairs],
+                "pairs_left_out": [f"{_pair_name(p)}: registration failed"
+                                   + (f" ({why})" if why else "")
+                                   for p, why in left_out]}  # fmt: skip
         path = method.save(model, Path(self.inputs.models_dir) / self.inputs.stem, card)
         LOGGER.info("DKI CNN %s: %s", self.inputs.stem, model.training)
         self._results["out_file"] = str(path)

@@ -5,7 +5,8 @@ warped to the template; site templates and per-band scale maps
 :math:`\\sqrt{\\overline{RISH}_{tgt} / \\overline{RISH}_{src}}` are computed there
 (:class:`~bids_harmony.methods.rish.LinearRISH`), warped back to each source
 session and applied to its SH coefficients.  The DWI is rebuilt from the scaled
-coefficients (b0 volumes unchanged) and FA/MD/GFA recomputed; everything is
+coefficients (b0 volumes unchanged) and FA/MD/GFA recomputed (and the DKI maps,
+refitted on the rebuilt multi-shell DWI); everything is
 written next to the participant outputs with ``desc-rish``, named by
 :class:`~bids_harmony.bids.derivatives.RunNames` like every participant output.  As in the HARP
 paper, the model is trained on the same traveling subjects it is evaluated on
@@ -22,7 +23,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-from bids_harmony.bids.derivatives import sidecar_path, software_versions
+from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versions
 from bids_harmony.bids.group_inputs import ShellMaps
 from bids_harmony.bids.io import save_nifti, write_json
 from bids_harmony.bids.outputs import harmonized_sources
@@ -92,6 +93,7 @@ def apply_to_run(
     b0_threshold: float,
     model: Mapping[str, str] | None = None,
     n_threads: int | None = None,
+    dki: bool | None = None,
 ) -> dict[str, dict[str, Path]]:
     """Harmonize one source run with template-space ``scales`` (per shell label).
 
@@ -99,8 +101,13 @@ def apply_to_run(
     given when the scales come from a trained model applied at the participant
     level; without it the sidecars say the scales were fitted by the group level
     on the subjects they are evaluated on.  ``n_threads``: CSD threads (GFA).
+    ``dki``: also fit DKI on the rebuilt DWI and write ``desc-rish`` DKI maps
+    (:func:`~bids_harmony.interfaces.dki_harmonized.write_harmonized_dki`) when its
+    table holds the fit and every shell was harmonized; None: when the run has raw
+    DKI maps (the participant level fitted DKI on it).
 
-    Returns ``{shell label: {"sh"|"fa"|"md"|"gfa"|"scales": written path}}``.
+    Returns ``{shell label: {"sh"|"fa"|"md"|"gfa"|"scales": written path}}`` and,
+    with DKI maps, ``{"dki": {param: written path}}``.
     """
     from bids_harmony.bids.gradients_io import read_gradients
     from bids_harmony.dmri import metrics as dm
@@ -186,4 +193,20 @@ def apply_to_run(
             )
         written[m.label] = out
     LOGGER.info("LinearRISH: harmonized %s (%s)", outputs.names.prefix, ", ".join(written))
+    if bool(outputs.dki_maps()) if dki is None else dki:
+        from bids_harmony.interfaces.dki_harmonized import write_harmonized_dki
+
+        names = outputs.names
+        sources = [bids_uri("", names.dwi()), *(bids_uri("", names.shell_map(m.label, "sh"))
+                                                for m in shells), bids_uri("", names.mask()),
+                   *([model_uri] if model_uri else [])]  # inputs, as harmonized_sources
+        files = write_harmonized_dki(
+            outputs, shells[0].run, dwi, bvals, bvecs, mask, img.affine, method=METHOD,
+            harmonized_shells=[m.bval for m in shells], harmonization=common["Harmonization"],
+            sources=sources,
+            b_tolerance=b_tolerance, b0_threshold=b0_threshold, n_procs=n_threads or 1,
+        )  # fmt: skip
+        maps = [p for p in files if p.name.endswith(".nii.gz")]
+        if maps:
+            written["dki"] = {p.name.split("param-")[1].split("_")[0]: p for p in maps}
     return written

@@ -4,7 +4,8 @@ The model (``train --method rish``) holds per-shell scale maps on its FA
 template.  The run's FA map (the shell nearest b = 1000) is registered to that
 template (ANTs, as at the group level), the scales are warped back to the run's
 grid and applied to its SH coefficients; the DWI is rebuilt and FA/MD/GFA
-recomputed (:func:`bids_harmony.interfaces.rish.apply_to_run`), written with
+recomputed, and the DKI maps when ``dki`` (the run qualifies for DKI)
+(:func:`bids_harmony.interfaces.rish.apply_to_run`), written with
 ``desc-rish`` next to the run's other outputs.
 """
 
@@ -31,6 +32,8 @@ class _ApplyInputSpec(BaseInterfaceInputSpec):
     transform = traits.Enum("SyN", "Affine", usedefault=True)
     b_tolerance = traits.Float(mandatory=True)
     b0_threshold = traits.Float(mandatory=True)
+    dki = traits.Bool(False, usedefault=True,
+                      desc="also refit DKI on the rebuilt DWI (desc-rish DKI maps)")
 
 
 class _ApplyOutputSpec(TraitedSpec):
@@ -81,6 +84,7 @@ class ApplyRishModel(SimpleInterface):
                    "ModelSHA256": sha256_file(model_file),
                    "SourceSite": str(card.get("source_site")),
                    "TargetSite": str(card.get("target_site"))},
+            dki=self.inputs.dki,
         )  # fmt: skip
         self._results["out_files"] = [str(p) for files in written.values()
                                       for p in files.values()]  # fmt: skip

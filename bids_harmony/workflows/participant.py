@@ -308,17 +308,17 @@ def init_dwi_run_wf(
         from bids_harmony.interfaces.rish_model import ApplyRishModel
 
         # after the sink: LinearRISH reads the run's SH and FA maps from the output dataset
-        rish = pe.Node(ApplyRishModel(output_dir=output_dir, **rish_model,
+        rish = pe.Node(ApplyRishModel(output_dir=output_dir, **rish_model, dki=dki,
                                       b_tolerance=b_tolerance, b0_threshold=b0_threshold),
                        name="rish", mem_gb=mem_gb)  # fmt: skip
         workflow.connect(sink, "out_files", rish, "written")
     if combat_model is not None:
         from bids_harmony.interfaces.combat import ApplyCombatModel
 
-        # after the sink: ComBat reads the run's FA/MD/GFA maps from the output dataset
+        # after the sinks: ComBat reads the run's FA/MD/GFA (and DKI) maps from the dataset
         combat = pe.Node(ApplyCombatModel(output_dir=output_dir, **combat_model),
                          name="combat", mem_gb=mem_gb)  # fmt: skip
-        workflow.connect(sink, "out_files", combat, "written")
+        workflow.connect(sink_dki if dki else sink, "out_files", combat, "written")
     if dki_model is not None:
         from bids_harmony.interfaces.dki_cnn import ApplyDkiCnnModel
 

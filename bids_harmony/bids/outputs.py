@@ -319,8 +319,11 @@ def dki_derivatives(
         Written by :class:`~bids_harmony.interfaces.dki.FitDKI`: ``files`` (param ->
         image), ``fit_method``, ``shells`` (b-values), ``n_volumes``, ``n_voxels``,
         ``ranges`` and ``clipped`` (param -> ``below``/``above``/``nonfinite`` counts),
-        ``units``, ``descriptions``; ``runs`` (the raw runs combined, relative paths)
-        when several runs were fitted together.
+        ``units``, ``descriptions``; when several runs were fitted together
+        (:class:`~bids_harmony.interfaces.dki_runs.FitCombinedDKI`): ``runs`` (the raw
+        runs combined, relative paths: ``CombinedRuns``), ``sources`` (their
+        preprocessed DWIs and masks, relative to the derivatives) and
+        ``registration`` (how they were aligned: ``CombinedRunsRegistration``).
     params : mapping
         Run settings recorded in every sidecar.
     method : str, optional
@@ -329,6 +332,8 @@ def dki_derivatives(
     names = RunNames(dict(run["entities"]), int(run.get("n_shells", 0)))
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
     sources = [bids_uri("", names.dwi(method)), bids_uri("", names.mask())]
+    if dki.get("sources"):
+        sources = [bids_uri("", p) for p in dki["sources"]]
     model = {
         "Description": "Diffusion kurtosis imaging (Jensen et al., 2005): diffusion and "
         "kurtosis tensors fitted to the b0 volumes and every shell",
@@ -361,6 +366,8 @@ def dki_derivatives(
         }
         if dki.get("runs"):
             sidecar["CombinedRuns"] = [bids_uri("raw", p) for p in dki["runs"]]
+        if dki.get("registration"):
+            sidecar["CombinedRunsRegistration"] = dki["registration"]
         out.append(Derivative(source=Path(path), relpath=names.dki_map(param, method),
                               sidecar=sidecar))  # fmt: skip
     return out

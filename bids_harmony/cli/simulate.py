@@ -114,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
         "kurtosis (WM intra-axonal sticks beside hindered water, slow and fast GM water, "
         "with DKI truth maps per session) (default: gaussian)",
     )
+    parser.add_argument(
+        "--shells-as-runs",
+        action="store_true",
+        help="write each human's shells as separate runs (acq-b1000, acq-b2000), each with "
+        "its own b0 volumes and TE/TR and a slight head movement (up to 2 degrees, 3 mm) "
+        "between the runs, as sites that acquire each shell as its own series; the "
+        "participant level combines them for DKI (phantoms unchanged)",
+    )
+    parser.add_argument(
+        "--run-gain",
+        type=float,
+        metavar="G",
+        help="with --shells-as-runs: receiver gain of each later run relative to the first "
+        "(e.g. 1.3; default 1), so the runs' b0 scaling differs",
+    )
     zoo = parser.add_argument_group(
         "phantom scenario", "a preset of the phantom zoo, then changes to it"
     )
@@ -297,8 +312,9 @@ def _cohort_sites(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     ):
         if getattr(args, attr) is not None:
             parser.error(f"argument {option}: a cohort study has no phantoms (--cohort)")
-    if args.shells is not None or args.human_signal != "gaussian":
+    if args.shells is not None or args.human_signal != "gaussian" or args.shells_as_runs:
         option = "--shells" if args.shells is not None else "--human-signal"
+        option = "--shells-as-runs" if args.shells_as_runs else option
         parser.error(
             f"argument {option}: not for a cohort study (--cohort): its subjects have "
             "one protocol (acq-multishell) and one tensor per compartment"
@@ -345,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     cohort_sites = _cohort_sites(parser, args) if cohort else ()
     scenario = None if cohort else _scenario(parser, args)
     shells = None if cohort else _shells(parser, args)
+    if args.run_gain is not None and not args.shells_as_runs:
+        parser.error("argument --run-gain: only with --shells-as-runs")
+    if args.run_gain is not None and not (math.isfinite(args.run_gain) and args.run_gain > 0):
+        parser.error(f"argument --run-gain: G must be a positive factor, not {args.run_gain}")
+    if args.shells_as_runs and shells is not None and len(shells) > 2:
+        parser.error("argument --shells-as-runs: only for the shells 1000 2000 (there is no "
+                     "single-shell protocol at b=3000)")  # fmt: skip
 
     from bids_harmony.errors import BidsHarmonyError
 
@@ -380,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                 scenario=scenario,
                 shells=shells,
                 human_signal=args.human_signal,
+                shells_as_runs=args.shells_as_runs,
+                run_gain=1.0 if args.run_gain is None else args.run_gain,
             )
     except BidsHarmonyError as err:
         print(f"bids-harmony-simulate: error: {err}", file=sys.stderr)

@@ -43,6 +43,7 @@ from bids_harmony.simulate.study import (
     parse_session,
     protocols_for,
     resolve_scenario,
+    shell_protocols,
     simulate_session,
     site_params,
     study_sessions,
@@ -70,10 +71,12 @@ class RunInfo:
     bvec: Path
     sidecar: Path
     noiseless: Path | None
+    #: The head's pose in this run when it differs from the session's (shells as runs).
+    pose: Pose | None = None
 
     def record(self, root: Path) -> dict[str, Any]:
         """The run's entry in ``simulation.json`` (paths relative to ``root``)."""
-        return {
+        out = {
             "subject": self.subject,
             "session": self.session,
             "site": self.site,
@@ -82,6 +85,10 @@ class RunInfo:
             "dwi": self.dwi.relative_to(root).as_posix(),
             "noiseless": self.noiseless.relative_to(root).as_posix() if self.noiseless else None,
         }
+        if self.pose is not None:  # moved since the session's pose (_pose.json)
+            out["pose"] = {"angles_deg": list(self.pose.angles_deg),
+                           "translation_mm": list(self.pose.translation_mm)}  # fmt: skip
+        return out
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,9 @@ def _submit_run(
     paths = [
         bw.dwi_path(root, sub, ses, run.acq, ext) for ext in (".nii.gz", ".bval", ".bvec", ".json")
     ]
-    return RunInfo(sub, ses, data.site.label, run.acq, int(run.image.shape[-1]), *paths, clean)
+    return RunInfo(
+        sub, ses, data.site.label, run.acq, int(run.image.shape[-1]), *paths, clean, run.pose
+    )
 
 
 def _phantom_state(data: SessionData, scenario: PhantomScenario) -> dict[str, Any] | None:
@@ -249,6 +258,8 @@ def simulate_study(
     scenario: PhantomScenario | str | None = None,
     shells: tuple[float, ...] | None = None,
     human_signal: str = "gaussian",
+    shells_as_runs: bool = False,
+    run_gain: float = 1.0,
 ) -> StudyInfo:
     """Simulate and write a two-site phantom + traveling-subject BIDS study.
 
@@ -278,6 +289,12 @@ def simulate_study(
         Human brains with one tensor per compartment (the default, as before issue
         15) or with WM and GM water pools (a kurtosis-bearing signal, and DKI truth
         maps per session).
+    shells_as_runs : bool
+        Humans get each shell of the multi-shell protocol as its own run
+        (``acq-b1000``, ``acq-b2000``) with a slight head movement between the runs
+        (:func:`~bids_harmony.simulate.study.simulate_session`); phantoms unchanged.
+    run_gain : float
+        With ``shells_as_runs``: receiver gain of each later run relative to the first.
 
     Returns
     -------
@@ -295,6 +312,8 @@ def simulate_study(
     scenario = resolve_scenario(scenario, tuple(sites))
     multishell = multishell_protocol(shells)
     check_human_signal(human_signal)
+    if shells_as_runs:
+        shell_protocols(multishell)  # before anything is written
     _check_output(root, force)
     root.mkdir(parents=True, exist_ok=True)
     phantoms, humans = study_subjects(size, scenario)
@@ -319,6 +338,8 @@ def simulate_study(
                     scenario=scenario,
                     shells=shells,
                     human_signal=human_signal,
+                    shells_as_runs=shells_as_runs,
+                    run_gain=run_gain,
                 )
                 writer.submit(
                     bw.write_session_truth,
@@ -345,6 +366,8 @@ def simulate_study(
         call += f", shells={tuple(PROTOCOLS[multishell].shells)}"
     if human_signal != "gaussian":
         call += f", human_signal={human_signal!r}"
+    if shells_as_runs:
+        call += ", shells_as_runs=True" + (f", run_gain={run_gain:g}" if run_gain != 1 else "")
     bw.write_dataset_files(
         root,
         name=f"bids_harmony simulated two-site study ({size})",
@@ -359,7 +382,9 @@ def simulate_study(
                 protocols_for(phantoms[0], size, scenario, multishell),
                 scenario,
             ),
-            human_lines=human_lines(", ".join(humans), multishell, human_signal),
+            human_lines=human_lines(
+                ", ".join(humans), multishell, human_signal, shells_as_runs=shells_as_runs
+            ),
         ),
         participants=participants,
     )
@@ -382,6 +407,8 @@ def simulate_study(
             "scenario": scenario.to_dict(),
             "shells": list(PROTOCOLS[multishell].shells),
             "human_signal": human_signal,
+            "shells_as_runs": shells_as_runs,
+            "run_gain": run_gain,
             "runs": [r.record(root) for r in runs],
         },
     )

@@ -223,7 +223,9 @@ coordinates (-1..1), each field linear in u (coefficients in cohort.json).
 """
 
 
-def human_lines(humans: str, protocol: str, human_signal: str = "gaussian") -> str:
+def human_lines(
+    humans: str, protocol: str, human_signal: str = "gaussian", *, shells_as_runs: bool = False
+) -> str:
     """README bullet on the traveling subjects: run, shells and signal model."""
     from bids_harmony.simulate.layout import PROTOCOLS
 
@@ -235,10 +237,20 @@ def human_lines(humans: str, protocol: str, human_signal: str = "gaussian") -> s
         if human_signal == "kurtosis"
         else "one Gaussian tensor per compartment"
     )
+    runs = (
+        f"one multi-shell run (acq-{protocol}: {', '.join(first)} and {last} s/mm2, "
+        f"{proto.n_dirs} directions each)"
+    )
+    if shells_as_runs:
+        acqs = ", ".join(f"acq-b{b:g}" for b in proto.shells)
+        runs = (
+            f"each shell as its own run ({acqs}: {', '.join(first)} and {last} s/mm2, "
+            f"{proto.n_dirs} directions each, own b0 volumes and TE/TR, the head moved by up "
+            "to 2 degrees and 3 mm between the runs)"
+        )
     text = (
         f"Traveling subjects ({humans}): human-like heads (CSF, folded GM ribbon, deep GM, "
-        f"WM bundles with crossings), one multi-shell run (acq-{protocol}: "
-        f"{', '.join(first)} and {last} s/mm2, {proto.n_dirs} directions each), {signal}, "
+        f"WM bundles with crossings), {runs}, {signal}, "
         "with a small head movement between sessions."
     )
     return textwrap.fill(

@@ -11,7 +11,11 @@ target), two sessions per site (``ses-GE1``, ``ses-GE2``, ``ses-Prisma1``,
 traveling humans get one multi-shell run (``acq-multishell``: b=1000 and b=2000,
 60 directions each), the same protocol as the phantoms' ``acq-multishell`` run.
 ``shells=(1000, 2000, 3000)`` puts ``acq-multishell3`` (a third shell, b=3000) in
-place of ``acq-multishell`` for humans and phantoms alike.
+place of ``acq-multishell`` for humans and phantoms alike.  ``shells_as_runs=True``
+gives humans each shell as its own run instead (``acq-b1000``, ``acq-b2000``, each
+with its own b0 volumes, TE/TR and a slight head movement between the runs,
+:func:`run_pose`; optionally a different receiver gain, ``run_gain``), as sites
+that acquire each shell as its own series do.
 
 Human brains have one Gaussian tensor per compartment unless
 ``human_signal="kurtosis"``: a kurtosis-bearing signal (WM sticks beside hindered
@@ -26,6 +30,7 @@ scenario are those of the default study.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -77,7 +82,10 @@ LOGGER = logging.getLogger(__name__)
 
 _VENDOR_INDEX = {name: i for i, name in enumerate(VENDORS)}
 # key domains of keyed_rng (append new ones: existing streams must not shift)
-_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION, _COHORT = range(1, 9)
+_SITE, _DIRS, _TABLE, _SUBJECT, _POSE, _NOISE, _REPOSITION, _COHORT, _RUN_MOTION = range(1, 10)
+#: Largest head movement between the runs of a session with shells as runs:
+#: rotation (degrees about each axis) and translation (mm along each axis).
+RUN_MOTION = (2.0, 3.0)
 _PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
 #: Signal models of the human brains (the first is the default).
 HUMAN_SIGNALS: tuple[str, ...] = ("gaussian", "kurtosis")
@@ -93,6 +101,8 @@ class RunData:
     image: NDArray[np.int16]
     noiseless: NDArray[np.float32]
     sidecar: dict[str, Any]
+    #: The head's pose in this run when it differs from the session's (shells as runs).
+    pose: Pose | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,6 +288,39 @@ def protocols_for(
     return with_multishell(sz.phantom_protocols, multishell)
 
 
+def shell_protocols(multishell: str) -> tuple[str, ...]:
+    """The single-shell protocols that acquire the shells of ``multishell`` one by one.
+
+    >>> shell_protocols("multishell")
+    ('b1000', 'b2000')
+    """
+    by_shell = {p.shells: name for name, p in PROTOCOLS.items() if len(p.shells) == 1
+                and p.n_dirs == PROTOCOLS[multishell].n_dirs}  # fmt: skip
+    missing = [b for b in PROTOCOLS[multishell].shells if (b,) not in by_shell]
+    if missing:
+        raise NoDataError(
+            f"shells as runs: no single-shell protocol for b={', '.join(f'{b:g}' for b in missing)}"
+            f" (of {multishell}); shells as runs are for the shells 1000 2000"
+        )
+    return tuple(by_shell[(b,)] for b in PROTOCOLS[multishell].shells)
+
+
+def run_pose(pose: Pose, subject: str, session: str, protocol: str, seed: int) -> Pose:
+    """The head's pose in a later run of a session: ``pose`` moved slightly.
+
+    Up to :data:`RUN_MOTION` (2 degrees about each axis, 3 mm along each axis),
+    drawn from the run's own keyed stream.
+    """
+    _, number = parse_subject(subject)
+    site, repeat = parse_session(session)
+    rng = keyed_rng(seed, _RUN_MOTION, number, _VENDOR_INDEX[site], repeat,
+                    _PROTOCOL_INDEX[protocol])  # fmt: skip
+    degrees, mm = RUN_MOTION
+    angles = np.asarray(pose.angles_deg) + rng.uniform(-degrees, degrees, 3)
+    shift = np.asarray(pose.translation_mm) + rng.uniform(-mm, mm, 3)
+    return Pose(tuple(round(float(v), 4) for v in angles), tuple(round(float(v), 4) for v in shift))
+
+
 def simulate_session(
     subject: str,
     session: str,
@@ -288,6 +331,8 @@ def simulate_session(
     scenario: PhantomScenario | str | None = None,
     shells: tuple[float, ...] | None = None,
     human_signal: str = "gaussian",
+    shells_as_runs: bool = False,
+    run_gain: float = 1.0,
 ) -> SessionData:
     """Simulate one session in memory (no files), exactly as in the whole study.
 
@@ -310,6 +355,13 @@ def simulate_session(
         ``(1000, 2000, 3000)``: ``acq-multishell3``).
     human_signal : {"gaussian", "kurtosis"}
         Signal model of a human brain (:data:`HUMAN_SIGNALS`).
+    shells_as_runs : bool
+        A human's multi-shell run becomes one run per shell (:func:`shell_protocols`);
+        every run after the first sees the head slightly moved (:func:`run_pose`).
+        No effect on phantoms.
+    run_gain : float
+        With ``shells_as_runs``: receiver gain of the runs after the first, relative
+        to the first (signal and noise scale together, as a gain does).
 
     Returns
     -------
@@ -333,12 +385,27 @@ def simulate_session(
         delta_t = scenario.temperature_delta(site_label)
         tissue = scale_diffusivities(tissue, scenario.diffusivity_factor(site_label))
     site = study_site(site_label, seed, scenario)
+    if not run_gain > 0:
+        raise NoDataError(f"run_gain must be a positive factor, not {run_gain}")
+    separate = shells_as_runs and not is_phantom
+    if protocols is None:
+        protocols = protocols_for(subject, size, scenario, multishell)
+        if separate:
+            protocols = tuple(p for name in protocols for p in (
+                shell_protocols(name) if name == multishell else (name,)))  # fmt: skip
     runs = []
-    for protocol in protocols or protocols_for(subject, size, scenario, multishell):
+    for index, protocol in enumerate(protocols):
         if protocol not in PROTOCOLS:
             raise NoDataError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+        moved = run_site = None
+        if separate and index > 0:  # the head moves between series; the gain may change
+            moved = run_pose(pose, subject, session, protocol, seed)
+            run_site = dataclasses.replace(site, receiver_gain=site.receiver_gain * run_gain,
+                                           noise_sigma=site.noise_sigma * run_gain)  # fmt: skip
+        run_tissue = tissue if moved is None else object_tissue(spec, grid, moved)
+        run_site = run_site or site
         bvals, bvecs = gradient_table(site, protocol, seed)
-        clean = noiseless_signal(tissue, site, bvals, bvecs, protocol=protocol)
+        clean = noiseless_signal(run_tissue, run_site, bvals, bvecs, protocol=protocol)
         rng = keyed_rng(
             seed,
             _NOISE,
@@ -348,10 +415,9 @@ def simulate_session(
             repeat,
             _PROTOCOL_INDEX[protocol],
         )
-        image = noisy_image(clean, site.noise_sigma, rng)
-        runs.append(
-            RunData(protocol, bvals, bvecs, image, clean, dwi_sidecar(site, protocol, grid))
-        )
+        image = noisy_image(clean, run_site.noise_sigma, rng)
+        runs.append(RunData(protocol, bvals, bvecs, image, clean,
+                            dwi_sidecar(site, protocol, grid), moved))  # fmt: skip
         LOGGER.info("simulated sub-%s ses-%s acq-%s: %s", subject, session, protocol, image.shape)
     return SessionData(subject, session, site, pose, spec, tissue, tuple(runs), delta_t)
 

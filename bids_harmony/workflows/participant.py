@@ -80,7 +80,10 @@ def init_participant_wf(
             )
             for run in study.runs
         }
-    with_dki = dki_runs(study.runs, config)
+    plan = _dki_plan(study.runs, config)
+    with_dki = set(plan.alone) if plan is not None else set()
+    run_wfs: dict[Path, pe.Workflow] = {}
+    run_infos: dict[Path, dict[str, Any]] = {}
     for run in study.runs:
         run_info = {
             "entities": run_short_entities(run),
@@ -94,69 +97,66 @@ def init_participant_wf(
         if run.dwi in plans:
             reverse = plans[run.dwi]["reverse"]
             run_info["fieldmaps"] = [_relative(Path(i["path"]), study.bids_dir) for i in reverse]
-        workflow.add_nodes(
-            [
-                init_dwi_run_wf(
-                    dwi=str(run.dwi),
-                    bval=str(run.bval),
-                    bvec=str(run.bvec),
-                    run_info=run_info,
-                    params=params,
-                    output_dir=str(config.output_dir),
-                    backend=backend,
-                    denoise=config.denoise if backend == "python" else "none",
-                    remove_gibbs=config.remove_gibbs and backend == "python",
-                    motion_correction=config.motion_correction and backend == "python",
-                    sh_order=config.sh_order,
-                    b_tolerance=config.b_tolerance,
-                    b0_threshold=config.b0_threshold,
-                    gfa=config.gfa,
-                    omp_nthreads=config.omp_nthreads,
-                    mem_gb=estimate_mem_gb(run.shape),
-                    name=wf_name(run.prefix),
-                    harp_model=models.get(run.site),
-                    rish_model=_rish_for(rish_models, run, config),
-                    combat_model=combat_models.get(run.prefix),
-                    dki_model=dki_models.get(run.prefix),
-                    fsl_plan=plans.get(run.dwi),
-                    dki=run.dwi in with_dki,
-                )
-            ]
+        run_infos[run.dwi] = run_info
+        run_wfs[run.dwi] = init_dwi_run_wf(
+            dwi=str(run.dwi),
+            bval=str(run.bval),
+            bvec=str(run.bvec),
+            run_info=run_info,
+            params=params,
+            output_dir=str(config.output_dir),
+            backend=backend,
+            denoise=config.denoise if backend == "python" else "none",
+            remove_gibbs=config.remove_gibbs and backend == "python",
+            motion_correction=config.motion_correction and backend == "python",
+            sh_order=config.sh_order,
+            b_tolerance=config.b_tolerance,
+            b0_threshold=config.b0_threshold,
+            gfa=config.gfa,
+            omp_nthreads=config.omp_nthreads,
+            mem_gb=estimate_mem_gb(run.shape),
+            name=wf_name(run.prefix),
+            harp_model=models.get(run.site),
+            rish_model=_rish_for(rish_models, run, config),
+            combat_model=combat_models.get(run.prefix),
+            dki_model=dki_models.get(run.prefix),
+            fsl_plan=plans.get(run.dwi),
+            dki=run.dwi in with_dki,
         )
+        workflow.add_nodes([run_wfs[run.dwi]])
+    if plan is not None:
+        from bids_harmony.workflows.dki_runs import connect_combined_dki
+
+        for group in plan.groups:
+            first = group.first
+            connect_combined_dki(
+                workflow, run_wfs, group, bids_dir=study.bids_dir,
+                output_dir=str(config.output_dir), run_info=run_infos[first.dwi], params=params,
+                b_tolerance=config.b_tolerance, b0_threshold=config.b0_threshold,
+                n_procs=config.omp_nthreads or 1, seed=config.seed,
+                mem_gb=estimate_mem_gb(first.shape),
+            )  # fmt: skip
     return workflow
 
 
 def dki_runs(runs: Any, config: Config) -> set[Path]:
-    """The runs (``dwi`` paths) whose gradient tables hold the DKI fit; says why not.
+    """The runs (``dwi`` paths) whose own gradient tables hold the DKI fit; says why not.
 
-    A run with one shell is the common case: one INFO line names them all.  A
-    multi-shell run whose directions cannot hold the fit is unexpected: a
-    WARNING each.  See :func:`bids_harmony.dmri.dki.dki_support`.
+    Single-shell runs of one session may be combined instead
+    (:func:`bids_harmony.workflows.dki_runs.dki_plan`, which logs what happens to
+    every run that is not fitted alone).  See :func:`bids_harmony.dmri.dki.dki_support`.
     """
-    from bids_harmony.dmri.dki import MIN_SHELLS, dki_support
+    plan = _dki_plan(runs, config)
+    return set(plan.alone) if plan is not None else set()
 
+
+def _dki_plan(runs: Any, config: Config) -> Any:
+    """The DKI plan of the runs (None with ``--no-dki``)."""
     if not config.dki:
-        return set()
-    qualified, single = set(), []
-    for run in runs:
-        support = dki_support(
-            run.bvals, run.bvecs, name=run.prefix,
-            b_tolerance=config.b_tolerance, b0_threshold=config.b0_threshold,
-        )  # fmt: skip
-        if support.ok:
-            qualified.add(run.dwi)
-        elif len(support.shells) < MIN_SHELLS:
-            single.append(support.reason)
-        else:
-            LOGGER.warning("%s No DKI maps for it.", support.reason)
-    if len(single) == 1:
-        LOGGER.info("%s No DKI maps for it.", single[0])
-    elif single:
-        LOGGER.info(
-            "DKI needs two non-zero shells; %d runs have fewer and get no DKI maps (e.g. %s).",
-            len(single), single[0].split("; ", 1)[1].rstrip("."),
-        )  # fmt: skip
-    return qualified
+        return None
+    from bids_harmony.workflows.dki_runs import dki_plan
+
+    return dki_plan(list(runs), b_tolerance=config.b_tolerance, b0_threshold=config.b0_threshold)
 
 
 def _rish_for(

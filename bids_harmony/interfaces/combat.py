@@ -1,7 +1,8 @@
 """Nipype interfaces of ComBat: fit on a cohort (``train``), apply to a run (``participant``).
 
-``train --method combat`` warps every human session's FA, MD and GFA maps to a
-template (the group level's :class:`~bids_harmony.interfaces.group_level.WarpMaps`),
+``train --method combat`` warps every human session's FA, MD and GFA maps (and its
+DKI maps, :mod:`.combat_dki`) to a template (the group level's
+:class:`~bids_harmony.interfaces.group_level.WarpMaps`),
 then :class:`FitCombatModel` fits one model per map on the voxels inside nearly every
 session's brain and one on the region means, and writes
 ``OUT/models/combat_tgt-<T>[_acq-<A>].safetensors`` with its card.
@@ -181,6 +182,7 @@ class FitCombatModel(SimpleInterface):
 
         from bids_harmony.bids.derivatives import software_versions
         from bids_harmony.bids.io import sha256_file
+        from bids_harmony.interfaces.combat_dki import stacked_features
         from bids_harmony.methods.combat.errors import SmallSiteWarning, TooFewSamplesError
         from bids_harmony.methods.combat.maps import (
             feature_mask,
@@ -189,15 +191,16 @@ class FitCombatModel(SimpleInterface):
             sessions_of,
         )
 
-        kept, arrays = [], []
+        kept, paths, masks = [], [], []
         for session, path in zip(self.inputs.sessions, self.inputs.warped, strict=True):
-            data = np.load(path)
-            if "mask" not in data.files:  # registration rejected
-                LOGGER.warning("ComBat: %s left out (registration to the template failed).",
-                               session.label)  # fmt: skip
-                continue
+            with np.load(path) as data:
+                if "mask" not in data.files:  # registration rejected
+                    LOGGER.warning("ComBat: %s left out (registration to the template failed).",
+                                   session.label)  # fmt: skip
+                    continue
+                masks.append(data["mask"])
             kept.append(session)
-            arrays.append({k: data[k] for k in data.files})
+            paths.append(path)
         sites = sessions_of([s.site for s in kept])
         few = [f"{site} ({n})" for site, n in sites.items() if n < 2]
         if len(sites) < 2 or few:
@@ -207,11 +210,10 @@ class FitCombatModel(SimpleInterface):
                 "with two sessions each" + (f" (too few: {', '.join(few)})" if few else "") + "."
             )
         template_img = nb.load(self.inputs.template_file)
-        masks = np.stack([a["mask"] for a in arrays])
-        mask = feature_mask(masks)
+        mask = feature_mask(np.stack(masks))
         ref = self.inputs.ref
-        maps = {f"{label}/{kind}": np.stack([a[f"{label}/{kind}/none"] for a in arrays])
-                for label in self.inputs.labels for kind in KINDS}  # fmt: skip
+        # FA/MD/GFA of every shell and, when every session has them, the 8 DKI maps
+        maps = stacked_features(paths, self.inputs.labels, KINDS)
         if self.inputs.atlas_file:
             regions = atlas_regions(Path(self.inputs.atlas_file), template_img)
         else:
@@ -301,6 +303,13 @@ def apply_to_run(
     from bids_harmony.bids.group_inputs import run_shells
     from bids_harmony.bids.io import save_nifti
     from bids_harmony.errors import NoDataError
+    from bids_harmony.interfaces.combat_dki import (
+        dki_params,
+        has_dki_maps,
+        shell_labels,
+        warp_dki,
+        without_dki,
+    )
     from bids_harmony.methods.combat.maps import apply_combat_maps, load_combat_maps
     from bids_harmony.registration.common_space import register_to_template
     from bids_harmony.registration.warps import to_template
@@ -309,7 +318,7 @@ def apply_to_run(
     template = work / "model_template.nii.gz"
     save_nifti(nb.Nifti1Image(model.template, model.affine), template)
     shells = {m.label: m for m in run_shells(output_dir, run)}
-    labels = sorted({name.split("/")[0] for name in model.maps}, key=lambda s: float(s[1:]))
+    labels = shell_labels(model.maps)
     missing = [label for label in labels if label not in shells]
     if missing:
         raise NoDataError(
@@ -322,24 +331,16 @@ def apply_to_run(
                               seed=seed, transform=transform)  # fmt: skip
     warped = {f"{label}/{kind}": to_template(shells[label].raw[kind], tr, template)[None]
               for label in labels for kind in KINDS}  # fmt: skip
+    params = dki_params(model.maps)  # none in a model fitted without DKI maps
+    if params and not has_dki_maps(shells[ref].outputs):
+        LOGGER.info("ComBat: %s has no DKI maps; its other maps are harmonized.", run.prefix)
+        model, params = without_dki(model), []
+    warped.update(warp_dki(shells[ref].outputs, params, tr, template))
     options = CombatOptions(covariates=tuple(covariates))
     session = CohortSession(run.prefix, run.prefix, run.subject, run.site, dict(covariates))
     harmonized, before, after = apply_combat_maps(model, warped, apply_function(options, [session]))
-    return _write(
-        run,
-        output_dir,
-        model_file,
-        card,
-        model,
-        labels,
-        shells,
-        tr,
-        template,
-        warped,
-        harmonized,
-        before,
-        after,
-    )
+    return _write(run, output_dir, model_file, card, model, labels, shells, tr, template,
+                  warped, harmonized, before, after)  # fmt: skip
 
 
 def _write(run, output_dir, model_file, card, model, labels, shells, tr, template,
@@ -348,6 +349,7 @@ def _write(run, output_dir, model_file, card, model, labels, shells, tr, templat
 
     from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versions
     from bids_harmony.bids.io import save_nifti, sha256_file, write_json, write_text
+    from bids_harmony.interfaces.combat_dki import dki_params, native_dki
     from bids_harmony.registration.warps import from_template
 
     space = str(card.get("space", "cohort"))
@@ -391,6 +393,9 @@ def _write(run, output_dir, model_file, card, model, labels, shells, tr, templat
                 "Description": f"ComBat-harmonized {kind.upper()} of shell {label}: the native "
                 "map plus the template-space ComBat correction warped back, inside the mask",
             }))  # fmt: skip
+    written += native_dki(names, root, shells[labels[0]].outputs, dki_params(model.maps),
+                          warped, harmonized, model.mask, mask_native, tr, template, common,
+                          model_uri)  # fmt: skip
     table = root / names.regions(space, METHOD)
     lines = ["region\tmap\tbefore\tafter"]
     for name in before:
@@ -402,11 +407,12 @@ def _write(run, output_dir, model_file, card, model, labels, shells, tr, templat
         "template space before and after ComBat (the region model of the ComBat file)",
         "region": {"Description": "region label in the model's regions (tissue * 1000 + block; "
                    "tissue 1 = WM, 2 = GM)"},
-        "map": {"Description": "<shell>_<map>"},
+        "map": {"Description": "<shell>_<map>, or dki_<param> (a DKI map)"},
         "before": {"Description": "mean of the unharmonized map in the region"},
         "after": {"Description": "the region mean harmonized by the region-level ComBat model"},
     }))  # fmt: skip
     for path, sidecar in written:  # sidecars last: a file with a sidecar is complete
         write_json(sidecar_path(path), {k: v for k, v in sidecar.items() if v is not None})
-    LOGGER.info("ComBat: harmonized %s (%s)", run.prefix, ", ".join(labels))
+    LOGGER.info("ComBat: harmonized %s (%s%s)", run.prefix, ", ".join(labels),
+                ", DKI" if dki_params(model.maps) else "")  # fmt: skip
     return [p for p, _ in written]

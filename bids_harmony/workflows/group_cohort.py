@@ -116,7 +116,7 @@ def check_model(config: Config, study, model_file: Path, figures_dir: Path) -> C
     p_before_plot = None
     for name in model.maps:
         label, kind = name.split("/")
-        if kind not in ("fa", "md"):
+        if kind not in ("fa", "md") or label == "dki":  # per-shell FA/MD (not dki/fa, dki/md)
             continue
         data = {}
         for method in (None, "combat"):

@@ -168,12 +168,13 @@ def dki_report_parts(
     from bids_harmony.evaluation.evaluated import display_name
     from bids_harmony.evaluation.tables import write_table
 
-    tables, figures, notes, compared = {}, {}, [], set()
+    tables, figures, notes, compared, cnn = {}, {}, [], set(), False
     for stem, rows in results.items():
         held = held_out(models_dir, stem)
         frame = dki_frame(rows, held)
         others = [m for m in OTHER_METHODS if method_column(m) in frame.columns]
         compared.update(others)
+        cnn = cnn or bool(frame["after"].notna().any())
         write_table(frame, group_dir / f"{stem}_dki.tsv", dictionary(others))
         wm = frame[frame["region"] == "WM"]
         shown = [wm[wm["subject"] == "mean"].assign(subjects="all")]
@@ -202,7 +203,8 @@ def dki_report_parts(
     if results:
         notes.append(NOTE)
     if compared:
-        names = ["the DKI CNN", *(display_name(m) for m in OTHER_METHODS if m in compared)]
+        names = [*(["the DKI CNN"] if cnn else []),
+                 *(display_name(m) for m in OTHER_METHODS if m in compared)]
         notes.append(COMPARISON_NOTE.format(methods=", ".join(names)))
     return tables, figures, notes
 

@@ -3,7 +3,8 @@
 Every human session of every site (one model per raw ``acq`` protocol) is used:
 a study FA template is built from the target-site sessions (or ``--template``),
 every session's FA is registered to it and its FA, MD and GFA maps of every shell
-warped there (one node per session, in parallel), and
+(and its 8 DKI maps when every session has them) warped there (one node per
+session, in parallel), and
 :class:`~bids_harmony.interfaces.combat.FitCombatModel` fits the model with the
 covariates of ``--combat-covariates`` (from ``participants.tsv`` /
 ``sessions.tsv``) kept and ``--target-site`` as the reference site, whose data
@@ -167,10 +168,11 @@ def run_train_combat(config: Config) -> int:
         dry_fit(options, sessions, config.seed)
         sub = pe.Workflow(name=_name("combat", acq or "all"))
         space, transforms = common_space_wf(sub, config, scen)
+        dki = _with_dki(scen.sessions, stem)
         warped = pe.Node(niu.Merge(len(scen.sessions)), name="warped")
         for k, session in enumerate(scen.sessions):
             select = pe.Node(niu.Select(index=[k]), name=_name("transform", session.key))
-            warp = pe.Node(WarpMaps(session=session, labels=scen.labels, methods=[]),
+            warp = pe.Node(WarpMaps(session=session, labels=scen.labels, methods=[], dki=dki),
                            name=_name("warp", session.key))  # fmt: skip
             sub.connect([(transforms, select, [("out", "inlist")]),
                          (select, warp, [("out", "transform")]),
@@ -217,6 +219,17 @@ def run_train_combat(config: Config) -> int:
     for stem in planned:
         LOGGER.info("Saved %s", config.output_dir / MODELS_DIR / f"{stem}.safetensors")
     return 0
+
+
+def _with_dki(sessions: Sequence, stem: str) -> bool:
+    """Whether every session has its 8 DKI maps (then ComBat harmonizes them too)."""
+    from bids_harmony.interfaces.combat_dki import has_dki_maps
+
+    has = [has_dki_maps(next(iter(s.shells.values())).outputs) for s in sessions]
+    if any(has) and not all(has):
+        LOGGER.info("%s: %d of %d sessions have no DKI maps; ComBat leaves the DKI maps out.",
+                    stem, has.count(False), len(has))  # fmt: skip
+    return all(has)
 
 
 def _counts(sessions: Sequence[CohortSession]) -> dict[str, int]:

@@ -301,3 +301,38 @@ def test_reader_finds_the_combined_maps(separate_runs):
     first = RunOutputs.of_run(out, runs["sub-01_ses-GE1_acq-b1000"])
     assert sorted(first.dki_maps()) == sorted(DKI)
     assert RunOutputs.of_run(out, runs["sub-01_ses-GE1_acq-b2000"]).dki_maps() == {}
+
+
+def test_runs_that_cannot_be_aligned_are_skipped_with_a_warning(separate_runs, tmp_path, caplog):
+    """An unrelated b0 in the second run: a WARNING naming the files, no maps, no crash."""
+    import shutil
+
+    from bids_harmony.interfaces.dki import DkiSink
+    from bids_harmony.interfaces.dki_runs import FitCombinedDKI
+    from bids_harmony.workflows.dki_runs import group_specs
+
+    bids, out, _, _ = separate_runs
+    copy = tmp_path / "out"
+    shutil.copytree(out / "sub-01", copy / "sub-01")
+    second = copy / "sub-01/ses-GE1/dwi/sub-01_ses-GE1_acq-b2000_space-dwi_desc-preproc_dwi.nii.gz"
+    img = nb.load(second)
+    noise = np.random.default_rng(0).uniform(0, 1000, img.shape).astype(np.float32)
+    nb.save(nb.Nifti1Image(noise, img.affine, img.header), second)
+    from bids_harmony.bids.discovery import discover
+    from bids_harmony.bids.dki_runs import plan_dki
+
+    runs = [r for r in discover(bids).runs if r.subject == "01" and r.session == "GE1"]
+    (group,) = plan_dki(runs).groups
+    node = FitCombinedDKI(output_dir=str(copy), runs=group_specs(group, bids))
+    (tmp_path / "node").mkdir()
+    (tmp_path / "sink").mkdir()
+    with caplog.at_level(logging.WARNING, logger="bids_harmony"):
+        result = node.run(cwd=str(tmp_path / "node"))
+    summary = json.loads(Path(result.outputs.out_json).read_text())
+    assert summary["files"] == {} and "skipped" in summary
+    assert "cannot be aligned" in caplog.text and "acq-b2000_space-dwi_desc-preproc" in caplog.text
+    run_info = {"entities": {"sub": "01", "ses": "GE1", "acq": "b1000"}, "n_shells": 1,
+                "site": "GE", "is_phantom": False}  # fmt: skip
+    sink = DkiSink(output_dir=str(tmp_path / "empty"), run_info=run_info, params={},
+                   dki_json=result.outputs.out_json)  # fmt: skip
+    assert sink.run(cwd=str(tmp_path / "sink")).outputs.out_files == []

@@ -329,6 +329,8 @@ def dki_derivatives(
     method : str, optional
         ``desc-<method>`` of maps fitted on harmonized data.
     """
+    if not dki["files"]:  # a combined fit skipped (runs that could not be aligned)
+        return []
     names = RunNames(dict(run["entities"]), int(run.get("n_shells", 0)))
     common = {"Site": run["site"], "Phantom": bool(run["is_phantom"]), **_provenance(params)}
     sources = [bids_uri("", names.dwi(method)), bids_uri("", names.mask())]

@@ -123,8 +123,11 @@ def _plan(where: str, stem: str, source: str, target: str, acq: str | None,
     runs = _unique(r for p in pairs for r in (p.source, p.target))
     single = [r for r in runs if len(r.shells) < MIN_SHELLS]
     if single:
-        skipped.append(f"{where}: DKI needs two non-zero shells in every session; " + _listed(
-            [f"{r.prefix} has b={_bvals(r.shells)} only" for r in single]))  # fmt: skip
+        skipped.append(f"{where}: DKI needs two non-zero shells in every session, and the DKI "
+                       "CNN needs them in one multi-shell run (its inputs are a run's per-shell "
+                       "SH maps; shells acquired as separate runs, combined for the DKI fit, are "
+                       "not supported); " + _listed([f"{r.prefix} has b={_bvals(r.shells)} only"
+                                                   for r in single]))  # fmt: skip
         return None
     shells = common_shells(None, runs, b_tolerance)
     tolerance = f"tolerance {b_tolerance:g} s/mm²"

@@ -245,3 +245,55 @@ def test_a_pair_whose_registration_fails_is_reported_not_raised(tmp_path, monkey
     result = node.run(cwd=str(tmp_path))
     assert result.outputs.labels_file == ""
     assert "FA correlation 0.1" in result.outputs.failure
+
+
+def test_training_reads_the_registered_labels_and_lists_the_pairs_left_out(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from bids_harmony.interfaces import dki_cnn
+    from bids_harmony.methods import registry
+
+    fitted = {}
+
+    class FakeMethod:
+        def fit(self, inputs, labels, **options):
+            fitted.update(labels=labels, held_out=options["held_out"], seed=options["seed"])
+            return SimpleNamespace(training={})
+
+        def save(self, model, stem, card):
+            fitted["card"] = card
+            return Path(f"{stem}.safetensors")
+
+    monkeypatch.setattr(registry, "get_method", lambda name: FakeMethod())
+    mask = np.ones((2, 2, 2), bool)
+    x = np.zeros((2, 2, 2, 3), np.float32)
+    monkeypatch.setattr(dki_cnn, "run_inputs", lambda out, run, spec: (x, mask))
+    pairs, files, failures = [], [], []
+    for k, subject in enumerate(["01", "02", "03"]):
+        source, ref = (SimpleNamespace(prefix=f"sub-{subject}_ses-{s}") for s in ("GE1", "P1"))
+        pairs.append(dki_cnn.TrainingPair(subject, source, ref))
+        path = tmp_path / f"labels{k}.npy"
+        np.save(path, np.full((2, 2, 2, 8), k, np.float32))
+        files.append("" if subject == "02" else str(path))
+        failures.append("FA correlation 0.1" if subject == "02" else "")
+    node = dki_cnn.TrainDkiCnn(pairs=pairs, labels_files=files, failures=failures,
+                               held_out=["03"], output_dir=str(tmp_path),
+                               models_dir=str(tmp_path / "models"), stem="dkicnn_x",
+                               shells=[1000.0, 2000.0], card={}, seed=7)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    node.run(cwd=str(tmp_path))
+    assert [float(y[0, 0, 0, 0]) for y in fitted["labels"]] == [0.0, 2.0]
+    assert fitted["held_out"] == [1] and fitted["seed"] == 7
+    card = fitted["card"]
+    assert card["training_pairs"] == ["sub-01_ses-GE1 <- sub-01_ses-P1",
+                                      "sub-03_ses-GE1 <- sub-03_ses-P1"]  # fmt: skip
+    assert card["pairs_left_out"] == [
+        "sub-02_ses-GE1 <- sub-02_ses-P1: registration failed (FA correlation 0.1)"]
+
+    # the held-out subject's only pair left out: nothing to stop early on
+    files[2], failures[2] = "", "ANTs failed"
+    node.inputs.labels_files, node.inputs.failures = files, failures
+    with pytest.raises(NoDataError, match="after registration 1 pair"):
+        node.run(cwd=str(tmp_path))

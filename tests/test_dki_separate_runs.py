@@ -248,6 +248,13 @@ def test_simulated_runs_are_separate_with_their_own_b0s(separate_runs):
     assert record["shells_as_runs"] and record["run_gain"] == 1.3
     poses = {r["acq"]: r.get("pose") for r in record["runs"] if r["subject"] == "01"}
     assert poses["b1000"] is None and poses["b2000"] is not None
+    # the noise-free signal of the moved run, regenerated from the ground truth
+    from bids_harmony.simulate import regenerate_noiseless
+
+    session = simulate_session("01", "GE1", size="tiny", seed=SEED, human_signal="kurtosis",
+                               shells_as_runs=True, run_gain=1.3)  # fmt: skip
+    np.testing.assert_allclose(regenerate_noiseless(bids, "01", "GE1", "b2000"),
+                               session.runs[1].noiseless, rtol=1e-5, atol=1e-3)  # fmt: skip
     assert list((bids / "sub-phantom01" / "ses-GE1" / "dwi").glob("*acq-multishell_dwi.nii.gz"))
 
 

@@ -30,7 +30,9 @@ humans with ``human_signal="kurtosis"``: the exact DKI truth
 ``_desc-truth_model-dki_param-<x>_dwimap`` of their signal, :mod:`.kurtosis`); per
 run ``_desc-noiseless_dwi.nii.gz`` (site effects, no noise).
 ``shells=(1000, 2000, 3000)`` (``--shells``) puts ``acq-multishell3`` in place of
-``acq-multishell``.
+``acq-multishell``; ``shells_as_runs=True`` (``--shells-as-runs``) gives humans one run
+per shell (``acq-b1000``, ``acq-b2000``; the head moves slightly between them, each
+later run's pose recorded in ``simulation.json``).
 
 Phantom zoo (:mod:`.zoo`): a :class:`PhantomScenario` chooses the phantom designs
 (``mixed``, ``fibre``, ``nist``, ``nist-small``), protocols, per-session poses,

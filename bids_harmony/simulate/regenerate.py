@@ -10,6 +10,7 @@ study was written.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from bids_harmony.simulate.layout import parse_session
 from bids_harmony.simulate.phantom import PhantomSpec, scale_diffusivities, temperature_factor
 from bids_harmony.simulate.signal_model import noiseless_signal
 from bids_harmony.simulate.study import object_tissue
+from bids_harmony.simulate.tissue import Pose
 
 
 def regenerate_noiseless(
@@ -67,9 +69,12 @@ def regenerate_noiseless(
     session = session.removeprefix("ses-")
     grid, spec = bw.read_spec(root, subject)
     pose = bw.read_pose(root, subject, session)
-    tissue = object_tissue(spec, grid, pose)
+    moved, gain = _run_record(root, subject, session, acq)
+    tissue = object_tissue(spec, grid, moved or pose)
     site_label = site or parse_session(session)[0]
     site_obj = bw.read_site(root, site_label)
+    if gain != 1.0:
+        site_obj = dataclasses.replace(site_obj, receiver_gain=site_obj.receiver_gain * gain)
     if isinstance(spec, BrainSpec) and (bw.gt_dir(root) / COHORT_JSON).is_file():
         population = brain_tissue(population_spec(spec), grid, pose)
         tissue = site_tissue(tissue, population, spec, pose, SITE_MAP_EFFECTS[site_label])
@@ -81,3 +86,18 @@ def regenerate_noiseless(
     if bvals is None or bvecs is None:
         bvals, bvecs = bw.read_table(root, subject, session, acq)
     return noiseless_signal(tissue, site_obj, bvals, bvecs, protocol=acq)
+
+
+def _run_record(root: Path, subject: str, session: str, acq: str) -> tuple[Pose | None, float]:
+    """A run's own pose and receiver-gain factor (shells as runs), else ``(None, 1.0)``."""
+    path = bw.gt_dir(root) / "simulation.json"
+    if not path.is_file():
+        return None, 1.0
+    record = bw.read_json(path)
+    for run in record.get("runs", []):
+        if (run["subject"], run["session"], run["acq"]) == (subject, session, acq) and run.get(
+            "pose"
+        ):
+            pose = Pose(tuple(run["pose"]["angles_deg"]), tuple(run["pose"]["translation_mm"]))
+            return pose, float(record.get("run_gain", 1.0))
+    return None, 1.0

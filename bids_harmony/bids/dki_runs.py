@@ -86,7 +86,8 @@ class DkiPlan:
         Multi-shell runs whose table cannot hold the fit (the support says why).
     notes : dict of Path to str
         Every single-shell run that is not combined: why not (a clause such as
-        ``"no other run of its session differs from it only in acq"``).
+        ``"no other single-shell run of its session differs from it only in acq"``, the
+        same for every run with that reason, so a log can count them).
     """
 
     alone: dict[Path, DkiSupport] = field(default_factory=dict)
@@ -158,15 +159,15 @@ def _why_not(
 ) -> str:
     """Why these single-shell runs (one key) are not combined; empty when they are."""
     if multi_shell:
-        return f"its session has a multi-shell run ({multi_shell[0]}), fitted alone"
+        return "its session has a multi-shell run, which is fitted alone"
     if len(members) == 1:
         return "no other single-shell run of its session differs from it only in acq"
     values = [b for _, b in members]
     for i in range(1, len(values)):
         if values[i] - values[i - 1] <= settings["b_tolerance"]:
             return (
-                f"{members[i - 1][0].prefix} and {members[i][0].prefix} have the same shell "
-                f"(b={values[i]:g}), so which runs to combine is ambiguous"
+                "another run of its session that differs from it only in acq has the same "
+                "shell, so which runs to combine is ambiguous"
             )
     bvals = np.concatenate([np.asarray(r.bvals, dtype=float) for r, _ in members])
     bvecs = np.concatenate([_rows(r.bvecs) for r, _ in members])

@@ -20,6 +20,8 @@ from nipype.pipeline import engine as pe
 from bids_harmony.bids.dki_runs import DkiPlan, DkiRunGroup, plan_dki
 
 LOGGER = logging.getLogger(__name__)
+#: Combinations named one line each; more get one summary line.
+LISTED_GROUPS = 4
 
 #: The methods paragraph of a combined fit (after the DKI paragraph).
 COMBINED_DESC = (
@@ -38,7 +40,8 @@ COMBINED_DESC = (
 def dki_plan(runs: Any, *, b_tolerance: float, b0_threshold: float) -> DkiPlan:
     """:func:`~bids_harmony.bids.dki_runs.plan_dki`, and the log lines that explain it.
 
-    Every combination gets one INFO line naming its runs.  Single-shell runs
+    Every combination gets one INFO line naming its runs (more than
+    :data:`LISTED_GROUPS`: one line for all).  Single-shell runs
     that are not combined get one INFO line saying why (a summary when there
     are several); a multi-shell run whose directions cannot hold the fit, a
     WARNING each (unexpected).
@@ -46,7 +49,15 @@ def dki_plan(runs: Any, *, b_tolerance: float, b0_threshold: float) -> DkiPlan:
     plan = plan_dki(runs, b_tolerance=b_tolerance, b0_threshold=b0_threshold)
     for support in plan.unfit.values():
         LOGGER.warning("%s No DKI maps for it.", support.reason)
-    for group in plan.groups:
+    if len(plan.groups) > LISTED_GROUPS:
+        group = plan.groups[0]
+        LOGGER.info(
+            "DKI needs two non-zero shells: in %d sessions single-shell runs that differ only "
+            "in acq are combined (aligned on their b0s, each normalised by its own b0), e.g. "
+            "%s; the DKI maps are named after the lowest-b run (%s).",
+            len(plan.groups), group.names(), group.first.prefix,
+        )  # fmt: skip
+    for group in plan.groups if len(plan.groups) <= LISTED_GROUPS else ():
         LOGGER.info(
             "DKI needs two non-zero shells: the single-shell runs %s differ only in acq and "
             "are combined (aligned on their b0s, each normalised by its own b0); their DKI "
@@ -67,7 +78,7 @@ def dki_plan(runs: Any, *, b_tolerance: float, b0_threshold: float) -> DkiPlan:
                     why)  # fmt: skip
         return plan
     reasons = "; ".join(
-        f"{len(names)} because {why} (e.g. {names[0]})" if len(names) > 1 else f"{names[0]}: {why}"
+        f"{len(names)} runs (e.g. {names[0]}): {why}" if len(names) > 1 else f"{names[0]}: {why}"
         for why, names in sorted(by_reason.items(), key=lambda item: -len(item[1]))
     )
     LOGGER.info("DKI needs two non-zero shells; %d single-shell runs are not combined with "

@@ -222,9 +222,10 @@ def dwi_postdesc(
         paragraphs.append(
             "Human runs of a site in a trained ComBat model [@combat] were harmonized: the "
             "run's FA map was registered with ANTs to the model's template, its FA, MD and "
-            "GFA maps were warped there, the site's additive and multiplicative effects "
-            "estimated on the cohort were removed voxel by voxel with the run's covariates "
-            "kept, and the correction was warped back and added to the native maps."
+            "GFA maps (and DKI maps, when the model has them) were warped there, the site's "
+            "additive and multiplicative effects estimated on the cohort were removed voxel "
+            "by voxel with the run's covariates kept, and the correction was warped back and "
+            "added to the native maps."
         )
     return "\n\n".join(paragraphs)
 
@@ -237,17 +238,19 @@ def combat_train_paragraph(
     covariates: Sequence[str],
     variant: str,
     eb: str,
+    dki: bool = False,
 ) -> str:
-    """The train level's paragraph of ComBat."""
+    """The train level's paragraph of ComBat (``dki``: the DKI maps were features too)."""
     kept = (f"the effects of {', '.join(covariates)} kept" if covariates
             else "no covariate modelled")  # fmt: skip
     return (
         f"ComBat models [@combat] ({variant}; empirical Bayes: {eb}) were fitted on "
         f"{n_sessions} human sessions of the sites {', '.join(sites)}, with {target} as the "
         f"reference site left unchanged and {kept}. Each session's FA map was registered "
-        "with ANTs SyN [@syn] to a common FA template; FA, MD and GFA were harmonized voxel "
-        "by voxel (voxels inside the brain of at least 90% of the sessions) and as region "
-        "means."
+        "with ANTs SyN [@syn] to a common FA template; FA, MD and GFA"
+        + (" of every shell and the eight DKI maps" if dki else "")
+        + " were harmonized voxel by voxel (voxels inside the brain of at least 90% of the "
+        "sessions) and as region means."
     )
 
 

@@ -153,7 +153,7 @@ def run_train_combat(config: Config) -> int:
 
         check_atlas(config.combat_atlas)
     workflow, log_dir = level_workflow(config, "bids_harmony_train_combat_wf")
-    n_steps, planned = 0, []
+    n_steps, planned, with_dki = 0, [], False
     for acq, runs in sorted(_protocols(study, target).items(), key=lambda kv: str(kv[0])):
         stem = f"combat_tgt-{target}" + (f"_acq-{acq}" if acq else "")
         if target not in {r.site for r in runs}:
@@ -169,6 +169,7 @@ def run_train_combat(config: Config) -> int:
         sub = pe.Workflow(name=_name("combat", acq or "all"))
         space, transforms = common_space_wf(sub, config, scen)
         dki = _with_dki(scen.sessions, stem)
+        with_dki = with_dki or dki
         warped = pe.Node(niu.Merge(len(scen.sessions)), name="warped")
         for k, session in enumerate(scen.sessions):
             select = pe.Node(niu.Select(index=[k]), name=_name("transform", session.key))
@@ -213,7 +214,7 @@ def run_train_combat(config: Config) -> int:
     paragraph = combat_train_paragraph(
         target=target, sites=study.sites, covariates=options.covariates,
         n_sessions=sum(not r.is_phantom for r in study.runs), variant=options.variant,
-        eb=options.eb,
+        eb=options.eb, dki=with_dki,
     )  # fmt: skip
     write_level_citation(config.output_dir, "train", [paragraph], software_versions("antspyx"))
     for stem in planned:

@@ -99,7 +99,9 @@ class FitCombinedDKI(RunNamedInterface):
         except _Unaligned as err:
             LOGGER.warning(
                 "DKI of the combined runs skipped: the b0 images of %s cannot be aligned "
-                "(%s). No DKI maps for this session.", ", ".join(r.name for r in runs), err,
+                "(%s). Check that the runs show the same head and that their b0 images are "
+                "not empty or corrupted. No DKI maps for this session.",
+                ", ".join(r.name for r in runs), err,
             )  # fmt: skip
             summary["skipped"] = str(err)
             return self._write(cwd, summary, runtime)
@@ -142,7 +144,8 @@ class FitCombinedDKI(RunNamedInterface):
             results = align_runs(runs, seed=self.inputs.seed,
                                  b0_threshold=self.inputs.b0_threshold)  # fmt: skip
         except (RegistrationError, ValueError) as err:
-            raise _Unaligned(str(err)) from err
+            # register_rigid's advice is about phantoms; ours is in the WARNING
+            raise _Unaligned(str(err).split(" Check that", 1)[0].rstrip(".")) from err
         records = [
             {
                 "Run": spec["source"],

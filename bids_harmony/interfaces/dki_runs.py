@@ -69,7 +69,7 @@ class FitCombinedDKI(RunNamedInterface):
         from bids_harmony.bids.reader import RunOutputs
         from bids_harmony.dmri import dki
         from bids_harmony.dmri.dki_runs import RunArrays, combine_runs
-        from bids_harmony.interfaces.dki import log_clipping
+        from bids_harmony.interfaces.dki import dki_summary, log_clipping
 
         runs, images, sources = [], [], []
         for spec in self.inputs.runs:
@@ -114,25 +114,15 @@ class FitCombinedDKI(RunNamedInterface):
         seconds = time.perf_counter() - start
         del signal
         log_clipping(result, seconds)
-        summary.update({
-            "files": {p: save_like(m, images[0], cwd / f"dki_{p}.nii.gz")
-                      for p, m in result.maps.items()},
-            "fit_method": result.fit_method,
-            "shells": list(result.shells),
-            "n_volumes": result.n_volumes,
-            "n_voxels": result.n_voxels,
-            "ranges": {p: list(r) for p, r in result.ranges.items()},
-            "clipped": result.clipped,
-            "units": dict(dki.UNITS),
-            "descriptions": dict(dki.DESCRIPTIONS),
-            "seconds": round(seconds, 3),
-            "registration": {
-                "Method": REGISTRATION_METHOD,
-                "Normalisation": NORMALISATION,
-                "Reference": summary["runs"][0],
-                "Transforms": records,
-            },
-        })  # fmt: skip
+        files = {p: save_like(m, images[0], cwd / f"dki_{p}.nii.gz")
+                 for p, m in result.maps.items()}  # fmt: skip
+        summary.update(dki_summary(result, files, seconds))
+        summary["registration"] = {
+            "Method": REGISTRATION_METHOD,
+            "Normalisation": NORMALISATION,
+            "Reference": summary["runs"][0],
+            "Transforms": records,
+        }
         return self._write(cwd, summary, runtime)
 
     def _align(self, runs):

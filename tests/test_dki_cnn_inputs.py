@@ -270,6 +270,7 @@ def test_training_reads_the_registered_labels_and_lists_the_pairs_left_out(
     mask = np.ones((2, 2, 2), bool)
     x = np.zeros((2, 2, 2, 3), np.float32)
     monkeypatch.setattr(dki_cnn, "run_inputs", lambda out, run, spec: (x, mask))
+    monkeypatch.setattr(dki_cnn, "label_mask", lambda out, run, y, m: m)
     pairs, files, failures = [], [], []
     for k, subject in enumerate(["01", "02", "03"]):
         source, ref = (SimpleNamespace(prefix=f"sub-{subject}_ses-{s}") for s in ("GE1", "P1"))

@@ -76,6 +76,33 @@ def run_inputs(output_dir: Path, run: object, spec) -> tuple[np.ndarray, np.ndar
     return dki_inputs_from_sh(coeffs, spec, mean_b0=mean_b0, mask=mask), mask
 
 
+def label_mask(output_dir: Path, run: object, labels: np.ndarray,
+               mask: np.ndarray) -> np.ndarray:
+    """The brain voxels whose registered labels agree with the run's own DKI fit
+    (:func:`~bids_harmony.methods.dki_cnn.labels.consistent_labels`); ``mask`` when the
+    run has no DKI maps of its own (fitted with ``--no-dki``), with an INFO line."""
+    import nibabel as nb
+
+    from bids_harmony.bids.reader import RunOutputs
+    from bids_harmony.methods.dki_cnn.labels import consistent_labels
+    from bids_harmony.methods.dki_cnn.network import MAP_NAMES
+
+    own = RunOutputs.of_run(output_dir, run).dki_maps()
+    if "md" not in own or "fa" not in own:
+        LOGGER.info("%s has no DKI maps of its own: every brain voxel's label is used.",
+                    run.prefix)  # fmt: skip
+        return mask
+    md, fa = MAP_NAMES.index("MD"), MAP_NAMES.index("FA")
+    own_md, own_fa = (np.asarray(nb.load(own[k]).dataobj, np.float64) for k in ("md", "fa"))
+    return consistent_labels(labels[..., md], labels[..., fa], own_md, own_fa, mask)
+
+
+#: How the training voxels are chosen (the model card's ``label_voxels``).
+LABEL_RULE = ("brain voxels where the registered label agrees with the source session's own "
+              "DKI fit: |MD - MD_own| < 0.25 MD_own and |FA - FA_own| < 0.15 (tissue borders "
+              "that registration and partial volume mix are left out of the loss)")  # fmt: skip
+
+
 def _fa_near(output_dir: Path, run: object, shell: float, b_tolerance: float) -> Path:
     """The run's FA map of the shell nearest ``shell`` (within ``b_tolerance``)."""
     from bids_harmony.errors import MissingOutputError
@@ -213,7 +240,7 @@ class TrainDkiCnn(SimpleInterface):
         if len(files) != len(self.inputs.pairs):
             raise ValueError(f"{len(files)} labels file(s) for {len(self.inputs.pairs)} pairs")
         failures = list(self.inputs.failures) if self.inputs.failures else [""] * len(files)
-        inputs, labels, masks, held = [], [], [], []
+        inputs, labels, masks, held, kept_share = [], [], [], [], []
         pairs, left_out = [], []
         for pair, path, failure in zip(self.inputs.pairs, files, failures, strict=True):
             if not path:
@@ -224,7 +251,9 @@ class TrainDkiCnn(SimpleInterface):
             pairs.append(pair)
             inputs.append(x)
             labels.append(np.where(mask[..., None], y, np.nan).astype(np.float32))
-            masks.append(mask)
+            kept = label_mask(out, pair.source, y, mask)
+            kept_share.append(round(float(kept.sum()) / max(int(mask.sum()), 1), 4))
+            masks.append(kept)
             if pair.subject in self.inputs.held_out:
                 held.append(len(pairs) - 1)
         if not held or len(held) == len(pairs):
@@ -240,7 +269,9 @@ class TrainDkiCnn(SimpleInterface):
                 "training_pairs": [_pair_name(p) for p in pairs],
                 "pairs_left_out": [f"{_pair_name(p)}: registration failed"
                                    + (f" ({why})" if why else "")
-                                   for p, why in left_out]}  # fmt: skip
+                                   for p, why in left_out],
+                "label_voxels": {"rule": LABEL_RULE, "kept_share_of_brain": dict(zip(
+                    [_pair_name(p) for p in pairs], kept_share, strict=True))}}  # fmt: skip
         path = method.save(model, Path(self.inputs.models_dir) / self.inputs.stem, card)
         LOGGER.info("DKI CNN %s: %s", self.inputs.stem, model.training)
         self._results["out_file"] = str(path)

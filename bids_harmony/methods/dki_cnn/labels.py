@@ -23,7 +23,7 @@ Rule
 
     The rule only selects *where the loss is computed*; inference predicts every voxel.
     Measured on the demo study (held-out subject, 8 epochs each, WM NRMSE to the reference
-    truth): MD 0.075 → 0.060, RD 0.19 → 0.16, MK 0.057 → 0.055 with the rule, about 80 %
+    truth): MD 0.075 → 0.060, RD 0.19 → 0.16, MK 0.057 → 0.055 with the rule, about 75 %
     of the brain voxels kept.
 """
 

@@ -88,3 +88,32 @@ def make_bids(root: Path, *, subjects=("01",), sessions=("A",), seed: int = 0) -
 @pytest.fixture
 def small_bids(tmp_path: Path) -> Path:
     return make_bids(tmp_path / "bids")
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The tiny simulated study (seed 0) through the participant level, once per session.
+
+    Laid out and run as ``bids-harmony-demo ROOT --size tiny`` runs its first two steps
+    (``ROOT/bids``, ``ROOT/derivatives``, ``ROOT/work``, the same arguments), so that the
+    demo on ``ROOT`` (``tests/test_harp_e2e.py``) reuses the study and finds the
+    participant level in its work directory.  The demo then adds to ``derivatives``:
+    tests that check the participant level alone read ``participant``, a copy taken
+    before anything else ran (``test_participant_e2e.py``, ``test_harp_pairs.py``).
+    """
+    import shutil
+    from types import SimpleNamespace
+
+    from bids_harmony.cli.run import main
+    from bids_harmony.simulate import simulate_study
+
+    root = tmp_path_factory.mktemp("tiny_study")
+    bids, derivatives, work = root / "bids", root / "derivatives", root / "work"
+    simulate_study(bids, size="tiny", seed=0)
+    code = main([str(bids), str(derivatives), "participant",
+                 "--work-dir", str(work), "--nprocs", "2", "--seed", "0"])  # fmt: skip
+    assert code == 0, f"participant level of the tiny study: exit code {code}"
+    participant = root / "participant"
+    shutil.copytree(derivatives, participant)
+    return SimpleNamespace(root=root, bids=bids, derivatives=derivatives, work=work,
+                           participant=participant, code=code)  # fmt: skip

@@ -26,14 +26,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The tiny demo: simulate, participant, train, participant (~3 min)."""
+def demo(tiny_study):
+    """The tiny demo: simulate, participant, train, participant, group.
+
+    On the session's tiny study (conftest), whose simulation and participant level are
+    the demo's own (same folders and arguments): the demo reuses the study and its first
+    participant level finds every run in the work directory.  ``--keep-work`` keeps that
+    directory for the tests that resume from it.
+    """
     from bids_harmony.cli.demo import main as demo_main
 
-    root = tmp_path_factory.mktemp("harp") / "demo"
+    root = tiny_study.root
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert demo_main([str(root), "--size", "tiny", "--nprocs", "2"]) == 0
+        assert demo_main([str(root), "--size", "tiny", "--nprocs", "2", "--keep-work"]) == 0
     return root / "bids", root / "derivatives", root, printed.getvalue()
 
 

@@ -236,18 +236,12 @@ def test_nothing_processed_yet(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_phantoms(tmp_path_factory):
-    """Tiny study, participant level run on its two phantoms only (~30 s)."""
+def tiny_phantoms(tiny_study):
+    """Tiny study (seed 0) through the participant level (conftest, shared with other
+    modules): its outputs before any other level ran."""
     from bids_harmony.bids.discovery import discover
-    from bids_harmony.cli.run import main
-    from bids_harmony.simulate import simulate_study
 
-    root = tmp_path_factory.mktemp("harp_pairs")
-    bids, out = root / "bids", root / "out"
-    simulate_study(bids, size="tiny", seed=0)
-    args = [str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "2"]
-    assert main([*args, "--participant-label", "phantom01", "phantom02"]) == 0
-    return discover(bids), out
+    return discover(tiny_study.bids), tiny_study.participant
 
 
 @pytest.mark.slow

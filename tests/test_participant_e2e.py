@@ -42,15 +42,11 @@ def expected_files(prefix: str, acq: str, shells: list[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from bids_harmony.simulate import simulate_study
-
+def tiny_run(tiny_study, tmp_path_factory):
+    """The tiny study (seed 0) through ``participant --nprocs 2`` (conftest: run once per
+    session, shared with the demo of test_harp_e2e.py); its outputs before any other level."""
     root = tmp_path_factory.mktemp("e2e")
-    bids = root / "bids"
-    simulate_study(bids, size="tiny", seed=3)
-    out = root / "out"
-    code = main([str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "2"])
-    return bids, out, root, code
+    return tiny_study.bids, tiny_study.participant, root, tiny_study.code
 
 
 def test_exit_code_and_description(tiny_run):
@@ -143,14 +139,23 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, dtype=float)
 
 
+def _coverage(bids: Path, out: Path, session: Path) -> float:
+    """Share of the simulated brain (the truth's segmentation) in a session's brain mask."""
+    sub, ses = session.parent.name, session.name
+    seg = _load(bids / "sourcedata" / "simulation" / sub / ses / f"{sub}_{ses}_dseg.nii.gz")
+    mask = _load(next((session / "dwi").glob("*_space-dwi_desc-brain_mask.nii.gz"))) > 0
+    return float((mask & (seg > 0)).sum() / (seg > 0).sum())
+
+
 def test_metric_ranges_per_tissue(tiny_run):
     bids, out, _, _ = tiny_run
     truth = bids / "sourcedata" / "simulation" / "sub-02" / "ses-Prisma1"
     seg = _load(truth / "sub-02_ses-Prisma1_dseg.nii.gz").astype(int)
     d = out / "sub-02" / "ses-Prisma1" / "dwi"
     mask = _load(d / "sub-02_ses-Prisma1_acq-multishell_space-dwi_desc-brain_mask.nii.gz") > 0
-    brain = seg > 0
-    assert (mask & brain).sum() > 0.85 * brain.sum()
+    # the brain mask covers most of the brain: 82-91 % of it in each human session (seed 0)
+    coverage = [_coverage(bids, out, path) for path in sorted(out.glob("sub-0*/ses-*"))]
+    assert len(coverage) == 12 and min(coverage) > 0.8 and np.mean(coverage) > 0.85, coverage
     fa = _load(d / "sub-02_ses-Prisma1_acq-multishellb1000_model-tensor_param-fa_dwimap.nii.gz")
     md = _load(d / "sub-02_ses-Prisma1_acq-multishellb1000_model-tensor_param-md_dwimap.nii.gz")
     gfa = _load(d / "sub-02_ses-Prisma1_acq-multishellb1000_model-csd_param-gfa_dwimap.nii.gz")

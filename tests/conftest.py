@@ -92,28 +92,41 @@ def small_bids(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
-    """The tiny simulated study (seed 0) through the participant level, once per session.
+    """``bids-harmony-demo ROOT --size tiny --keep-work``, once per session.
 
-    Laid out and run as ``bids-harmony-demo ROOT --size tiny`` runs its first two steps
-    (``ROOT/bids``, ``ROOT/derivatives``, ``ROOT/work``, the same arguments), so that the
-    demo on ``ROOT`` (``tests/test_harp_e2e.py``) reuses the study and finds the
-    participant level in its work directory.  The demo then adds to ``derivatives``:
-    tests that check the participant level alone read ``participant``, a copy taken
-    before anything else ran (``test_participant_e2e.py``, ``test_harp_pairs.py``).
+    The demo simulates the tiny study (seed 0) and runs participant → train (HARP) →
+    participant → group in ``ROOT/bids``, ``ROOT/derivatives`` and ``ROOT/work``
+    (kept).  ``participant`` is a copy of ``derivatives`` taken right after its first
+    participant level, for the tests that check that level alone
+    (``test_participant_e2e.py``, ``test_harp_pairs.py``, ``test_dki_cnn_e2e.py``, which
+    also resumes from the work directory); ``test_harp_e2e.py`` checks the whole demo.
+    ``printed`` is what the demo printed, ``codes`` the exit code of each level it ran.
     """
+    import contextlib
+    import io
     import shutil
     from types import SimpleNamespace
 
-    from bids_harmony.cli.run import main
-    from bids_harmony.simulate import simulate_study
+    import bids_harmony.cli.run
+    from bids_harmony.cli.demo import main as demo_main
 
     root = tmp_path_factory.mktemp("tiny_study")
-    bids, derivatives, work = root / "bids", root / "derivatives", root / "work"
-    simulate_study(bids, size="tiny", seed=0)
-    code = main([str(bids), str(derivatives), "participant",
-                 "--work-dir", str(work), "--nprocs", "2", "--seed", "0"])  # fmt: skip
-    assert code == 0, f"participant level of the tiny study: exit code {code}"
-    participant = root / "participant"
-    shutil.copytree(derivatives, participant)
-    return SimpleNamespace(root=root, bids=bids, derivatives=derivatives, work=work,
-                           participant=participant, code=code)  # fmt: skip
+    derivatives, participant = root / "derivatives", root / "participant"
+    run_level = bids_harmony.cli.run.main
+    codes: list[tuple[str, int]] = []
+
+    def run_and_copy(argv: list[str]) -> int:
+        code = run_level(argv)
+        codes.append((argv[2], code))
+        if argv[2] == "participant" and not participant.exists():
+            shutil.copytree(derivatives, participant)
+        return code
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(bids_harmony.cli.run, "main", run_and_copy)  # the demo calls it per level
+        code = demo_main([str(root), "--size", "tiny", "--nprocs", "2", "--keep-work"])
+    assert code == 0, f"bids-harmony-demo on the tiny study: exit code {code}, levels {codes}"
+    return SimpleNamespace(root=root, bids=root / "bids", derivatives=derivatives,
+                           work=root / "work", participant=participant,
+                           printed=printed.getvalue(), codes=codes)  # fmt: skip

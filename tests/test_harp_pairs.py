@@ -237,8 +237,8 @@ def test_nothing_processed_yet(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_phantoms(tiny_study):
-    """Tiny study (seed 0) through the participant level (conftest, shared with other
-    modules): its outputs before any other level ran."""
+    """Tiny study (seed 0) through the participant level (the first level of the
+    session's demo, conftest): its outputs before any other level ran."""
     from bids_harmony.bids.discovery import discover
 
     return discover(tiny_study.bids), tiny_study.participant

@@ -43,10 +43,10 @@ def expected_files(prefix: str, acq: str, shells: list[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_study, tmp_path_factory):
-    """The tiny study (seed 0) through ``participant --nprocs 2`` (conftest: run once per
-    session, shared with the demo of test_harp_e2e.py); its outputs before any other level."""
+    """The tiny study (seed 0) through ``participant --nprocs 2``: the first level of the
+    session's demo (conftest), its outputs before any other level ran."""
     root = tmp_path_factory.mktemp("e2e")
-    return tiny_study.bids, tiny_study.participant, root, tiny_study.code
+    return tiny_study.bids, tiny_study.participant, root, dict(tiny_study.codes)["participant"]
 
 
 def test_exit_code_and_description(tiny_run):

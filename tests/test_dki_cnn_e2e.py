@@ -16,18 +16,19 @@ HUMANS = ["--participant-label", "01", "02", "03"]
 
 
 def _cli(bids, out, work, *args: str) -> int:
-    return main([str(bids), str(out), *args, "--preproc", "none", "-w", str(work),
-                 "--nprocs", "2"])  # fmt: skip
+    return main([str(bids), str(out), *args, "-w", str(work), "--nprocs", "2"])
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from bids_harmony.cli.simulate import main as simulate
+def trained(tiny_study, tmp_path_factory):
+    """The session's tiny study (seed 0) after the participant level (conftest): the
+    humans' outputs, train, participant again in that level's work directory (where
+    only the output and network nodes run)."""
+    import shutil
 
-    root = tmp_path_factory.mktemp("dkicnn")
-    bids, out, work = root / "bids", root / "out", root / "work"
-    assert simulate([str(bids), "--size", "tiny", "--seed", "0"]) == 0
-    assert _cli(bids, out, work, "participant", *HUMANS) == 0
+    out = tmp_path_factory.mktemp("dkicnn") / "out"
+    bids, work = tiny_study.bids, tiny_study.work
+    shutil.copytree(tiny_study.participant, out, ignore=shutil.ignore_patterns("sub-phantom*"))
     assert _cli(bids, out, work, "train", "--method", "dki-cnn", "--target-site", "Prisma",
                 "--dki-max-minutes", "0.5", *HUMANS) == 0  # fmt: skip
     assert _cli(bids, out, work, "participant", *HUMANS) == 0

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 def demo(tiny_study):
     """The tiny demo: simulate, participant, train, participant, group (conftest: run once
     per session, with ``--keep-work`` for the tests that resume from its work directory)."""
+    assert tiny_study.code == 0, f"bids-harmony-demo failed: {tiny_study.codes}"
     return tiny_study.bids, tiny_study.derivatives, tiny_study.root, tiny_study.printed
 
 

@@ -79,7 +79,8 @@ def test_the_held_out_subject_is_closer_to_the_reference_truth(trained):
     card = json.loads((out / "models" / "dkicnn_src-SIGNAPremier_tgt-Prisma_acq-multishell.json")
                       .read_text())  # fmt: skip
     assert 0.3 < min(card["label_voxels"]["kept_share_of_brain"].values()) <= 1
-    errors: dict[str, list[float]] = {"raw": [], "dkicnn": []}
+    errors: dict[str, list[float]] = {"raw": [], "dkicnn": [], "constant": []}
+    corr: dict[str, list[float]] = {"raw": [], "dkicnn": []}
     for ses in ("GE1", "GE2"):
         dwi = out / "sub-03" / f"ses-{ses}" / "dwi"
         prefix = f"sub-03_ses-{ses}_acq-multishell"
@@ -87,10 +88,16 @@ def test_the_held_out_subject_is_closer_to_the_reference_truth(trained):
         truth = reference_dki_maps(bids, "03", ses, "multishell", site="Prisma", mask=mask)
         wm = mask & (truth["fa"] > 0.3) & (truth["md"] < 1.5e-3)
         assert wm.sum() > 20
+        errors["constant"].append(float(truth["mk"][wm].std()))  # the best constant map
         for key, name in (("raw", "model-dki"), ("dkicnn", "desc-dkicnn_model-dki")):
             mk = np.asarray(nb.load(dwi / f"{prefix}_{name}_param-mk_dwimap.nii.gz").dataobj)
             errors[key].append(float(np.sqrt(np.mean((mk[wm] - truth["mk"][wm]) ** 2))))
+            corr[key].append(float(np.corrcoef(mk[wm], truth["mk"][wm])[0, 1]))
+    # measured (seed 0): RMSE 0.10 against 0.18 raw and 0.13 for the best constant; r 0.67
+    # against 0.47: the network denoises, it does not just flatten the map
     assert np.mean(errors["dkicnn"]) < 0.75 * np.mean(errors["raw"]), errors
+    assert np.mean(errors["dkicnn"]) < 0.95 * np.mean(errors["constant"]), errors
+    assert np.mean(corr["dkicnn"]) > np.mean(corr["raw"]) + 0.05, corr
 
 
 def test_too_few_traveling_subjects_is_refused(trained, tmp_path, caplog):

@@ -61,6 +61,7 @@ class Config:
     combat_categorical: tuple[str, ...] = ()
     combat_atlas: Path | None = None
     dki_max_minutes: float = 15.0
+    dki_max_epochs: int | None = None
     seed: int = 0
     verbose: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

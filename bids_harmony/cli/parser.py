@@ -336,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'train --method dki-cnn': wall-clock budget of each network's training "
         "(it stops after the epoch that exceeds it; default 15)",
     )  # fmt: skip
+    harm.add_argument(
+        "--dki-max-epochs", type=_positive_int, default=None, metavar="N",
+        help="'train --method dki-cnn': at most N epochs per network (default: the recipe's "
+        "40, with early stopping); unlike --dki-max-minutes it makes the training the same "
+        "on any machine",
+    )  # fmt: skip
 
     group = parser.add_argument_group("Group level")
     group.add_argument(

@@ -166,6 +166,7 @@ def config_from_args(args) -> object:
         combat_categorical=tuple(args.combat_categorical),
         combat_atlas=args.combat_atlas,
         dki_max_minutes=args.dki_max_minutes,
+        dki_max_epochs=args.dki_max_epochs,
         seed=args.seed,
         verbose=args.verbose,
     )

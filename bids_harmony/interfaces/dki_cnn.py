@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +213,7 @@ class _TrainInputSpec(BaseInterfaceInputSpec):
     card = traits.Dict(mandatory=True)
     seed = traits.Int(0, usedefault=True)
     max_minutes = traits.Float(15.0, usedefault=True)
+    max_epochs = traits.Int(0, usedefault=True, desc="at most this many epochs (0: the recipe's)")
     device = traits.Str("cpu", usedefault=True)
 
 
@@ -232,6 +233,7 @@ class TrainDkiCnn(SimpleInterface):
         from bids_harmony.bids.derivatives import software_versions
         from bids_harmony.errors import NoDataError
         from bids_harmony.methods.dki_cnn.inputs import InputSpec
+        from bids_harmony.methods.dki_cnn.training import DEFAULT_RECIPE
         from bids_harmony.methods.registry import get_method
 
         spec = InputSpec(tuple(self.inputs.shells), b_tolerance=self.inputs.b_tolerance)
@@ -262,9 +264,11 @@ class TrainDkiCnn(SimpleInterface):
                 f"({len(held)} held out); training needs pairs to train on and held-out ones."
             )
         method = get_method("dki-cnn")
+        recipe = (replace(DEFAULT_RECIPE, max_epochs=self.inputs.max_epochs)
+                  if self.inputs.max_epochs > 0 else DEFAULT_RECIPE)
         model = method.fit(inputs, labels, masks=masks, held_out=held, seed=self.inputs.seed,
                            max_minutes=self.inputs.max_minutes, device=self.inputs.device,
-                           spec=spec)  # fmt: skip
+                           spec=spec, recipe=recipe)  # fmt: skip
         card = {**self.inputs.card, "software_versions": software_versions(),
                 "training_pairs": [_pair_name(p) for p in pairs],
                 "pairs_left_out": [f"{_pair_name(p)}: registration failed"

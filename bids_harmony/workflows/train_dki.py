@@ -294,7 +294,7 @@ def _plan_workflow(config: Config, plan: Plan, held: list[str], device: str):
         pairs=plan.pairs, held_out=held, output_dir=str(config.output_dir),
         models_dir=str(config.output_dir / MODELS_DIR), stem=plan.stem, shells=plan.shells,
         b_tolerance=config.b_tolerance, seed=config.seed, device=device,
-        max_minutes=config.dki_max_minutes,
+        max_minutes=config.dki_max_minutes, max_epochs=config.dki_max_epochs or 0,
         card={"source_site": plan.source, "target_site": plan.target, "acq": plan.acq,
               "training_subjects": [f"sub-{s}" for s in plan.subjects if s not in held],
               "held_out_subjects": [f"sub-{s}" for s in held], "seed": config.seed,

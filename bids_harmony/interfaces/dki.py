@@ -48,26 +48,34 @@ class FitDKI(RunNamedInterface):
     output_spec = _FitDKIOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_harmony.dmri import dki
-
         img, data = load_image(self.inputs.in_file)
         _, mask = load_image(self.inputs.in_mask)
         bvals, bvecs = read_table(self.inputs.in_bval, self.inputs.in_bvec)
         name = self.inputs.run_name or Path(self.inputs.in_file).name
-        start = time.perf_counter()
-        result = dki.dki_fit(
-            data, bvals, bvecs, mask=mask > 0, name=name, b_tolerance=self.inputs.b_tolerance,
-            b0_threshold=self.inputs.b0_threshold, n_procs=self.inputs.n_procs,
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
-        del data
-        log_clipping(result, seconds)
-        cwd = Path(runtime.cwd)
-        files = {p: save_like(m, img, cwd / f"dki_{p}.nii.gz") for p, m in result.maps.items()}
-        out = cwd / "dki.json"
-        out.write_text(json.dumps(dki_summary(result, files, seconds), indent=2))
+        summary = fit_and_save(data, bvals, bvecs, mask > 0, img, Path(runtime.cwd), name=name,
+                               b_tolerance=self.inputs.b_tolerance,
+                               b0_threshold=self.inputs.b0_threshold,
+                               n_procs=self.inputs.n_procs)  # fmt: skip
+        out = Path(runtime.cwd) / "dki.json"
+        out.write_text(json.dumps(summary, indent=2))
         self._results["out_json"] = str(out)
         return runtime
+
+
+def fit_and_save(data, bvals, bvecs, mask, like, folder: Path, *, name: str,
+                 b_tolerance: float, b0_threshold: float, n_procs: int = 1) -> dict:
+    """The participant level's DKI fit of one signal: fit (timed), the clipping log line,
+    the maps saved in ``folder`` with the geometry of ``like`` (``dki_<param>.nii.gz``),
+    and their :func:`dki_summary` (shared by the raw, combined-run and harmonized fits)."""
+    from bids_harmony.dmri import dki
+
+    start = time.perf_counter()
+    result = dki.dki_fit(data, bvals, bvecs, mask=mask, name=name, b_tolerance=b_tolerance,
+                         b0_threshold=b0_threshold, n_procs=n_procs)  # fmt: skip
+    seconds = time.perf_counter() - start
+    log_clipping(result, seconds)
+    files = {p: save_like(m, like, folder / f"dki_{p}.nii.gz") for p, m in result.maps.items()}
+    return dki_summary(result, files, seconds)
 
 
 def dki_summary(result, files: dict[str, str], seconds: float) -> dict:

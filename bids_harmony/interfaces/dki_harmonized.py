@@ -4,7 +4,7 @@ LinearRISH rebuilds a run's DWI from its harmonized SH coefficients
 (:func:`bids_harmony.interfaces.rish.apply_to_run`); :func:`write_harmonized_dki`
 fits DKI on that DWI exactly as the participant level fits the raw run
 (:func:`bids_harmony.dmri.dki.dki_fit`, WLS, the same clipping ranges; summary by
-:func:`bids_harmony.interfaces.dki.dki_summary`, sidecars by
+:func:`bids_harmony.interfaces.dki.fit_and_save`, sidecars by
 :func:`bids_harmony.bids.outputs.dki_derivatives`) and writes the eight maps as
 ``model-dki_param-<x>_desc-<method>`` with the method's ``Harmonization`` block.
 This is how Tong et al. (2020, §2.3.4) compared RISH with their network: the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -77,9 +76,9 @@ def write_harmonized_dki(
     """
     from bids_harmony.bids.derivatives import write_derivatives
     from bids_harmony.bids.outputs import dki_derivatives
-    from bids_harmony.dmri.dki import dki_fit, dki_support
+    from bids_harmony.dmri.dki import dki_support
     from bids_harmony.evaluation.evaluated import display_name
-    from bids_harmony.interfaces.dki import dki_summary, log_clipping
+    from bids_harmony.interfaces.dki import fit_and_save
 
     name = outputs.names.prefix
     support = dki_support(bvals, bvecs, name=name, b_tolerance=b_tolerance,
@@ -94,22 +93,16 @@ def write_harmonized_dki(
                     "mix harmonized and raw shells).", name,
                     ", ".join(f"{b:g}" for b in missing), method, method)  # fmt: skip
         return []
-    start = time.perf_counter()
-    result = dki_fit(dwi, bvals, bvecs, mask=mask, name=name, b_tolerance=b_tolerance,
-                     b0_threshold=b0_threshold, n_procs=n_procs)  # fmt: skip
-    seconds = time.perf_counter() - start
-    log_clipping(result, seconds)
     run_info = {"entities": dict(outputs.names.entities), "n_shells": outputs.names.n_shells,
                 "site": run.site, "is_phantom": bool(run.is_phantom)}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"dki_{method}_") as tmp:
         import nibabel as nb
 
-        files = {}
-        for param, values in result.maps.items():
-            files[param] = str(Path(tmp) / f"dki_{param}.nii.gz")
-            nb.save(nb.Nifti1Image(np.asarray(values, np.float32), affine), files[param])
-        derivatives = dki_derivatives(run_info, dki_summary(result, files, seconds), {},
-                                      method=method)  # fmt: skip
+        grid = nb.Nifti1Image(np.asarray(mask, np.uint8), affine)  # the maps' geometry
+        summary = fit_and_save(dwi, bvals, bvecs, mask, grid, Path(tmp), name=name,
+                               b_tolerance=b_tolerance, b0_threshold=b0_threshold,
+                               n_procs=n_procs)  # fmt: skip
+        derivatives = dki_derivatives(run_info, summary, {}, method=method)
         harmonized = []
         for item in derivatives:
             sidecar = dict(item.sidecar or {})

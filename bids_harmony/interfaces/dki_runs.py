@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
-from bids_harmony.interfaces.dmri import RunNamedInterface, load_image, read_table, save_like
+from bids_harmony.interfaces.dmri import RunNamedInterface, load_image, read_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,9 +66,8 @@ class FitCombinedDKI(RunNamedInterface):
 
     def _run_interface(self, runtime):
         from bids_harmony.bids.reader import RunOutputs
-        from bids_harmony.dmri import dki
         from bids_harmony.dmri.dki_runs import RunArrays, combine_runs
-        from bids_harmony.interfaces.dki import dki_summary, log_clipping
+        from bids_harmony.interfaces.dki import fit_and_save
 
         runs, images, sources = [], [], []
         for spec in self.inputs.runs:
@@ -106,17 +104,10 @@ class FitCombinedDKI(RunNamedInterface):
             summary["skipped"] = str(err)
             return self._write(cwd, summary, runtime)
         del runs
-        start = time.perf_counter()
-        result = dki.dki_fit(
-            signal, bvals, bvecs, mask=mask, name=name, b_tolerance=self.inputs.b_tolerance,
-            b0_threshold=self.inputs.b0_threshold, n_procs=self.inputs.n_procs,
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
-        del signal
-        log_clipping(result, seconds)
-        files = {p: save_like(m, images[0], cwd / f"dki_{p}.nii.gz")
-                 for p, m in result.maps.items()}  # fmt: skip
-        summary.update(dki_summary(result, files, seconds))
+        summary.update(fit_and_save(signal, bvals, bvecs, mask, images[0], cwd, name=name,
+                                    b_tolerance=self.inputs.b_tolerance,
+                                    b0_threshold=self.inputs.b0_threshold,
+                                    n_procs=self.inputs.n_procs))  # fmt: skip
         summary["registration"] = {
             "Method": REGISTRATION_METHOD,
             "Normalisation": NORMALISATION,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -16,6 +16,9 @@ from nipype.pipeline import engine as pe
 from bids_harmony import __version__
 from bids_harmony.config import Config
 from bids_harmony.workflows.boilerplate import dwi_postdesc, participant_desc, python_preproc_desc
+
+if TYPE_CHECKING:
+    from bids_harmony.bids.dki_runs import DkiPlan
 
 LOGGER = logging.getLogger(__name__)
 
@@ -139,19 +142,11 @@ def init_participant_wf(
     return workflow
 
 
-def dki_runs(runs: Any, config: Config) -> set[Path]:
-    """The runs (``dwi`` paths) whose own gradient tables hold the DKI fit; says why not.
-
-    Single-shell runs of one session may be combined instead
-    (:func:`bids_harmony.workflows.dki_runs.dki_plan`, which logs what happens to
-    every run that is not fitted alone).  See :func:`bids_harmony.dmri.dki.dki_support`.
-    """
-    plan = _dki_plan(runs, config)
-    return set(plan.alone) if plan is not None else set()
-
-
-def _dki_plan(runs: Any, config: Config) -> Any:
-    """The DKI plan of the runs (None with ``--no-dki``)."""
+def _dki_plan(runs: Any, config: Config) -> DkiPlan | None:
+    """The DKI plan of the runs (None with ``--no-dki``): the runs whose own gradient tables
+    hold the fit (``alone``) and the single-shell runs combined per session (``groups``);
+    :func:`bids_harmony.workflows.dki_runs.dki_plan` logs why any other run gets none
+    (see :func:`bids_harmony.dmri.dki.dki_support`)."""
     if not config.dki:
         return None
     from bids_harmony.workflows.dki_runs import dki_plan
@@ -200,7 +195,7 @@ def init_dwi_run_wf(
 
     ``dki`` adds the DKI fit on the preprocessed run (every shell) and its maps
     (:class:`~bids_harmony.interfaces.dki.FitDKI`); the caller checks that the run
-    qualifies (:func:`dki_runs`).
+    qualifies (:func:`_dki_plan`).
 
     ``harp_model`` holds ``file`` (path), ``info`` (name, sha256, sites for
     sidecars), ``expect`` (SH convention the card must match) and ``device``.

@@ -8,6 +8,7 @@ into shells whose b-values lie within ``b_tolerance`` of each other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,18 @@ def shell_label(bval: float) -> str:
     'b1000'
     """
     return f"b{int(round(bval))}"
+
+
+def nearest_shell(bvals: Iterable[float], bval: float, tolerance: float) -> float | None:
+    """The b-value of ``bvals`` nearest ``bval`` if within ``tolerance``, else None.
+
+    >>> nearest_shell([1000.0, 2000.0], 1990.0, 50.0)
+    2000.0
+    >>> nearest_shell([1000.0], 3000.0, 50.0) is None
+    True
+    """
+    near = [b for b in bvals if abs(b - bval) <= tolerance]
+    return min(near, key=lambda b: abs(b - bval)) if near else None
 
 
 @dataclass(frozen=True)

@@ -105,14 +105,15 @@ LABEL_RULE = ("brain voxels where the registered label agrees with the source se
 
 def _fa_near(output_dir: Path, run: object, shell: float, b_tolerance: float) -> Path:
     """The run's FA map of the shell nearest ``shell`` (within ``b_tolerance``)."""
+    from bids_harmony.dmri.gradients import nearest_shell
     from bids_harmony.errors import MissingOutputError
 
-    fa = {b: p for b, p in _shell_files(output_dir, run, "fa").items()
-          if abs(b - shell) <= b_tolerance}  # fmt: skip
-    if not fa:
+    fa = _shell_files(output_dir, run, "fa")
+    nearest = nearest_shell(fa, shell, b_tolerance)
+    if nearest is None:
         raise MissingOutputError(f"{run.dwi}: no FA map of b={shell:g} in {output_dir}; run the "
                                  "participant level first.")  # fmt: skip
-    return fa[min(fa, key=lambda b: abs(b - shell))]
+    return fa[nearest]
 
 
 def reference_labels(output_dir: Path, pair: TrainingPair, work: Path, seed: int, *,

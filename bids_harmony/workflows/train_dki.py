@@ -196,10 +196,10 @@ def plan_networks(study, target: str, sources: list[str], *,
 
 def _shell_map(outputs, run, bval: float, kind: str, b_tolerance: float) -> Path | None:
     """A run's per-shell map of the shell within ``b_tolerance`` of ``bval``, or None."""
-    near = [b for b in run.shells if abs(b - bval) <= b_tolerance]
-    if not near:
-        return None
-    return outputs.shell_map(min(near, key=lambda b: abs(b - bval)), kind)
+    from bids_harmony.dmri.gradients import nearest_shell
+
+    shell = nearest_shell(run.shells, bval, b_tolerance)
+    return None if shell is None else outputs.shell_map(shell, kind)
 
 
 def check_participant_outputs(config: Config, plans: Sequence[Plan]) -> None:

@@ -55,7 +55,13 @@ import numpy as np
 
 from bids_harmony.dmri import sh
 from bids_harmony.dmri.bands import MAX_ORDER, check_order, n_coeffs, order_from_n_coeffs
-from bids_harmony.dmri.gradients import B0_THRESHOLD, B_TOLERANCE, b0_mask, shell_label
+from bids_harmony.dmri.gradients import (
+    B0_THRESHOLD,
+    B_TOLERANCE,
+    b0_mask,
+    nearest_shell,
+    shell_label,
+)
 from bids_harmony.errors import BadGradientsError, BadImageError
 
 __all__ = [
@@ -313,11 +319,11 @@ def _mask(mask: np.ndarray | None, shape: tuple[int, ...], mean_b0: np.ndarray |
 
 
 def _pick_shell(available: Mapping[float, np.ndarray], bval: float, tol: float) -> np.ndarray:
-    near = [b for b in available if abs(b - bval) <= tol]
-    if not near:
+    nearest = nearest_shell(available, bval, tol)
+    if nearest is None:
         raise BadGradientsError(
             f"the network needs shell {shell_label(bval)}; this scan has "
             f"{[shell_label(b) for b in sorted(available)] or 'no shell'} "
             f"(tolerance {tol:g} s/mm^2)"
         )
-    return available[min(near, key=lambda b: abs(b - bval))]
+    return available[nearest]

@@ -350,7 +350,7 @@ def _write(run, output_dir, model_file, card, model, labels, shells, tr, templat
     from bids_harmony.bids.derivatives import bids_uri, sidecar_path, software_versions
     from bids_harmony.bids.io import save_nifti, sha256_file, write_json, write_text
     from bids_harmony.interfaces.combat_dki import dki_params, native_dki
-    from bids_harmony.registration.warps import from_template
+    from bids_harmony.registration.warps import native_correction
 
     space = str(card.get("space", "cohort"))
     names = shells[labels[0]].outputs.names
@@ -382,9 +382,7 @@ def _write(run, output_dir, model_file, card, model, labels, shells, tr, templat
                     **({} if method else {"Harmonization": None}),
                 }))  # fmt: skip
             delta = np.where(model.mask, harmonized[name][0] - warped[name][0], 0.0)
-            native = np.asarray(raw_native.dataobj, np.float32)
-            native = native + np.where(mask_native, from_template(
-                delta.astype(np.float32), tr, template), 0.0)  # fmt: skip
+            native = native_correction(raw_native.dataobj, delta, tr, template, mask_native)
             path = root / names.shell_map(label, kind, METHOD)
             save_nifti(nb.Nifti1Image(native.astype(np.float32), raw_native.affine), path)
             written.append((path, {

@@ -131,15 +131,14 @@ def native_dki(
     from bids_harmony.bids.derivatives import bids_uri
     from bids_harmony.bids.io import save_nifti
     from bids_harmony.dmri.dki import DESCRIPTIONS, RANGES, UNITS
-    from bids_harmony.registration.warps import from_template
+    from bids_harmony.registration.warps import native_correction
 
     out = []
     for param in params:
         name = dki_feature(param)
         raw = nb.load(outputs.dki_map(param, required=True))
         delta = np.where(feature_mask, harmonized[name][0] - warped[name][0], 0.0)
-        native = np.asarray(raw.dataobj, np.float32) + np.where(
-            mask_native, from_template(delta.astype(np.float32), transform, template), 0.0)
+        native = native_correction(raw.dataobj, delta, transform, template, mask_native)
         low, high = RANGES[param]
         inside = mask_native & np.isfinite(native)
         clipped = int(np.count_nonzero(inside & ((native < low) | (native > high))))

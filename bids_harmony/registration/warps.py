@@ -20,7 +20,7 @@ from bids_harmony.errors import BadImageError
 from bids_harmony.registration.ants import ants_environment, ants_image, check_finite, load_image
 from bids_harmony.registration.syn import SessionTransform
 
-__all__ = ["from_template", "to_template"]
+__all__ = ["from_template", "native_correction", "to_template"]
 
 #: Interpolators accepted by ``ants.apply_transforms``.
 _INTERPOLATORS = frozenset({"linear", "nearestNeighbor", "multiLabel", "gaussian", "bSpline",
@@ -158,3 +158,35 @@ def from_template(
         fixed = ants_image(fa_data, fa_affine, str(transform.fa_file))
         return _warp(data, template_affine, fixed, transform.inverse, transform.inverse_invert,
                      interpolator, "template-space map")  # fmt: skip
+
+
+def native_correction(
+    native: np.ndarray,
+    delta: np.ndarray,
+    transform: SessionTransform,
+    template_file: Path,
+    mask: np.ndarray,
+) -> np.ndarray:
+    r"""A native map plus a template-space correction warped back, inside ``mask``.
+
+    :math:`y_{native} + \mathbb{1}_{mask} \cdot W^{-1}(\Delta)`: how a method fitted in the
+    template space (ComBat) harmonizes a session's own maps without resampling them.
+
+    Parameters
+    ----------
+    native : ndarray, shape (X, Y, Z)
+        The session's map on its FA grid.
+    delta : ndarray, shape (X', Y', Z')
+        Harmonized minus unharmonized, on the template grid (0 where not harmonized).
+    transform, template_file
+        As for :func:`from_template`.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Native voxels that get the correction (the brain mask).
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z)
+    """
+    warped = from_template(np.asarray(delta, np.float32), transform, template_file)
+    return np.asarray(native, np.float32) + np.where(mask, warped, 0.0)
+
